@@ -1,0 +1,350 @@
+//! Reading a config file: YAML syntax, `${VAR}` expansion, then the serde schema, collecting
+//! every error with its YAML path and (where it can be found) its line.
+
+use std::path::Path;
+
+use serde_yaml::Value;
+
+use super::env;
+use super::raw::RawConfig;
+use super::{ConfigError, ConfigErrors};
+
+/// Parses `text` (the contents of `file`) into the raw schema.
+pub fn parse_raw(
+    text: &str,
+    file: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<RawConfig, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut value: Value = match serde_yaml::from_str(text) {
+        Ok(Value::Null) => Value::Mapping(Default::default()),
+        Ok(v) => v,
+        Err(e) => {
+            let line = e.location().map(|l| l.line());
+            return Err(ConfigErrors::one(ConfigError {
+                file: file.to_owned(),
+                path: String::new(),
+                line,
+                message: format!("invalid YAML: {e}"),
+            }));
+        }
+    };
+    if !value.is_mapping() {
+        return Err(ConfigErrors::one(ConfigError {
+            file: file.to_owned(),
+            path: String::new(),
+            line: Some(1),
+            message: "the config must be a YAML mapping of keys to values".into(),
+        }));
+    }
+    expand_tree(&mut value, &mut Vec::new(), lookup, &mut |path, message| {
+        errors.push(ConfigError {
+            file: file.to_owned(),
+            line: find_line(text, path),
+            path: render_path(path),
+            message,
+        })
+    });
+
+    // serde stops at the first error; to report them all, drop the offending node and retry.
+    for _ in 0..64 {
+        match serde_path_to_error::deserialize::<_, RawConfig>(value.clone()) {
+            Ok(raw) => {
+                return if errors.is_empty() {
+                    Ok(raw)
+                } else {
+                    Err(ConfigErrors(errors))
+                };
+            }
+            Err(e) => {
+                let segments = path_segments(e.path());
+                let message = e.inner().to_string();
+                errors.push(ConfigError {
+                    file: file.to_owned(),
+                    line: find_line(text, &segments),
+                    path: render_path(&segments),
+                    message: tidy_message(&message),
+                });
+                if !remove_at(&mut value, &segments) {
+                    break;
+                }
+            }
+        }
+    }
+    Err(ConfigErrors(errors))
+}
+
+/// Reads and parses the file at `path`.
+pub fn read_raw(
+    path: &Path,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(RawConfig, String), ConfigErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors::one(ConfigError {
+            file: file.clone(),
+            path: String::new(),
+            line: None,
+            message: format!("cannot read config file: {e}"),
+        })
+    })?;
+    let raw = parse_raw(&text, &file, lookup)?;
+    Ok((raw, text))
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+pub fn render_path(path: &[Segment]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        match seg {
+            Segment::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Segment::Index(i) => {
+                out.push_str(&format!("[{i}]"));
+            }
+        }
+    }
+    out
+}
+
+fn path_segments(path: &serde_path_to_error::Path) -> Vec<Segment> {
+    use serde_path_to_error::Segment as S;
+    path.iter()
+        .filter_map(|s| match s {
+            S::Map { key } => Some(Segment::Key(key.clone())),
+            S::Seq { index } => Some(Segment::Index(*index)),
+            S::Enum { variant } => Some(Segment::Key(variant.clone())),
+            S::Unknown => None,
+        })
+        .collect()
+}
+
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let end = rest.find('`')?;
+    Some(&rest[..end])
+}
+
+fn tidy_message(message: &str) -> String {
+    if message.starts_with("data did not match any variant of untagged enum RawApiKey") {
+        return "expected an upstream key (a string)".into();
+    }
+    if message.starts_with("data did not match any variant of untagged enum RawModel") {
+        return "expected a model id or an object with `id`".into();
+    }
+    if let Some(name) = unknown_field(message) {
+        let expected = message
+            .split_once(", expected ")
+            .map(|(_, e)| format!(" (expected {e})"))
+            .unwrap_or_default();
+        return format!("unknown key `{name}`{expected}");
+    }
+    message.to_owned()
+}
+
+fn remove_at(value: &mut Value, path: &[Segment]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut cur = value;
+    for seg in parents {
+        let next = match (seg, cur) {
+            (Segment::Key(k), Value::Mapping(m)) => m.get_mut(k.as_str()),
+            (Segment::Index(i), Value::Sequence(s)) => s.get_mut(*i),
+            _ => None,
+        };
+        match next {
+            Some(n) => cur = n,
+            None => return false,
+        }
+    }
+    match (last, cur) {
+        (Segment::Key(k), Value::Mapping(m)) => m.remove(k.as_str()).is_some(),
+        (Segment::Index(i), Value::Sequence(s)) if *i < s.len() => {
+            // Replace rather than shift, so later indices in the report stay true.
+            s[*i] = Value::Null;
+            // A null inside a list of strings would error again; drop it instead.
+            s.remove(*i);
+            true
+        }
+        _ => false,
+    }
+}
+
+fn expand_tree(
+    value: &mut Value,
+    path: &mut Vec<Segment>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    report: &mut dyn FnMut(&[Segment], String),
+) {
+    match value {
+        Value::String(s) => match env::expand(s, lookup) {
+            Ok(v) => *s = v,
+            Err(missing) => report(
+                path,
+                format!(
+                    "environment variable {} is not set (use ${{VAR:-default}} for a fallback)",
+                    missing.join(", ")
+                ),
+            ),
+        },
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                path.push(Segment::Index(i));
+                expand_tree(item, path, lookup, report);
+                path.pop();
+            }
+        }
+        Value::Mapping(map) => {
+            let entries = std::mem::take(map);
+            for (k, mut v) in entries {
+                let key = match k {
+                    Value::String(s) => match env::expand(&s, lookup) {
+                        Ok(e) => Value::String(e),
+                        Err(missing) => {
+                            path.push(Segment::Key(s.clone()));
+                            report(
+                                path,
+                                format!("environment variable {} is not set", missing.join(", ")),
+                            );
+                            path.pop();
+                            Value::String(s)
+                        }
+                    },
+                    other => other,
+                };
+                let name = match &key {
+                    Value::String(s) => s.clone(),
+                    other => serde_yaml::to_string(other)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_owned(),
+                };
+                path.push(Segment::Key(name));
+                expand_tree(&mut v, path, lookup, report);
+                path.pop();
+                map.insert(key, v);
+            }
+        }
+        Value::Tagged(t) => expand_tree(&mut t.value, path, lookup, report),
+        _ => {}
+    }
+}
+
+/// Best-effort line (1-based) of a YAML path in block-style text: follows keys by indentation
+/// and list items by their `- ` markers. Returns the deepest line it could find.
+pub fn find_line(text: &str, path: &[Segment]) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut start = 0usize;
+    let mut min_indent: isize = -1;
+    let mut found: Option<usize> = None;
+    for seg in path {
+        let mut hit = None;
+        let mut index_seen = 0usize;
+        let mut child_indent: Option<usize> = None;
+        for (n, line) in lines.iter().enumerate().skip(start) {
+            let trimmed = line.trim_start();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let indent = line.len() - trimmed.len();
+            if (indent as isize) <= min_indent && found.is_some() {
+                break;
+            }
+            match seg {
+                Segment::Key(k) => {
+                    let body = trimmed.strip_prefix("- ").unwrap_or(trimmed);
+                    let body = body.trim_start_matches(['"', '\'']);
+                    if let Some(after) = body.strip_prefix(k.as_str()) {
+                        let after = after.trim_start_matches(['"', '\'']);
+                        if after.trim_start().starts_with(':') {
+                            hit = Some((n, indent));
+                            break;
+                        }
+                    }
+                }
+                Segment::Index(i) => {
+                    if trimmed.starts_with("- ") || trimmed == "-" {
+                        let ci = *child_indent.get_or_insert(indent);
+                        if indent == ci {
+                            if index_seen == *i {
+                                hit = Some((n, indent));
+                                break;
+                            }
+                            index_seen += 1;
+                        }
+                    }
+                }
+            }
+        }
+        match hit {
+            Some((n, indent)) => {
+                found = Some(n + 1);
+                start = n + 1;
+                min_indent = indent as isize;
+                if matches!(seg, Segment::Index(_)) {
+                    // The item's own keys sit on the same line or deeper.
+                    start = n;
+                }
+            }
+            None => break,
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_nested_lines() {
+        let text = "a: 1\nlimits:\n  max_body_bytes: 5\n  other: 2\nlist:\n  - x\n  - y\n";
+        let p = |v: Vec<Segment>| find_line(text, &v);
+        assert_eq!(p(vec![Segment::Key("a".into())]), Some(1));
+        assert_eq!(
+            p(vec![
+                Segment::Key("limits".into()),
+                Segment::Key("other".into())
+            ]),
+            Some(4)
+        );
+        assert_eq!(
+            p(vec![Segment::Key("list".into()), Segment::Index(1)]),
+            Some(7)
+        );
+    }
+
+    #[test]
+    fn collects_every_unknown_key() {
+        let text = "api_hots: x\nlimits:\n  max_bodyy: 1\ntimeout: 5\nlog_levl: INFO\n";
+        let errs = parse_raw(text, "c.yml", &|_| None).unwrap_err();
+        let paths: Vec<_> = errs.0.iter().map(|e| e.path.clone()).collect();
+        assert!(paths.contains(&"api_hots".to_string()), "{paths:?}");
+        assert!(paths.contains(&"limits.max_bodyy".to_string()), "{paths:?}");
+        assert!(paths.contains(&"log_levl".to_string()), "{paths:?}");
+        let e = errs
+            .0
+            .iter()
+            .find(|e| e.path == "limits.max_bodyy")
+            .unwrap();
+        assert_eq!(e.line, Some(3));
+    }
+
+    #[test]
+    fn type_errors_name_the_path() {
+        let text = "timeout: soon\n";
+        let errs = parse_raw(text, "c.yml", &|_| None).unwrap_err();
+        assert_eq!(errs.0[0].path, "timeout");
+        assert_eq!(errs.0[0].line, Some(1));
+    }
+}

@@ -1,0 +1,86 @@
+//! The config file as written: serde types that mirror the YAML one to one.
+//!
+//! Every field is optional (the Python forwarder's files set some keys to `null`), and every
+//! struct denies unknown fields so a typo such as `ip_whitelst` is an error, not a silently
+//! disabled check. Meaning and defaults are applied in `validate.rs`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    // --- keys of the Python forwarder (same names, same meaning) ---
+    pub api_host: Option<String>,
+    pub forward_chat_path: Option<String>,
+    pub api_keys: Option<BTreeMap<String, RawApiKey>>,
+    pub ip_whitelist: Option<Vec<String>>,
+    pub ip_blacklist: Option<Vec<String>>,
+    pub proxy: Option<String>,
+    pub timeout: Option<f64>,
+    pub default_model: Option<String>,
+    pub default_temperature: Option<f64>,
+    pub default_max_tokens: Option<u64>,
+    pub models_cache_ttl: Option<f64>,
+    pub log_level: Option<String>,
+    pub connection_limit: Option<u64>,
+    pub connection_limit_per_host: Option<u64>,
+    pub keepalive_timeout: Option<f64>,
+    pub force_close: Option<bool>,
+    pub workers: Option<usize>,
+    pub field_aliases: Option<BTreeMap<String, String>>,
+
+    // --- sophgate additions ---
+    pub listen: Option<String>,
+    pub forward_base_path: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub passthrough_unknown_keys: Option<bool>,
+    pub models: Option<Vec<RawModel>>,
+    pub limits: Option<RawLimits>,
+    pub logging: Option<RawLogging>,
+}
+
+/// A value under `api_keys:`. The seed form maps a client key straight to an upstream key.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawApiKey {
+    Upstream(String),
+}
+
+/// An entry of the static `models:` list: a bare id, or an object.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawModel {
+    Id(String),
+    Full(RawModelObject),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModelObject {
+    pub id: String,
+    pub owned_by: Option<String>,
+    pub created: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_body_bytes: Option<u64>,
+    pub header_read_timeout: Option<f64>,
+    pub first_byte_timeout: Option<f64>,
+    pub stream_idle_timeout: Option<f64>,
+    pub pool_idle_timeout: Option<f64>,
+    pub shutdown_grace: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogging {
+    pub format: Option<String>,
+    pub file: Option<String>,
+    pub rotation: Option<String>,
+    pub retention_days: Option<usize>,
+    pub access_log: Option<bool>,
+}

@@ -1,0 +1,22 @@
+//! sophgate: an OpenAI-compatible LLM gateway.
+//!
+//! Module map (see DESIGN.md): `config` reads and validates YAML; `runtime` builds the
+//! generation a request runs against; `server` accepts connections; `routes` maps paths;
+//! `pipeline` holds one module per stage; `body` is the response body (relay + access log);
+//! `mock` is an OpenAI-compatible mock upstream; `demo` wires the two together.
+
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod logging;
+pub mod mock;
+pub mod pipeline;
+pub mod routes;
+pub mod runtime;
+pub mod secret;
+pub mod server;
+
+pub use config::Config;
+pub use error::GatewayError;
+pub use runtime::{Generation, Runtime};

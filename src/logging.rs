@@ -1,0 +1,57 @@
+//! tracing setup from the `log_level` / `logging` config: text or JSON, to stderr or to a
+//! rotated file (daily by default, 10 files kept — the Python forwarder's retention).
+//! `SOPHGATE_LOG` (a tracing filter) overrides `log_level` when set.
+
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, LoggingConfig, Rotation};
+
+/// Installs the global subscriber. Keep the guard alive until exit so buffered lines flush.
+pub fn init(cfg: &LoggingConfig) -> Result<Option<WorkerGuard>, String> {
+    let filter = match std::env::var("SOPHGATE_LOG") {
+        Ok(f) if !f.is_empty() => {
+            EnvFilter::try_new(f).map_err(|e| format!("SOPHGATE_LOG: {e}"))?
+        }
+        _ => EnvFilter::try_new(format!("{},hyper=warn,reqwest=warn,h2=warn", cfg.level))
+            .map_err(|e| e.to_string())?,
+    };
+    let (writer, guard) = match &cfg.file {
+        Some(path) => {
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or_else(|| std::path::Path::new("."));
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("sophgate.log");
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("logging.file: cannot create {}: {e}", dir.display()))?;
+            let rotation = match cfg.rotation {
+                Rotation::Daily => tracing_appender::rolling::Rotation::DAILY,
+                Rotation::Hourly => tracing_appender::rolling::Rotation::HOURLY,
+                Rotation::Never => tracing_appender::rolling::Rotation::NEVER,
+            };
+            let appender = tracing_appender::rolling::Builder::new()
+                .rotation(rotation)
+                .filename_prefix(name)
+                .max_log_files(cfg.retention_days.max(1))
+                .build(dir)
+                .map_err(|e| format!("logging.file: {e}"))?;
+            let (nb, guard) = tracing_appender::non_blocking(appender);
+            (nb, guard)
+        }
+        None => tracing_appender::non_blocking(std::io::stderr()),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(false);
+    let result = match cfg.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    result.map_err(|e| format!("cannot install the logger: {e}"))?;
+    Ok(Some(guard))
+}

@@ -1,0 +1,315 @@
+//! The `sophgate` command line. Only argument handling and process setup live here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use sophgate::config::Config;
+use sophgate::mock::{self, MockOptions};
+use sophgate::runtime::Runtime;
+use sophgate::{demo, logging, server};
+
+#[derive(Parser)]
+#[command(name = "sophgate", version, about = "OpenAI-compatible LLM gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Config file.
+        #[arg(short, long, default_value = "config.yml")]
+        config: PathBuf,
+    },
+    /// Validate a config file offline; prints every error. Exit 0 if valid, 2 if not.
+    Check {
+        #[arg(short, long, default_value = "config.yml")]
+        config: PathBuf,
+    },
+    /// Run the gateway and a mock upstream together on loopback (no network or key needed).
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: SocketAddr,
+        /// Mock delay before the first token, in ms.
+        #[arg(long, default_value_t = 200)]
+        ttft_ms: u64,
+        /// Mock delay between tokens, in ms.
+        #[arg(long, default_value_t = 50)]
+        itl_ms: u64,
+        /// Send one plain and one streamed request through the demo, print the result, exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Run an OpenAI-compatible mock upstream (for demos, tests and benchmarks).
+    MockUpstream {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+        /// Delay before the first token (or the whole JSON answer), in ms.
+        #[arg(long, default_value_t = 0)]
+        ttft_ms: u64,
+        /// Delay between streamed tokens, in ms.
+        #[arg(long, default_value_t = 0)]
+        itl_ms: u64,
+        /// Content tokens per answer.
+        #[arg(long, default_value_t = 8)]
+        tokens: usize,
+        /// Answer 401 unless requests carry `Authorization: Bearer <KEY>`.
+        #[arg(long)]
+        require_key: Option<String>,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+}
+
+fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all();
+    if let Some(n) = workers {
+        b.worker_threads(n);
+    }
+    b.build()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Serve { config } => serve(&config),
+        Command::Demo {
+            listen,
+            ttft_ms,
+            itl_ms,
+            check,
+        } => run_demo(listen, ttft_ms, itl_ms, check),
+        Command::MockUpstream {
+            listen,
+            ttft_ms,
+            itl_ms,
+            tokens,
+            require_key,
+            workers,
+        } => run_mock(
+            listen,
+            MockOptions {
+                ttft: Duration::from_millis(ttft_ms),
+                itl: Duration::from_millis(itl_ms),
+                tokens,
+                require_key,
+            },
+            workers,
+        ),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Config::from_file(path) {
+        Ok(cfg) => {
+            for w in &cfg.warnings {
+                eprintln!("warning: {w}");
+            }
+            // Building the generation also checks what validation cannot (e.g. header-safe keys).
+            match sophgate::Generation::build(cfg, 0) {
+                Ok(_) => {
+                    println!("{}: OK", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", path.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{} error(s) in {}", errors.0.len(), path.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(path: &std::path::Path) -> ExitCode {
+    let cfg = match Config::from_file(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "sophgate: not starting: {} error(s) in {}",
+                errors.0.len(),
+                path.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let _guard = match logging::init(&cfg.logging) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("sophgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    let rt = match runtime(cfg.workers) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sophgate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let listen = cfg.listen;
+        let runtime = match Runtime::new(cfg) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("sophgate: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("sophgate: cannot listen on {listen}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let generation = runtime.current();
+        tracing::info!(
+            listen = %listen,
+            upstream = %generation.config.upstream.api_host,
+            keys = generation.keys.len(),
+            "sophgate serving"
+        );
+        spawn_reload_on_sighup(runtime.clone());
+        server::serve(listener, runtime, shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn spawn_reload_on_sighup(runtime: std::sync::Arc<Runtime>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    let _ = runtime.reload();
+                }
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = runtime;
+}
+
+fn run_demo(listen: SocketAddr, ttft_ms: u64, itl_ms: u64, check: bool) -> ExitCode {
+    let log = sophgate::config::LoggingConfig {
+        level: "info".into(),
+        format: sophgate::config::LogFormat::Text,
+        file: None,
+        rotation: sophgate::config::Rotation::Never,
+        retention_days: 1,
+        access_log: true,
+    };
+    let _guard = logging::init(&log).ok().flatten();
+    let rt = match runtime(None) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sophgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let d = match demo::start(
+            listen,
+            Duration::from_millis(ttft_ms),
+            Duration::from_millis(itl_ms),
+        )
+        .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("sophgate demo: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let addr = d.gateway.addr;
+        if check {
+            let result = demo::self_check(addr).await;
+            d.gateway.shutdown().await;
+            return match result {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sophgate demo --check failed: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        println!("{}", demo::banner(addr));
+        shutdown_signal().await;
+        d.gateway.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn run_mock(listen: SocketAddr, opts: MockOptions, workers: Option<usize>) -> ExitCode {
+    let rt = match runtime(workers) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sophgate mock-upstream: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("sophgate mock-upstream: cannot listen on {listen}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        println!("mock upstream listening on http://{addr}");
+        let stats = std::sync::Arc::new(mock::MockStats::default());
+        tokio::select! {
+            _ = mock::serve(listener, opts, stats) => {},
+            _ = shutdown_signal() => {},
+        }
+        ExitCode::SUCCESS
+    })
+}

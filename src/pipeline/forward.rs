@@ -1,0 +1,270 @@
+//! Stage 6: sends the request to the upstream with the principal's credential and turns the
+//! answer into the client's response. Status and headers pass through minus hop-by-hop ones;
+//! the body is relayed as it arrives (event by event for SSE); errors the upstream sends pass
+//! through unchanged. Only failures to get an answer at all become gateway errors (502/504).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Response};
+use tokio::sync::Semaphore;
+
+use crate::body::{Relay, ResponseBody};
+use crate::config::UpstreamConfig;
+use crate::error::{ErrorKind, GatewayError};
+
+/// One upstream as used by one generation: its pooled client and resolved URLs.
+#[derive(Debug)]
+pub struct Upstream {
+    client: reqwest::Client,
+    chat_url: String,
+    /// `api_host + base_path`; other `/v1/<rest>` requests go to `base_url + "/" + rest`.
+    base_url: String,
+    limiter: Option<Arc<Semaphore>>,
+    first_byte_timeout: Duration,
+    stream_idle_timeout: Duration,
+}
+
+/// The request as it leaves the pipeline.
+pub struct OutboundRequest<'a> {
+    pub method: Method,
+    pub url: String,
+    pub headers: &'a HeaderMap,
+    pub authorization: Option<&'a HeaderValue>,
+    pub request_id: &'a str,
+    pub body: Bytes,
+}
+
+/// Hop-by-hop headers and those the gateway sets itself; never copied client → upstream.
+fn skip_request_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+            | "authorization"
+            | "accept-encoding"
+            | "x-request-id"
+    )
+}
+
+/// Hop-by-hop headers; never copied upstream → client.
+fn skip_response_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Headers named in `Connection:` are hop-by-hop too (RFC 9110 §7.6.1).
+fn connection_listed(headers: &HeaderMap, name: &HeaderName) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .map(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+            })
+            .unwrap_or(false)
+    })
+}
+
+pub fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| {
+            s.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
+        .unwrap_or(false)
+}
+
+impl Upstream {
+    pub fn new(
+        cfg: &UpstreamConfig,
+        first_byte_timeout: Duration,
+        stream_idle_timeout: Duration,
+    ) -> Result<Self, String> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(cfg.connect_timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(cfg.keepalive_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy();
+        if cfg.force_close {
+            builder = builder.pool_max_idle_per_host(0);
+        } else if cfg.connection_limit_per_host > 0 {
+            builder = builder.pool_max_idle_per_host(cfg.connection_limit_per_host);
+        }
+        if let Some(proxy) = &cfg.proxy {
+            let p = reqwest::Proxy::all(proxy.expose())
+                .map_err(|_| "proxy: not a usable proxy URL".to_string())?;
+            builder = builder.proxy(p);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?;
+        let limit = match (cfg.connection_limit, cfg.connection_limit_per_host) {
+            (0, 0) => None,
+            (0, n) | (n, 0) => Some(n),
+            (a, b) => Some(a.min(b)),
+        };
+        Ok(Upstream {
+            client,
+            chat_url: format!("{}{}", cfg.api_host, cfg.chat_path),
+            base_url: format!("{}{}", cfg.api_host, cfg.base_path),
+            limiter: limit.map(|n| Arc::new(Semaphore::new(n))),
+            first_byte_timeout,
+            stream_idle_timeout,
+        })
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// URL for chat completions, keeping the client's query string.
+    pub fn chat_url(&self, query: Option<&str>) -> String {
+        with_query(&self.chat_url, query)
+    }
+
+    /// URL for `/v1/<rest>`.
+    pub fn url_for(&self, rest: &str, query: Option<&str>) -> String {
+        with_query(&format!("{}/{}", self.base_url, rest), query)
+    }
+
+    /// Sends the request and builds the client response (headers now, body relayed later).
+    pub async fn send(
+        &self,
+        out: OutboundRequest<'_>,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let permit = match &self.limiter {
+            Some(sem) => Some(
+                sem.clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| GatewayError::internal("upstream limiter closed"))?,
+            ),
+            None => None,
+        };
+
+        let mut headers = HeaderMap::with_capacity(out.headers.len() + 2);
+        for (name, value) in out.headers {
+            if !skip_request_header(name) && !connection_listed(out.headers, name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        if let Some(auth) = out.authorization {
+            headers.insert(header::AUTHORIZATION, auth.clone());
+        }
+        if let Ok(v) = HeaderValue::from_str(out.request_id) {
+            headers.insert(HeaderName::from_static("x-request-id"), v);
+        }
+
+        let request = self
+            .client
+            .request(out.method, &out.url)
+            .headers(headers)
+            .body(out.body)
+            .send();
+        let upstream = match tokio::time::timeout(self.first_byte_timeout, request).await {
+            Err(_) => {
+                return Err(GatewayError::new(
+                    ErrorKind::GatewayTimeout,
+                    "upstream_timeout",
+                    format!(
+                        "The upstream did not answer within {} s",
+                        self.first_byte_timeout.as_secs_f64()
+                    ),
+                ))
+            }
+            Ok(Err(e)) => return Err(map_send_error(&e)),
+            Ok(Ok(r)) => r,
+        };
+
+        let status = upstream.status();
+        let sse = is_event_stream(upstream.headers());
+        let mut builder = Response::builder().status(status);
+        if let Some(h) = builder.headers_mut() {
+            for (name, value) in upstream.headers() {
+                if !skip_response_header(name) && !connection_listed(upstream.headers(), name) {
+                    h.append(name.clone(), value.clone());
+                }
+            }
+            if sse {
+                h.remove(header::CONTENT_LENGTH);
+                h.insert(
+                    HeaderName::from_static("x-accel-buffering"),
+                    HeaderValue::from_static("no"),
+                );
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            }
+        }
+        let stream = Box::pin(upstream.bytes_stream());
+        let body = ResponseBody::relay(Relay::new(stream, sse, self.stream_idle_timeout, permit));
+        builder
+            .body(body)
+            .map_err(|_| GatewayError::internal("could not build the response"))
+    }
+}
+
+fn with_query(url: &str, query: Option<&str>) -> String {
+    match query {
+        Some(q) if !q.is_empty() => format!("{url}?{q}"),
+        _ => url.to_owned(),
+    }
+}
+
+/// Maps a transport failure to 502/504; the details go to the log only.
+pub fn map_send_error(e: &reqwest::Error) -> GatewayError {
+    tracing::warn!(error = %error_chain(e), "upstream request failed");
+    if e.is_timeout() {
+        GatewayError::new(
+            ErrorKind::GatewayTimeout,
+            "upstream_timeout",
+            "The upstream did not answer in time",
+        )
+    } else if e.is_connect() {
+        GatewayError::new(
+            ErrorKind::BadGateway,
+            "upstream_unreachable",
+            "The upstream could not be reached",
+        )
+    } else {
+        GatewayError::new(
+            ErrorKind::BadGateway,
+            "upstream_error",
+            "The upstream request failed",
+        )
+    }
+}
+
+/// `e` and its sources on one line. reqwest errors hold URLs but never header values.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}

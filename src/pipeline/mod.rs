@@ -1,0 +1,235 @@
+//! The request pipeline. Every request runs the same fixed order of stages, each a small
+//! module with one job, against the one generation it loaded at the start:
+//!
+//! ```text
+//! route ─► ip_acl ─► method ─► auth ─► request_body ─► defaults (+ field_aliases) ─► forward
+//! ```
+//!
+//! A stage either lets the request continue or answers it (an `Err(GatewayError)` here).
+//! The access log record travels with the response body and is written when it ends.
+
+pub mod access_log;
+pub mod auth;
+pub mod defaults;
+pub mod forward;
+pub mod ip_acl;
+pub mod models;
+pub mod request_body;
+pub mod sse;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Request, Response};
+
+use crate::body::ResponseBody;
+use crate::error::GatewayError;
+use crate::routes::{route, Route};
+use crate::runtime::Generation;
+
+use access_log::AccessLog;
+use forward::OutboundRequest;
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// How long a client may take to send its body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A request id: the client's own `x-request-id` when it is short and plain, else a new one.
+pub fn request_id(headers: &http::HeaderMap) -> Arc<str> {
+    if let Some(v) = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        if (1..=128).contains(&v.len())
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        {
+            return Arc::from(v);
+        }
+    }
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+            .unwrap_or(0);
+        t ^ std::process::id().rotate_left(16)
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    Arc::from(format!("req-{prefix:08x}{n:012x}"))
+}
+
+fn json_response(status: http::StatusCode, body: Bytes) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// Runs one request through the pipeline. Never fails: every error becomes a response.
+pub async fn handle<B>(
+    generation: Arc<Generation>,
+    peer: IpAddr,
+    req: Request<B>,
+) -> Response<ResponseBody>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let rid = request_id(req.headers());
+    let mut log = Box::new(AccessLog::new(
+        generation.config.logging.access_log,
+        rid.clone(),
+        req.method().clone(),
+        req.uri().path(),
+    ));
+    let mut resp = match run(&generation, peer, req, &rid, &mut log).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            if e.status().is_server_error() {
+                tracing::warn!(request_id = %rid, status = e.status().as_u16(), code = e.code, "{}", e.message);
+            } else {
+                tracing::debug!(request_id = %rid, status = e.status().as_u16(), code = e.code, "{}", e.message);
+            }
+            log.outcome = e.code;
+            e.into_response()
+        }
+    };
+    log.status = resp.status().as_u16();
+    log.stream = resp.body().is_event_stream();
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    resp.body_mut().set_log(log);
+    resp
+}
+
+async fn run<B>(
+    generation: &Generation,
+    peer: IpAddr,
+    req: Request<B>,
+    rid: &str,
+    log: &mut AccessLog,
+) -> Result<Response<ResponseBody>, GatewayError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let cfg = &generation.config;
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path();
+    let route = route(path);
+
+    match route {
+        Route::NotFound => return Err(GatewayError::not_found(path)),
+        Route::Health => {
+            if !route.allows(&parts.method) {
+                return Err(GatewayError::method_not_allowed(&parts.method, path));
+            }
+            return Ok(json_response(
+                http::StatusCode::OK,
+                Bytes::from_static(br#"{"status":"ok"}"#),
+            ));
+        }
+        _ => {}
+    }
+
+    // 1. ip_acl
+    let client_ip = generation.acl.client_ip(peer, &parts.headers);
+    log.client_ip = Some(client_ip);
+    generation.acl.check(client_ip)?;
+
+    if !route.allows(&parts.method) {
+        return Err(GatewayError::method_not_allowed(&parts.method, path));
+    }
+
+    // 2. auth
+    let principal = generation.keys.authenticate(&parts.headers)?;
+    log.principal = Some(principal.label.clone());
+
+    if route == Route::Models {
+        let body = match &generation.static_models {
+            Some(list) => list.clone(),
+            None => {
+                let url = generation.upstream.url_for("models", None);
+                generation
+                    .models_cache
+                    .get(
+                        &generation.upstream,
+                        url,
+                        principal.upstream_authorization.as_ref(),
+                        cfg.models_cache_ttl,
+                    )
+                    .await?
+            }
+        };
+        return Ok(json_response(http::StatusCode::OK, body));
+    }
+
+    // 3. body
+    let content_length = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok());
+    let mut bytes = request_body::read(
+        body,
+        content_length,
+        cfg.limits.max_body_bytes,
+        BODY_READ_TIMEOUT,
+    )
+    .await?;
+
+    let url = match route {
+        Route::ChatCompletions => {
+            let peek = request_body::peek_chat(&bytes)?;
+            let needs_defaults = defaults::needed(&cfg.defaults, &peek);
+            log.model = peek
+                .model
+                .as_deref()
+                .map(str::to_owned)
+                .or_else(|| cfg.defaults.model.clone());
+            drop(peek);
+            // 4. defaults and field aliases: parse fully only when something will change.
+            if needs_defaults || !cfg.field_aliases.is_empty() {
+                let mut value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+                    GatewayError::bad_request("invalid_json", format!("Invalid JSON body: {e}"))
+                })?;
+                if let Some(obj) = value.as_object_mut() {
+                    defaults::apply(&cfg.defaults, obj);
+                }
+                defaults::rename_fields(&mut value, &cfg.field_aliases);
+                bytes = Bytes::from(
+                    serde_json::to_vec(&value)
+                        .map_err(|_| GatewayError::internal("could not encode the request"))?,
+                );
+            }
+            generation.upstream.chat_url(parts.uri.query())
+        }
+        Route::V1(rest) => generation.upstream.url_for(rest, parts.uri.query()),
+        Route::Health | Route::Models | Route::NotFound => {
+            return Err(GatewayError::internal("unreachable route"))
+        }
+    };
+
+    // 6. forward
+    let mut headers = parts.headers;
+    if bytes.len() != content_length.unwrap_or(u64::MAX) as usize {
+        headers.remove(CONTENT_LENGTH);
+    }
+    generation
+        .upstream
+        .send(OutboundRequest {
+            method: parts.method,
+            url,
+            headers: &headers,
+            authorization: principal.upstream_authorization.as_ref(),
+            request_id: rid,
+            body: bytes,
+        })
+        .await
+}

@@ -1,0 +1,109 @@
+//! Stage 3: reads the request body under a size limit and a deadline, and — for JSON
+//! endpoints — checks it is a JSON object while picking out the few fields later stages need,
+//! without building a tree. A full parse happens only when a stage will change the body.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+use crate::error::{ErrorKind, GatewayError};
+
+fn too_large(limit: usize) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::PayloadTooLarge,
+        "request_too_large",
+        format!("Request body is larger than the limit of {limit} bytes"),
+    )
+}
+
+/// Reads the whole body, failing with 413 past `limit` bytes and 408-like 400 on a stall.
+pub async fn read<B>(
+    body: B,
+    content_length: Option<u64>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, GatewayError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if content_length.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    let collect = Limited::new(body, limit).collect();
+    match tokio::time::timeout(timeout, collect).await {
+        Err(_) => Err(GatewayError::bad_request(
+            "body_timeout",
+            format!(
+                "The request body did not arrive within {} s",
+                timeout.as_secs_f64()
+            ),
+        )),
+        Ok(Err(e)) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(too_large(limit))
+            } else {
+                Err(GatewayError::bad_request(
+                    "body_read_error",
+                    "The request body could not be read",
+                ))
+            }
+        }
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// What the pipeline needs to know about a chat request, read in one validating pass.
+#[derive(Debug, Default, Deserialize)]
+pub struct ChatPeek<'a> {
+    #[serde(borrow, default)]
+    pub model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub temperature: Option<IgnoredAny>,
+    #[serde(default)]
+    pub max_tokens: Option<IgnoredAny>,
+}
+
+/// Validates that `body` is a JSON object and peeks at its fields.
+pub fn peek_chat(body: &[u8]) -> Result<ChatPeek<'_>, GatewayError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(GatewayError::bad_request(
+            "invalid_json",
+            "The request body is empty; expected a JSON object",
+        ));
+    }
+    serde_json::from_slice::<ChatPeek<'_>>(body).map_err(|e| {
+        let what = if e.is_data() {
+            match e.to_string() {
+                s if s.contains("expected struct") => "expected a JSON object".to_string(),
+                s => s,
+            }
+        } else {
+            e.to_string()
+        };
+        GatewayError::bad_request("invalid_json", format!("Invalid JSON body: {what}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peeks_fields_and_rejects_non_objects() {
+        let p = peek_chat(br#"{"model":"m","messages":[],"temperature":null}"#).unwrap();
+        assert_eq!(p.model.as_deref(), Some("m"));
+        assert!(p.temperature.is_none());
+        assert!(p.max_tokens.is_none());
+        assert!(peek_chat(b"[1,2]").is_err());
+        assert!(peek_chat(b"{\"model\":").is_err());
+        assert!(peek_chat(b"").is_err());
+        assert_eq!(peek_chat(b"nope").unwrap_err().status(), 400);
+    }
+}

@@ -1,0 +1,116 @@
+//! Server-sent-event framing for the relay: forwards complete events as soon as they arrive
+//! and holds back only a trailing partial event, so a stream that breaks never hands the
+//! client half an event followed by our error event.
+//!
+//! In the common case (the upstream writes whole events per chunk) a chunk passes through as
+//! the same `Bytes` — no copy, no coalescing.
+
+use bytes::{Bytes, BytesMut};
+
+#[derive(Debug, Default)]
+pub struct SseFramer {
+    pending: BytesMut,
+}
+
+/// Index just past the last event terminator (`\n\n` or `\r\n\r\n`) in `buf`, if any.
+pub fn last_boundary(buf: &[u8]) -> Option<usize> {
+    let mut i = buf.len();
+    while i >= 2 {
+        i -= 1;
+        if buf[i] != b'\n' {
+            continue;
+        }
+        if buf[i - 1] == b'\n' {
+            return Some(i + 1);
+        }
+        if i >= 3 && buf[i - 1] == b'\r' && buf[i - 2] == b'\n' {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+impl SseFramer {
+    /// Takes a chunk from upstream; returns the complete events it finishes, if any.
+    pub fn push(&mut self, chunk: Bytes) -> Option<Bytes> {
+        if self.pending.is_empty() {
+            match last_boundary(&chunk) {
+                Some(end) if end == chunk.len() => Some(chunk),
+                Some(end) => {
+                    self.pending.extend_from_slice(&chunk[end..]);
+                    Some(chunk.slice(..end))
+                }
+                None => {
+                    self.pending.extend_from_slice(&chunk);
+                    None
+                }
+            }
+        } else {
+            self.pending.extend_from_slice(&chunk);
+            let end = last_boundary(&self.pending)?;
+            Some(self.pending.split_to(end).freeze())
+        }
+    }
+
+    /// Whatever is held back (an unterminated last event).
+    pub fn take_rest(&mut self) -> Option<Bytes> {
+        if self.pending.is_empty() {
+            None
+        } else {
+            Some(self.pending.split().freeze())
+        }
+    }
+
+    pub fn has_partial(&self) -> bool {
+        !self.pending.is_empty()
+    }
+}
+
+/// The final event sent when the upstream stream fails after the response has started.
+pub fn error_event(message: &str, code: &str) -> Bytes {
+    let body = serde_json::json!({
+        "error": {"message": message, "type": "upstream_error", "param": null, "code": code}
+    });
+    Bytes::from(format!("data: {body}\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_events_pass_through_unchanged() {
+        let mut f = SseFramer::default();
+        let c = Bytes::from_static(b"data: {\"a\":1}\n\ndata: [DONE]\n\n");
+        let out = f.push(c.clone()).unwrap();
+        assert_eq!(out, c);
+        assert_eq!(out.as_ptr(), c.as_ptr(), "no copy");
+        assert!(!f.has_partial());
+    }
+
+    #[test]
+    fn partial_events_are_held_until_complete() {
+        let mut f = SseFramer::default();
+        assert_eq!(f.push(Bytes::from_static(b"data: {\"a\"")), None);
+        assert_eq!(
+            f.push(Bytes::from_static(b":1}\n\ndata: x")).unwrap(),
+            Bytes::from_static(b"data: {\"a\":1}\n\n")
+        );
+        assert!(f.has_partial());
+        assert_eq!(
+            f.push(Bytes::from_static(b"\r\n\r\n")).unwrap(),
+            Bytes::from_static(b"data: x\r\n\r\n")
+        );
+        assert_eq!(f.take_rest(), None);
+    }
+
+    #[test]
+    fn boundary_split_across_chunks() {
+        let mut f = SseFramer::default();
+        assert_eq!(f.push(Bytes::from_static(b"data: 1\n")), None);
+        assert_eq!(
+            f.push(Bytes::from_static(b"\n")).unwrap(),
+            Bytes::from_static(b"data: 1\n\n")
+        );
+    }
+}

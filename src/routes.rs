@@ -1,0 +1,84 @@
+//! Path → route. Methods are checked by the pipeline, after the ACL, so a refused client
+//! learns nothing about which methods a route takes.
+
+use http::Method;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// `/health`: liveness, no auth.
+    Health,
+    /// `/v1/models`
+    Models,
+    /// `/v1/chat/completions`
+    ChatCompletions,
+    /// Any other `/v1/<rest>`, forwarded under the upstream base path.
+    V1(&'a str),
+    NotFound,
+}
+
+impl Route<'_> {
+    pub fn allows(&self, method: &Method) -> bool {
+        match self {
+            Route::Health | Route::Models => method == Method::GET || method == Method::HEAD,
+            Route::ChatCompletions => method == Method::POST,
+            Route::V1(_) => true,
+            Route::NotFound => false,
+        }
+    }
+
+    /// Whether the route's body must be a JSON object.
+    pub fn wants_json(&self) -> bool {
+        matches!(self, Route::ChatCompletions)
+    }
+}
+
+pub fn route(path: &str) -> Route<'_> {
+    let trimmed = if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    };
+    match trimmed {
+        "/health" | "/healthz" => Route::Health,
+        "/v1/models" => Route::Models,
+        "/v1/chat/completions" => Route::ChatCompletions,
+        _ => match trimmed.strip_prefix("/v1/") {
+            Some(rest) if is_safe_rest(rest) => Route::V1(rest),
+            _ => Route::NotFound,
+        },
+    }
+}
+
+/// Rejects dot segments and empty segments so a path can never climb out of the base path.
+fn is_safe_rest(rest: &str) -> bool {
+    !rest.is_empty()
+        && rest.split('/').all(|seg| {
+            let lower = seg.to_ascii_lowercase();
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && !seg.contains('\\')
+                && !lower.contains("%2e")
+                && !lower.contains("%2f")
+                && !lower.contains("%5c")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("/health"), Route::Health);
+        assert_eq!(route("/v1/models"), Route::Models);
+        assert_eq!(route("/v1/chat/completions/"), Route::ChatCompletions);
+        assert_eq!(route("/v1/embeddings"), Route::V1("embeddings"));
+        assert_eq!(route("/v1/models/gpt-4"), Route::V1("models/gpt-4"));
+        assert_eq!(route("/v1/../admin"), Route::NotFound);
+        assert_eq!(route("/v1/a/%2e%2e/b"), Route::NotFound);
+        assert_eq!(route("/v1/a//b"), Route::NotFound);
+        assert_eq!(route("/"), Route::NotFound);
+        assert_eq!(route("/v2/x"), Route::NotFound);
+    }
+}

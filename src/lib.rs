@@ -14,6 +14,7 @@ pub mod mock;
 pub mod pipeline;
 pub mod routes;
 pub mod runtime;
+pub mod scripting;
 pub mod secret;
 pub mod server;
 

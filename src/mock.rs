@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -32,7 +32,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub const MOCK_MODELS: &[&str] = &[
@@ -84,6 +84,8 @@ pub struct MockStats {
     pub streams_completed: AtomicU64,
     /// Streams whose reader went away before the last event.
     pub streams_cancelled: AtomicU64,
+    /// Non-streamed answers whose caller went away while the mock was still "thinking".
+    pub answers_abandoned: AtomicU64,
     pub last: Mutex<Option<RecordedRequest>>,
 }
 
@@ -100,6 +102,8 @@ pub struct MockHandle {
     pub addr: SocketAddr,
     pub stats: Arc<MockStats>,
     task: JoinHandle<()>,
+    /// Closes every open connection when the handle drops (an upstream that really goes away).
+    stop: watch::Sender<bool>,
 }
 
 impl MockHandle {
@@ -110,6 +114,7 @@ impl MockHandle {
 
 impl Drop for MockHandle {
     fn drop(&mut self) {
+        let _ = self.stop.send(true);
         self.task.abort();
     }
 }
@@ -119,12 +124,28 @@ pub async fn spawn(addr: SocketAddr, opts: MockOptions) -> std::io::Result<MockH
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let stats = Arc::new(MockStats::default());
-    let task = tokio::spawn(serve(listener, opts, stats.clone()));
-    Ok(MockHandle { addr, stats, task })
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(serve_until(listener, opts, stats.clone(), stop_rx));
+    Ok(MockHandle {
+        addr,
+        stats,
+        task,
+        stop,
+    })
 }
 
 /// Serves the mock on `listener` forever.
 pub async fn serve(listener: TcpListener, opts: MockOptions, stats: Arc<MockStats>) {
+    let (_stop, stop_rx) = watch::channel(false);
+    serve_until(listener, opts, stats, stop_rx).await;
+}
+
+async fn serve_until(
+    listener: TcpListener,
+    opts: MockOptions,
+    stats: Arc<MockStats>,
+    stop: watch::Receiver<bool>,
+) {
     let opts = Arc::new(opts);
     loop {
         let (stream, _) = match listener.accept().await {
@@ -137,15 +158,19 @@ pub async fn serve(listener: TcpListener, opts: MockOptions, stats: Arc<MockStat
         let _ = stream.set_nodelay(true);
         let opts = opts.clone();
         let stats = stats.clone();
+        let mut stop = stop.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let opts = opts.clone();
                 let stats = stats.clone();
                 async move { Ok::<_, Infallible>(handle(req, &opts, &stats).await) }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = stop.changed() => {}
+            }
         });
     }
 }
@@ -329,11 +354,10 @@ async fn handle(
         _ => opts.ttft,
     };
     let plan = Plan {
-        id: format!("chatcmpl-mock-{}", stats.requests.load(Ordering::Relaxed)),
-        created: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        // Derived from the request so the same request gets byte-identical answers, direct or
+        // through the gateway (tests compare the two).
+        id: format!("chatcmpl-mock-{:016x}", fnv1a(&body)),
+        created: MOCK_CREATED,
         model: model.clone(),
         tokens: opts.tokens.max(1),
         tool,
@@ -344,7 +368,10 @@ async fn handle(
 
     if !stream {
         if !ttft.is_zero() {
+            // Dropped with the handler future when the caller disconnects mid-wait.
+            let guard = AbandonGuard(stats.clone());
             tokio::time::sleep(ttft).await;
+            std::mem::forget(guard);
         }
         if plan.drop_midway {
             let (tx, rx) = mpsc::channel(1);
@@ -379,6 +406,23 @@ async fn handle(
     );
     h.insert("cache-control", http::HeaderValue::from_static("no-cache"));
     r
+}
+
+struct AbandonGuard(Arc<MockStats>);
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        self.0.answers_abandoned.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// `created` of every mock answer: fixed, so answers are reproducible.
+const MOCK_CREATED: u64 = 1_767_225_600;
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 enum StreamEnd {

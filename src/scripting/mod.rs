@@ -1,0 +1,1 @@
+//! Rhai plugins (work in progress: see issue 3).

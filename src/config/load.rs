@@ -15,27 +15,46 @@ pub fn parse_raw(
     file: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<RawConfig, ConfigErrors> {
+    match parse_raw_partial(text, file, lookup) {
+        (Some(raw), errors) if errors.is_empty() => Ok(raw),
+        (_, errors) => Err(ConfigErrors(errors)),
+    }
+}
+
+/// Like [`parse_raw`], but when some nodes are bad it drops them and still returns the rest,
+/// so semantic validation can report its own errors in the same run.
+pub fn parse_raw_partial(
+    text: &str,
+    file: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> (Option<RawConfig>, Vec<ConfigError>) {
     let mut errors = Vec::new();
     let mut value: Value = match serde_yaml::from_str(text) {
         Ok(Value::Null) => Value::Mapping(Default::default()),
         Ok(v) => v,
         Err(e) => {
             let line = e.location().map(|l| l.line());
-            return Err(ConfigErrors::one(ConfigError {
-                file: file.to_owned(),
-                path: String::new(),
-                line,
-                message: format!("invalid YAML: {e}"),
-            }));
+            return (
+                None,
+                vec![ConfigError {
+                    file: file.to_owned(),
+                    path: String::new(),
+                    line,
+                    message: format!("invalid YAML: {e}"),
+                }],
+            );
         }
     };
     if !value.is_mapping() {
-        return Err(ConfigErrors::one(ConfigError {
-            file: file.to_owned(),
-            path: String::new(),
-            line: Some(1),
-            message: "the config must be a YAML mapping of keys to values".into(),
-        }));
+        return (
+            None,
+            vec![ConfigError {
+                file: file.to_owned(),
+                path: String::new(),
+                line: Some(1),
+                message: "the config must be a YAML mapping of keys to values".into(),
+            }],
+        );
     }
     expand_tree(&mut value, &mut Vec::new(), lookup, &mut |path, message| {
         errors.push(ConfigError {
@@ -49,13 +68,7 @@ pub fn parse_raw(
     // serde stops at the first error; to report them all, drop the offending node and retry.
     for _ in 0..64 {
         match serde_path_to_error::deserialize::<_, RawConfig>(value.clone()) {
-            Ok(raw) => {
-                return if errors.is_empty() {
-                    Ok(raw)
-                } else {
-                    Err(ConfigErrors(errors))
-                };
-            }
+            Ok(raw) => return (Some(raw), errors),
             Err(e) => {
                 let segments = path_segments(e.path());
                 let message = e.inner().to_string();
@@ -71,25 +84,19 @@ pub fn parse_raw(
             }
         }
     }
-    Err(ConfigErrors(errors))
+    (None, errors)
 }
 
-/// Reads and parses the file at `path`.
-pub fn read_raw(
-    path: &Path,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<(RawConfig, String), ConfigErrors> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
+/// Reads the file at `path`.
+pub fn read_text(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors::one(ConfigError {
-            file: file.clone(),
+            file: path.display().to_string(),
             path: String::new(),
             line: None,
             message: format!("cannot read config file: {e}"),
         })
-    })?;
-    let raw = parse_raw(&text, &file, lookup)?;
-    Ok((raw, text))
+    })
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -142,13 +149,42 @@ fn tidy_message(message: &str) -> String {
         return "expected a model id or an object with `id`".into();
     }
     if let Some(name) = unknown_field(message) {
-        let expected = message
+        let candidates: Vec<&str> = message
             .split_once(", expected ")
-            .map(|(_, e)| format!(" (expected {e})"))
+            .map(|(_, e)| e.split('`').skip(1).step_by(2).collect())
             .unwrap_or_default();
-        return format!("unknown key `{name}`{expected}");
+        let best = candidates
+            .iter()
+            .map(|c| (edit_distance(name, c), *c))
+            .filter(|(d, c)| *d <= 2.max(c.len() / 4))
+            .min();
+        return match best {
+            Some((_, c)) => format!("unknown key `{name}` (did you mean `{c}`?)"),
+            None if !candidates.is_empty() => {
+                format!(
+                    "unknown key `{name}` (known keys here: {})",
+                    candidates.join(", ")
+                )
+            }
+            None => format!("unknown key `{name}`"),
+        };
     }
     message.to_owned()
+}
+
+/// Levenshtein distance, for "did you mean" hints on short key names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 fn remove_at(value: &mut Value, path: &[Segment]) -> bool {
@@ -170,9 +206,6 @@ fn remove_at(value: &mut Value, path: &[Segment]) -> bool {
     match (last, cur) {
         (Segment::Key(k), Value::Mapping(m)) => m.remove(k.as_str()).is_some(),
         (Segment::Index(i), Value::Sequence(s)) if *i < s.len() => {
-            // Replace rather than shift, so later indices in the report stay true.
-            s[*i] = Value::Null;
-            // A null inside a list of strings would error again; drop it instead.
             s.remove(*i);
             true
         }

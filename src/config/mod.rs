@@ -172,8 +172,8 @@ impl Config {
     /// Reads, expands and validates the file at `path` with the process environment.
     pub fn from_file(path: &Path) -> Result<Config, ConfigErrors> {
         let lookup = |name: &str| std::env::var(name).ok();
-        let (raw, text) = load::read_raw(path, &lookup)?;
-        let mut cfg = validate::validate(raw, &path.display().to_string(), &text)?;
+        let text = load::read_text(path)?;
+        let mut cfg = Self::from_text(&text, &path.display().to_string(), &lookup)?;
         cfg.source = Some(path.to_path_buf());
         Ok(cfg)
     }
@@ -183,7 +183,26 @@ impl Config {
         text: &str,
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigErrors> {
-        let raw = load::parse_raw(text, "<inline>", lookup)?;
-        validate::validate(raw, "<inline>", text)
+        Self::from_text(text, "<inline>", lookup)
+    }
+
+    /// Schema errors and semantic errors are reported together.
+    fn from_text(
+        text: &str,
+        file: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        let (raw, mut errors) = load::parse_raw_partial(text, file, lookup);
+        let Some(raw) = raw else {
+            return Err(ConfigErrors(errors));
+        };
+        match validate::validate(raw, file, text) {
+            Ok(cfg) if errors.is_empty() => Ok(cfg),
+            Ok(_) => Err(ConfigErrors(errors)),
+            Err(more) => {
+                errors.extend(more.0);
+                Err(ConfigErrors(errors))
+            }
+        }
     }
 }

@@ -1,0 +1,148 @@
+//! Config files: the Python forwarder's config.yml and our config.yml.example load unchanged;
+//! `sophgate check` / `serve` report every error with file, path and line, exit code 2.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use sophgate::config::Config;
+
+fn root(p: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+fn env_with_key(name: &str) -> Option<String> {
+    (name == "SOPHNET_API_KEY").then(|| "sk-from-env".to_string())
+}
+
+#[test]
+fn seed_config_loads_unchanged_with_the_same_meaning() {
+    let text = std::fs::read_to_string(root("tests/fixtures/seed-config.yml")).unwrap();
+    let cfg = Config::from_yaml(&text, &|_| None).unwrap();
+    assert_eq!(cfg.upstream.api_host, "https://www.sophnet.com");
+    assert_eq!(cfg.upstream.chat_path, "/api/open-apis/v1/chat/completions");
+    assert_eq!(cfg.keys.len(), 2);
+    assert_eq!(cfg.ip_deny.len(), 2);
+    assert!(cfg.ip_allow.is_empty());
+    assert!(cfg.upstream.proxy.is_none());
+    assert_eq!(cfg.upstream.connect_timeout, Duration::from_secs(30));
+    assert_eq!(cfg.defaults.model.as_deref(), Some("DeepSeek-V3"));
+    assert_eq!(cfg.defaults.temperature, Some(0.7));
+    assert_eq!(cfg.defaults.max_tokens, Some(4096));
+    assert_eq!(cfg.models_cache_ttl, Duration::from_secs(300));
+    assert_eq!(cfg.logging.level, "info");
+    assert_eq!(cfg.upstream.connection_limit, 100);
+    assert_eq!(cfg.upstream.connection_limit_per_host, 50);
+    assert_eq!(cfg.workers, None);
+    assert_eq!(
+        cfg.field_aliases,
+        vec![("model".to_string(), "model_id".to_string())]
+    );
+    sophgate::Generation::build(cfg, 1).unwrap();
+}
+
+#[test]
+fn example_config_loads_and_reads_the_key_from_the_environment() {
+    let text = std::fs::read_to_string(root("config.yml.example")).unwrap();
+    let cfg = Config::from_yaml(&text, &env_with_key).unwrap();
+    assert_eq!(cfg.keys.len(), 1);
+    assert_eq!(cfg.keys[0].upstream_key.expose(), "sk-from-env");
+    assert_eq!(cfg.upstream.api_host, "https://www.sophnet.com");
+    // Without the variable the file is refused, naming it.
+    let err = Config::from_yaml(&text, &|_| None).unwrap_err().to_string();
+    assert!(err.contains("SOPHNET_API_KEY"), "{err}");
+}
+
+#[test]
+fn example_documents_every_key() {
+    let text = std::fs::read_to_string(root("config.yml.example")).unwrap();
+    for key in [
+        "api_host",
+        "forward_chat_path",
+        "forward_base_path",
+        "api_keys",
+        "ip_whitelist",
+        "ip_blacklist",
+        "proxy",
+        "timeout",
+        "default_model",
+        "default_temperature",
+        "default_max_tokens",
+        "models_cache_ttl",
+        "log_level",
+        "connection_limit",
+        "connection_limit_per_host",
+        "keepalive_timeout",
+        "force_close",
+        "workers",
+        "field_aliases",
+        "listen",
+        "trusted_proxies",
+        "passthrough_unknown_keys",
+        "models:",
+        "limits:",
+        "max_body_bytes",
+        "header_read_timeout",
+        "first_byte_timeout",
+        "stream_idle_timeout",
+        "shutdown_grace",
+        "logging:",
+        "format:",
+        "file:",
+        "rotation:",
+        "retention_days",
+        "access_log",
+    ] {
+        assert!(
+            text.contains(key),
+            "config.yml.example does not mention {key}"
+        );
+    }
+}
+
+fn sophgate(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sophgate"))
+        .args(args)
+        .env("SOPHNET_API_KEY", "sk-from-env")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_accepts_good_files_and_reports_every_error_with_line() {
+    let ok = sophgate(&["check", "-c", root("config.yml.example").to_str().unwrap()]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let dir = std::env::temp_dir().join(format!("sophgate-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yml");
+    std::fs::write(
+        &bad,
+        "api_host: https://x\nip_whitelst: []\nlimits:\n  max_body_bytes: -5\nip_blacklist:\n  - 10.0.0.0/8\n  - not-an-ip\n",
+    )
+    .unwrap();
+    let out = sophgate(&["check", "-c", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yml:2: ip_whitelst: unknown key"), "{err}");
+    assert!(err.contains("bad.yml:4: limits.max_body_bytes"), "{err}");
+    assert!(err.contains("bad.yml:7: ip_blacklist[1]"), "{err}");
+
+    let missing = sophgate(&["serve", "-c", dir.join("nope.yml").to_str().unwrap()]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("nope.yml"));
+
+    std::fs::write(&bad, "api_host: [unclosed\n").unwrap();
+    let out = sophgate(&["serve", "-c", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yml:") && err.contains("invalid YAML"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -36,6 +36,19 @@ use forward::OutboundRequest;
 
 pub const REQUEST_ID: &str = "x-request-id";
 
+/// How much of a request body a DEBUG log line shows.
+const DEBUG_BODY_BYTES: usize = 2048;
+
+/// The first `max` bytes of `body` as text, marked when cut.
+fn truncated(body: &[u8], max: usize) -> String {
+    let cut = &body[..body.len().min(max)];
+    let mut s = String::from_utf8_lossy(cut).into_owned();
+    if body.len() > max {
+        s.push_str(&format!("…[{} more bytes]", body.len() - max));
+    }
+    s
+}
+
 /// How long a client may take to send its body.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -184,6 +197,16 @@ where
     )
     .await?;
 
+    if tracing::enabled!(target: "sophgate::body", tracing::Level::DEBUG) {
+        tracing::debug!(
+            target: "sophgate::body",
+            request_id = %rid,
+            bytes = bytes.len(),
+            body = %truncated(&bytes, DEBUG_BODY_BYTES),
+            "request body"
+        );
+    }
+
     let url = match route {
         Route::ChatCompletions => {
             let peek = request_body::peek_chat(&bytes)?;
@@ -217,10 +240,7 @@ where
     };
 
     // 6. forward
-    let mut headers = parts.headers;
-    if bytes.len() != content_length.unwrap_or(u64::MAX) as usize {
-        headers.remove(CONTENT_LENGTH);
-    }
+    let headers = parts.headers;
     generation
         .upstream
         .send(OutboundRequest {

@@ -1,0 +1,83 @@
+//! The access log: one line per request with the fields operators need, and never a key or
+//! an Authorization value — checked on the real binary's output at DEBUG level.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sophgate::mock::{self, MockOptions};
+
+const CLIENT_KEY: &str = "sk-client-SECRET-4a7f9e";
+const UPSTREAM_KEY: &str = "up-SECRET-91c3d2";
+
+#[tokio::test]
+async fn access_log_has_the_fields_and_no_secrets() {
+    let mock = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default()).await.unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = std::env::temp_dir().join(format!("sophgate-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("config.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: \"127.0.0.1:{port}\"\napi_host: \"http://{}\"\nforward_chat_path: /v1/chat/completions\napi_keys:\n  \"{CLIENT_KEY}\": \"${{UP_KEY}}\"\nlog_level: DEBUG\nlogging:\n  format: json\n",
+            mock.addr
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sophgate"))
+        .args(["serve", "-c", cfg.to_str().unwrap()])
+        .env("UP_KEY", UPSTREAM_KEY)
+        .env_remove("SOPHGATE_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(Instant::now() < deadline, "gateway did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let body = r#"{"model":"mock-model","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+    let resp = c.post(&url).bearer_auth(CLIENT_KEY).body(body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    let bad = c.post(&url).bearer_auth("sk-wrong-SECRET-x").body(body).send().await.unwrap();
+    assert_eq!(bad.status(), 401);
+    bad.bytes().await.unwrap();
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM");
+    let lines: Vec<String> = rx.try_iter().collect();
+    let all = lines.join("\n");
+    for secret in [CLIENT_KEY, UPSTREAM_KEY, "sk-wrong-SECRET-x", "SECRET"] {
+        assert!(!all.contains(secret), "secret {secret} in the log:\n{all}");
+    }
+    let access: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "sophgate::access")
+        .collect();
+    assert_eq!(access.len(), 2, "one line per request:\n{all}");
+    let ok = &access[0];
+    for field in ["request_id", "client_ip", "key", "model", "status", "latency_ms", "ttfb_ms", "bytes"] {
+        assert!(ok.get(field).is_some(), "access log lacks {field}: {ok}");
+    }
+    assert_eq!(ok["model"], "mock-model");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["stream"], true);
+    assert!(ok["key"].as_str().unwrap().starts_with("key-"));
+    assert_eq!(access[1]["status"], 401);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -32,6 +32,7 @@ use crate::routes::{route, Route};
 use crate::runtime::Generation;
 
 use access_log::AccessLog;
+use auth::Principal;
 use forward::OutboundRequest;
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -121,6 +122,21 @@ where
     resp
 }
 
+/// What the stages before `forward` decided: answer now, or send this upstream.
+pub enum Step {
+    Respond(Response<ResponseBody>),
+    Forward(Prepared),
+}
+
+/// A request that passed every stage and is ready for the upstream.
+pub struct Prepared {
+    pub principal: Arc<Principal>,
+    pub method: http::Method,
+    pub url: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
 async fn run<B>(
     generation: &Generation,
     peer: IpAddr,
@@ -128,6 +144,38 @@ async fn run<B>(
     rid: &str,
     log: &mut AccessLog,
 ) -> Result<Response<ResponseBody>, GatewayError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match prepare(generation, peer, req, rid, log).await? {
+        Step::Respond(resp) => Ok(resp),
+        Step::Forward(p) => {
+            // 6. forward
+            generation
+                .upstream
+                .send(OutboundRequest {
+                    method: p.method,
+                    url: p.url,
+                    headers: &p.headers,
+                    authorization: p.principal.upstream_authorization.as_ref(),
+                    request_id: rid,
+                    body: p.body,
+                })
+                .await
+        }
+    }
+}
+
+/// Runs every stage before `forward` (route, ip_acl, auth, body, defaults). Public so the
+/// benchmarks can time the whole request path without sockets.
+pub async fn prepare<B>(
+    generation: &Generation,
+    peer: IpAddr,
+    req: Request<B>,
+    rid: &str,
+    log: &mut AccessLog,
+) -> Result<Step, GatewayError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -143,10 +191,10 @@ where
             if !route.allows(&parts.method) {
                 return Err(GatewayError::method_not_allowed(&parts.method, path));
             }
-            return Ok(json_response(
+            return Ok(Step::Respond(json_response(
                 http::StatusCode::OK,
                 Bytes::from_static(br#"{"status":"ok"}"#),
-            ));
+            )));
         }
         _ => {}
     }
@@ -180,7 +228,7 @@ where
                     .await?
             }
         };
-        return Ok(json_response(http::StatusCode::OK, body));
+        return Ok(Step::Respond(json_response(http::StatusCode::OK, body)));
     }
 
     // 3. body
@@ -239,17 +287,11 @@ where
         }
     };
 
-    // 6. forward
-    let headers = parts.headers;
-    generation
-        .upstream
-        .send(OutboundRequest {
-            method: parts.method,
-            url,
-            headers: &headers,
-            authorization: principal.upstream_authorization.as_ref(),
-            request_id: rid,
-            body: bytes,
-        })
-        .await
+    Ok(Step::Forward(Prepared {
+        principal,
+        method: parts.method,
+        url,
+        headers: parts.headers,
+        body: bytes,
+    }))
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::Stream;
 use http_body::{Body, Frame, SizeHint};
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::pipeline::access_log::AccessLog;
 use crate::pipeline::sse::{error_event, SseFramer};
@@ -19,6 +18,29 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub type UpstreamStream = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
 
+/// Something that must live exactly as long as the response: a concurrency permit, a pooled
+/// key's in-flight lease, …
+pub type Guard = Box<dyn std::any::Any + Send>;
+
+/// What an [`EventFilter`] does with one SSE event.
+pub enum EventAction {
+    Keep,
+    Drop,
+    Replace(Bytes),
+}
+
+/// Looks at (and may change or drop) each complete SSE event of a streamed answer.
+/// `event` is one event including its terminating blank line.
+pub trait EventFilter: Send {
+    fn on_event(&mut self, event: &[u8]) -> EventAction;
+}
+
+/// Sees every byte of a non-streamed answer (e.g. to read its `usage`).
+pub trait BodyObserver: Send {
+    fn on_chunk(&mut self, chunk: &[u8]);
+    fn on_end(&mut self);
+}
+
 /// Relays an upstream body to the client as it arrives.
 pub struct Relay {
     stream: UpstreamStream,
@@ -26,26 +48,105 @@ pub struct Relay {
     sse: Option<SseFramer>,
     idle_timeout: Duration,
     idle: Pin<Box<tokio::time::Sleep>>,
+    /// Whole-answer deadline (`timeouts.total`), if any.
+    total: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
-    /// Holds the upstream concurrency slot until the body is finished or dropped.
-    _permit: Option<OwnedSemaphorePermit>,
+    filters: Vec<Box<dyn EventFilter>>,
+    observers: Vec<Box<dyn BodyObserver>>,
+    /// Released when the body is finished or dropped.
+    _guards: Vec<Guard>,
 }
 
 impl Relay {
-    pub fn new(
-        stream: UpstreamStream,
-        sse: bool,
-        idle_timeout: Duration,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> Self {
+    pub fn new(stream: UpstreamStream, sse: bool, idle_timeout: Duration) -> Self {
         Relay {
             stream,
             sse: sse.then(SseFramer::default),
             idle_timeout,
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            total: None,
             done: false,
-            _permit: permit,
+            filters: Vec::new(),
+            observers: Vec::new(),
+            _guards: Vec::new(),
         }
+    }
+
+    pub fn with_total_timeout(mut self, total: Option<Duration>) -> Self {
+        self.total = total.map(|d| Box::pin(tokio::time::sleep(d)));
+        self
+    }
+
+    pub fn guard(&mut self, guard: Guard) {
+        self._guards.push(guard);
+    }
+
+    pub fn is_sse(&self) -> bool {
+        self.sse.is_some()
+    }
+
+    /// Adds a filter for SSE events (ignored for other bodies).
+    pub fn filter(&mut self, f: Box<dyn EventFilter>) {
+        self.filters.push(f);
+    }
+
+    /// Adds an observer for non-SSE bodies (ignored for event streams).
+    pub fn observe(&mut self, o: Box<dyn BodyObserver>) {
+        self.observers.push(o);
+    }
+
+    /// Runs the filters over a block of complete events; `None` if every event was dropped.
+    fn apply_filters(&mut self, block: Bytes) -> Option<Bytes> {
+        if self.filters.is_empty() {
+            return Some(block);
+        }
+        let mut start = 0;
+        let mut changed = false;
+        let mut kept: Vec<(usize, usize)> = Vec::new();
+        let mut replaced: Vec<(usize, Bytes)> = Vec::new();
+        for end in event_ends(&block) {
+            let mut action = EventAction::Keep;
+            let mut current: Option<Bytes> = None;
+            for f in self.filters.iter_mut() {
+                let ev: &[u8] = current.as_deref().unwrap_or(&block[start..end]);
+                match f.on_event(ev) {
+                    EventAction::Keep => {}
+                    EventAction::Drop => {
+                        action = EventAction::Drop;
+                        break;
+                    }
+                    EventAction::Replace(b) => {
+                        current = Some(b);
+                    }
+                }
+            }
+            match (action, current) {
+                (EventAction::Drop, _) => changed = true,
+                (_, Some(b)) => {
+                    changed = true;
+                    replaced.push((kept.len(), b));
+                    kept.push((0, 0));
+                }
+                _ => kept.push((start, end)),
+            }
+            start = end;
+        }
+        if !changed {
+            return Some(block);
+        }
+        let mut buf = bytes::BytesMut::with_capacity(block.len());
+        let mut rep = replaced.into_iter().peekable();
+        for (i, (a, b)) in kept.iter().enumerate() {
+            if rep.peek().is_some_and(|(j, _)| *j == i) {
+                if let Some((_, bytes)) = rep.next() {
+                    buf.extend_from_slice(&bytes);
+                }
+            } else {
+                buf.extend_from_slice(&block[*a..*b]);
+            }
+        }
+        let bytes = buf.split().freeze();
+        (!bytes.is_empty()).then_some(bytes)
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, RelayError>>> {
@@ -58,9 +159,17 @@ impl Relay {
                     let deadline = tokio::time::Instant::now() + self.idle_timeout;
                     self.idle.as_mut().reset(deadline);
                     match self.sse.as_mut() {
-                        None => return Poll::Ready(Some(Ok(chunk))),
+                        None => {
+                            for o in self.observers.iter_mut() {
+                                o.on_chunk(&chunk);
+                            }
+                            return Poll::Ready(Some(Ok(chunk)));
+                        }
                         Some(f) => match f.push(chunk) {
-                            Some(events) => return Poll::Ready(Some(Ok(events))),
+                            Some(events) => match self.apply_filters(events) {
+                                Some(out) => return Poll::Ready(Some(Ok(out))),
+                                None => continue,
+                            },
                             None => continue,
                         },
                     }
@@ -72,11 +181,21 @@ impl Relay {
                 }
                 Poll::Ready(None) => {
                     self.done = true;
+                    for o in self.observers.iter_mut() {
+                        o.on_end();
+                    }
                     // An unterminated last event is passed on as it came.
                     let rest = self.sse.as_mut().and_then(|f| f.take_rest());
                     return Poll::Ready(rest.map(Ok));
                 }
                 Poll::Pending => {
+                    if let Some(total) = self.total.as_mut() {
+                        if total.as_mut().poll(cx).is_ready() {
+                            self.done = true;
+                            tracing::warn!("upstream answer exceeded the total timeout");
+                            return Poll::Ready(Some(Err(RelayError::Total)));
+                        }
+                    }
                     if self.idle.as_mut().poll(cx).is_ready() {
                         self.done = true;
                         tracing::warn!(timeout = ?self.idle_timeout, "upstream went silent mid-body");
@@ -92,6 +211,28 @@ impl Relay {
 enum RelayError {
     Broken,
     Idle,
+    Total,
+}
+
+/// End offsets of each complete event in a block of events.
+fn event_ends(block: &[u8]) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut i = 0;
+    while i + 1 < block.len() {
+        if block[i] == b'\n' && block[i + 1] == b'\n' {
+            ends.push(i + 2);
+            i += 2;
+        } else if block[i] == b'\n' && block[i + 1] == b'\r' && block.get(i + 2) == Some(&b'\n') {
+            ends.push(i + 3);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    if ends.last().copied().unwrap_or(0) < block.len() {
+        ends.push(block.len());
+    }
+    ends
 }
 
 enum Inner {
@@ -123,6 +264,14 @@ impl ResponseBody {
         ResponseBody {
             inner: Inner::Relay(Box::new(relay)),
             log: None,
+        }
+    }
+
+    /// The relay inside, to attach filters, observers and guards.
+    pub fn relay_mut(&mut self) -> Option<&mut Relay> {
+        match &mut self.inner {
+            Inner::Relay(r) => Some(r),
+            Inner::Full(_) => None,
         }
     }
 
@@ -167,6 +316,10 @@ impl Body for ResponseBody {
                             RelayError::Idle => (
                                 "The upstream stopped sending before the answer was complete",
                                 "upstream_idle_timeout",
+                            ),
+                            RelayError::Total => (
+                                "The upstream answer took longer than the total time allowed",
+                                "upstream_total_timeout",
                             ),
                         };
                         if let Some(log) = this.log.as_mut() {

@@ -44,6 +44,7 @@ pub async fn start(listen: SocketAddr, ttft: Duration, itl: Duration) -> Result<
             itl,
             tokens: 12,
             require_key: Some(DEMO_UPSTREAM_KEY.into()),
+            token_check: None,
         },
     )
     .await

@@ -7,8 +7,10 @@
 
 pub mod body;
 pub mod config;
+pub mod credentials;
 pub mod demo;
 pub mod error;
+pub mod glob;
 pub mod logging;
 pub mod mock;
 pub mod pipeline;
@@ -17,6 +19,7 @@ pub mod runtime;
 pub mod scripting;
 pub mod secret;
 pub mod server;
+pub mod token_mock;
 
 pub use config::Config;
 pub use error::GatewayError;

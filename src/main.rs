@@ -45,6 +45,9 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Print the `sha256:<hex>` form of a client key, for `api_keys` without plain secrets.
+    /// Reads the key from standard input when not given (keeps it out of shell history).
+    HashKey { key: Option<String> },
     /// Run an OpenAI-compatible mock upstream (for demos, tests and benchmarks).
     MockUpstream {
         #[arg(long, default_value = "127.0.0.1:9000")]
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::HashKey { key } => hash_key(key),
         Command::Serve { config } => serve(&config),
         Command::Demo {
             listen,
@@ -101,10 +105,31 @@ fn main() -> ExitCode {
                 itl: Duration::from_millis(itl_ms),
                 tokens,
                 require_key,
+                token_check: None,
             },
             workers,
         ),
     }
+}
+
+fn hash_key(key: Option<String>) -> ExitCode {
+    let key = match key {
+        Some(k) => k,
+        None => {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err() {
+                eprintln!("sophgate hash-key: cannot read the key from standard input");
+                return ExitCode::from(2);
+            }
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    if key.is_empty() {
+        eprintln!("sophgate hash-key: the key is empty");
+        return ExitCode::from(2);
+    }
+    println!("{}", sophgate::config::validate::hash_key(&key));
+    ExitCode::SUCCESS
 }
 
 fn check(path: &std::path::Path) -> ExitCode {

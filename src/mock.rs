@@ -55,6 +55,19 @@ pub struct MockOptions {
     pub tokens: usize,
     /// When set, requests must carry `Authorization: Bearer <key>` or get 401.
     pub require_key: Option<String>,
+    /// When set, requests must carry `Authorization: Bearer <token>` with a token this check
+    /// accepts (e.g. one the token mock issued and has not revoked), or get 401.
+    pub token_check: Option<TokenCheck>,
+}
+
+/// A predicate over bearer tokens, shared with a token server.
+#[derive(Clone)]
+pub struct TokenCheck(pub Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for TokenCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenCheck")
+    }
 }
 
 impl Default for MockOptions {
@@ -64,6 +77,7 @@ impl Default for MockOptions {
             itl: Duration::ZERO,
             tokens: 8,
             require_key: None,
+            token_check: None,
         }
     }
 }
@@ -86,6 +100,9 @@ pub struct MockStats {
     pub streams_cancelled: AtomicU64,
     /// Non-streamed answers whose caller went away while the mock was still "thinking".
     pub answers_abandoned: AtomicU64,
+    /// When non-zero, every chat completion is answered with this status (an upstream that is
+    /// down or rate limited), with `Retry-After: 1` on 429.
+    pub force_status: std::sync::atomic::AtomicU16,
     pub last: Mutex<Option<RecordedRequest>>,
 }
 
@@ -255,6 +272,22 @@ async fn handle(
             );
         }
     }
+    if let Some(check) = &opts.token_check {
+        let token = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !(check.0)(token) {
+            return error_resp(
+                StatusCode::UNAUTHORIZED,
+                "mock upstream: token not valid",
+                "invalid_request_error",
+                "invalid_api_key",
+            );
+        }
+    }
     if path.ends_with("/models") && parts.method == Method::GET {
         let data: Vec<Value> = MOCK_MODELS
             .iter()
@@ -269,6 +302,21 @@ async fn handle(
             "invalid_request_error",
             "not_found",
         );
+    }
+    let forced = stats.force_status.load(Ordering::SeqCst);
+    if forced != 0 {
+        let status = StatusCode::from_u16(forced).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = error_resp(
+            status,
+            "mock upstream: forced failure",
+            "server_error",
+            "forced",
+        );
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            r.headers_mut()
+                .insert("retry-after", http::HeaderValue::from_static("1"));
+        }
+        return r;
     }
     if parts.method != Method::POST {
         return error_resp(

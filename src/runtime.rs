@@ -11,22 +11,38 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 
 use crate::config::Config;
+use crate::credentials::Credentials;
 use crate::pipeline::auth::KeyTable;
+use crate::pipeline::auth::Principal;
 use crate::pipeline::forward::Upstream;
 use crate::pipeline::ip_acl::IpAcl;
-use crate::pipeline::models::{static_list, ModelsCache};
+use crate::pipeline::models::static_list;
+use crate::pipeline::routing::Route;
 
-#[derive(Debug)]
 pub struct Generation {
     pub number: u64,
     pub loaded_at: SystemTime,
     pub config: Arc<Config>,
     pub acl: IpAcl,
     pub keys: KeyTable,
-    pub upstream: Upstream,
-    pub models_cache: ModelsCache,
+    /// The upstream the flat seed keys define.
+    pub default_upstream: Arc<Upstream>,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub routes: Vec<Route>,
+    pub credentials: Credentials,
     /// The static `models:` list, pre-rendered.
     pub static_models: Option<Bytes>,
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation")
+            .field("number", &self.number)
+            .field("upstreams", &self.upstreams.len())
+            .field("routes", &self.routes.len())
+            .field("keys", &self.keys.len())
+            .finish()
+    }
 }
 
 impl Generation {
@@ -34,11 +50,32 @@ impl Generation {
     pub fn build(config: Config, number: u64) -> Result<Generation, String> {
         let acl = IpAcl::new(&config.ip_allow, &config.ip_deny, &config.trusted_proxies);
         let keys = KeyTable::new(&config.keys, config.passthrough_unknown_keys)?;
-        let upstream = Upstream::new(
-            &config.upstream,
-            config.limits.first_byte_timeout,
-            config.limits.stream_idle_timeout,
-        )?;
+        let mut upstreams = Vec::with_capacity(config.upstreams.len());
+        for def in &config.upstreams {
+            upstreams.push(Arc::new(Upstream::new(def)?));
+        }
+        let default_upstream = upstreams
+            .first()
+            .cloned()
+            .ok_or_else(|| "no default upstream".to_string())?;
+        let by_name = |name: &str| upstreams.iter().find(|u| u.name == name).cloned();
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for r in &config.routes {
+            let mut list = Vec::with_capacity(r.upstreams.len());
+            for name in &r.upstreams {
+                list.push(
+                    by_name(name).ok_or_else(|| format!("routes: no upstream named {name}"))?,
+                );
+            }
+            routes.push(Route {
+                models: r.models.clone(),
+                upstreams: list,
+                rename: r.rename.clone(),
+                attempts: r.attempts,
+                backoff: r.backoff,
+            });
+        }
+        let credentials = Credentials::build(config.credential_specs()?)?;
         let static_models = config.models.as_deref().map(static_list);
         Ok(Generation {
             number,
@@ -46,10 +83,39 @@ impl Generation {
             config: Arc::new(config),
             acl,
             keys,
-            upstream,
-            models_cache: ModelsCache::default(),
+            default_upstream,
+            upstreams,
+            routes,
+            credentials,
             static_models,
         })
+    }
+
+    pub fn upstream(&self, name: &str) -> Option<Arc<Upstream>> {
+        self.upstreams.iter().find(|u| u.name == name).cloned()
+    }
+
+    /// Every upstream a principal's requests can reach (for `/v1/models`).
+    pub fn reachable_upstreams(&self, principal: &Principal) -> Vec<Arc<Upstream>> {
+        if let Some(name) = principal
+            .policy
+            .as_ref()
+            .and_then(|p| p.upstream.as_deref())
+        {
+            return self.upstream(name).into_iter().collect();
+        }
+        let mut out: Vec<Arc<Upstream>> = Vec::new();
+        let candidates = self
+            .routes
+            .iter()
+            .flat_map(|r| r.upstreams.iter())
+            .chain(std::iter::once(&self.default_upstream));
+        for up in candidates {
+            if !out.iter().any(|u| u.name == up.name) {
+                out.push(up.clone());
+            }
+        }
+        out
     }
 }
 

@@ -46,7 +46,10 @@ fn example_config_loads_and_reads_the_key_from_the_environment() {
     let text = std::fs::read_to_string(root("config.yml.example")).unwrap();
     let cfg = Config::from_yaml(&text, &env_with_key).unwrap();
     assert_eq!(cfg.keys.len(), 1);
-    assert_eq!(cfg.keys[0].upstream_key.expose(), "sk-from-env");
+    assert_eq!(
+        cfg.keys[0].upstream_key.as_ref().unwrap().expose(),
+        "sk-from-env"
+    );
     assert_eq!(cfg.upstream.api_host, "https://www.sophnet.com");
     // Without the variable the file is refused, naming it.
     let err = Config::from_yaml(&text, &|_| None).unwrap_err().to_string();
@@ -91,6 +94,18 @@ fn example_documents_every_key() {
         "file:",
         "rotation:",
         "retention_days",
+        "credentials:",
+        "upstreams:",
+        "routes:",
+        "token_endpoint",
+        "oauth2",
+        "pool",
+        "command",
+        "rpm",
+        "tpm",
+        "max_concurrent",
+        "expires_at",
+        "sha256:",
         "access_log",
     ] {
         assert!(

@@ -13,8 +13,14 @@ const UPSTREAM_KEY: &str = "up-SECRET-91c3d2";
 
 #[tokio::test]
 async fn access_log_has_the_fields_and_no_secrets() {
-    let mock = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default()).await.unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mock = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
+        .await
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let dir = std::env::temp_dir().join(format!("sophgate-logs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("config.yml");
@@ -41,22 +47,40 @@ async fn access_log_has_the_fields_and_no_secrets() {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
         assert!(Instant::now() < deadline, "gateway did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let c = reqwest::Client::builder().no_proxy().build().unwrap();
     let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
-    let body = r#"{"model":"mock-model","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
-    let resp = c.post(&url).bearer_auth(CLIENT_KEY).body(body).send().await.unwrap();
+    let body =
+        r#"{"model":"mock-model","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+    let resp = c
+        .post(&url)
+        .bearer_auth(CLIENT_KEY)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     resp.bytes().await.unwrap();
-    let bad = c.post(&url).bearer_auth("sk-wrong-SECRET-x").body(body).send().await.unwrap();
+    let bad = c
+        .post(&url)
+        .bearer_auth("sk-wrong-SECRET-x")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 401);
     bad.bytes().await.unwrap();
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let status = child.wait().unwrap();
     assert!(status.success(), "clean exit on SIGTERM");
     let lines: Vec<String> = rx.try_iter().collect();
@@ -71,7 +95,16 @@ async fn access_log_has_the_fields_and_no_secrets() {
         .collect();
     assert_eq!(access.len(), 2, "one line per request:\n{all}");
     let ok = &access[0];
-    for field in ["request_id", "client_ip", "key", "model", "status", "latency_ms", "ttfb_ms", "bytes"] {
+    for field in [
+        "request_id",
+        "client_ip",
+        "key",
+        "model",
+        "status",
+        "latency_ms",
+        "ttfb_ms",
+        "bytes",
+    ] {
         assert!(ok.get(field).is_some(), "access log lacks {field}: {ok}");
     }
     assert_eq!(ok["model"], "mock-model");

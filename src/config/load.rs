@@ -142,9 +142,6 @@ fn unknown_field(message: &str) -> Option<&str> {
 }
 
 fn tidy_message(message: &str) -> String {
-    if message.starts_with("data did not match any variant of untagged enum RawApiKey") {
-        return "expected an upstream key (a string)".into();
-    }
     if message.starts_with("data did not match any variant of untagged enum RawModel") {
         return "expected a model id or an object with `id`".into();
     }

@@ -5,6 +5,7 @@
 pub mod env;
 pub mod load;
 pub mod raw;
+pub mod raw_credentials;
 pub mod validate;
 
 use std::fmt;
@@ -70,6 +71,11 @@ pub struct Config {
     pub source: Option<PathBuf>,
     pub listen: SocketAddr,
     pub upstream: UpstreamConfig,
+    /// Every upstream, `default` (from the flat keys) first.
+    pub upstreams: Vec<UpstreamDef>,
+    pub routes: Vec<RouteDef>,
+    /// Named credentials, validated into specs by `raw_credentials`.
+    pub credentials: Vec<(String, serde_yaml::Value)>,
     pub keys: Vec<KeyConfig>,
     pub passthrough_unknown_keys: bool,
     pub ip_allow: Vec<IpNet>,
@@ -109,10 +115,61 @@ pub struct UpstreamConfig {
 
 #[derive(Debug, Clone)]
 pub struct KeyConfig {
-    pub client_key: Secret,
-    /// A printable name for logs; never derived in a way that reveals the key.
+    pub id: KeyId,
+    /// A printable name for logs and scripts; the key's `name`, or a short hash label.
     pub label: String,
-    pub upstream_key: Secret,
+    /// The seed form's upstream key (`client: upstream-key`).
+    pub upstream_key: Option<Secret>,
+    /// Named credential used for every upstream this key reaches.
+    pub credential: Option<String>,
+    /// Pins the key to one upstream (bypassing `routes`).
+    pub upstream: Option<String>,
+    /// Model globs this key may use; empty = any.
+    pub models: Vec<String>,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+    pub max_concurrent: Option<u32>,
+    pub expires_at: Option<std::time::SystemTime>,
+}
+
+/// How a client key is written in the config.
+#[derive(Debug, Clone)]
+pub enum KeyId {
+    Plain(Secret),
+    /// `sha256:<hex>`: the config holds only the digest.
+    Sha256([u8; 32]),
+}
+
+/// A named upstream target (the flat seed keys define the one named `default`).
+#[derive(Debug, Clone)]
+pub struct UpstreamDef {
+    pub name: String,
+    /// Full URL for chat completions.
+    pub chat_url: String,
+    /// Other `/v1/<rest>` requests go to `base_url + "/" + rest`.
+    pub base_url: String,
+    pub models_url: String,
+    pub credential: Option<String>,
+    pub proxy: Option<Secret>,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub total_timeout: Option<Duration>,
+    /// Max concurrent requests to this upstream; 0 = unlimited (extra requests wait).
+    pub max_concurrent: usize,
+    pub keepalive_timeout: Duration,
+    /// Idle connections kept; `None` = the client's default.
+    pub pool_max_idle: Option<usize>,
+}
+
+/// `routes:` entry: requests whose model matches go to these upstreams, in order.
+#[derive(Debug, Clone)]
+pub struct RouteDef {
+    pub models: Vec<String>,
+    pub upstreams: Vec<String>,
+    pub rename: Vec<(String, String)>,
+    pub attempts: usize,
+    pub backoff: Duration,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -184,6 +241,27 @@ impl Config {
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigErrors> {
         Self::from_text(text, "<inline>", lookup)
+    }
+
+    /// The typed credential specs (validated again here; `validate` already reported errors
+    /// with their lines, so this only fails for a config built by hand).
+    pub fn credential_specs(
+        &self,
+    ) -> Result<Vec<(String, crate::credentials::CredentialSpec)>, String> {
+        let mut out = Vec::with_capacity(self.credentials.len());
+        for (name, value) in &self.credentials {
+            let raw: raw_credentials::RawCredential = serde_yaml::from_value(value.clone())
+                .map_err(|e| format!("credentials.{name}: {e}"))?;
+            let spec = raw_credentials::validate_credential(raw).map_err(|errs| {
+                let msgs: Vec<String> = errs
+                    .into_iter()
+                    .map(|(p, m)| format!("credentials.{name}.{p}: {m}"))
+                    .collect();
+                msgs.join("; ")
+            })?;
+            out.push((name.clone(), spec));
+        }
+        Ok(out)
     }
 
     /// Schema errors and semantic errors are reported together.

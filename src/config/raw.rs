@@ -14,7 +14,9 @@ pub struct RawConfig {
     // --- keys of the Python forwarder (same names, same meaning) ---
     pub api_host: Option<String>,
     pub forward_chat_path: Option<String>,
-    pub api_keys: Option<BTreeMap<String, RawApiKey>>,
+    /// Values are a string (seed form) or a policy map; kept as YAML here so errors inside a
+    /// policy can be reported without echoing the client key (which is the map key).
+    pub api_keys: Option<BTreeMap<String, serde_yaml::Value>>,
     pub ip_whitelist: Option<Vec<String>>,
     pub ip_blacklist: Option<Vec<String>>,
     pub proxy: Option<String>,
@@ -39,13 +41,59 @@ pub struct RawConfig {
     pub models: Option<Vec<RawModel>>,
     pub limits: Option<RawLimits>,
     pub logging: Option<RawLogging>,
+    /// Named upstream credentials (see `raw_credentials`); YAML here, typed per entry.
+    pub credentials: Option<BTreeMap<String, serde_yaml::Value>>,
+    pub upstreams: Option<BTreeMap<String, RawUpstream>>,
+    pub routes: Option<Vec<RawRoute>>,
 }
 
-/// A value under `api_keys:`. The seed form maps a client key straight to an upstream key.
+/// The extended form of a value under `api_keys:` (the seed form is a plain string).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeyPolicy {
+    pub name: Option<String>,
+    pub credential: Option<String>,
+    pub upstream: Option<String>,
+    pub models: Option<Vec<String>>,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+    pub max_concurrent: Option<u32>,
+    /// RFC 3339 time (`2027-01-31T00:00:00Z`), a date (`2027-01-31`), or Unix seconds.
+    pub expires_at: Option<serde_yaml::Value>,
+}
+
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum RawApiKey {
-    Upstream(String),
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub base_url: String,
+    pub chat_path: Option<String>,
+    pub models_path: Option<String>,
+    pub credential: Option<String>,
+    pub proxy: Option<String>,
+    pub timeouts: Option<RawTimeouts>,
+    pub max_concurrent: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub connect: Option<f64>,
+    pub first_byte: Option<f64>,
+    pub idle: Option<f64>,
+    pub total: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub models: Vec<String>,
+    pub upstreams: Vec<String>,
+    /// Client model name → upstream model name.
+    pub rename: Option<BTreeMap<String, String>>,
+    /// Upper bound on upstream attempts for one request (default: one per listed upstream).
+    pub attempts: Option<u32>,
+    /// Base backoff between attempts, seconds (default 0.05; doubled per attempt, jittered).
+    pub backoff: Option<f64>,
 }
 
 /// An entry of the static `models:` list: a bare id, or an object.

@@ -9,10 +9,11 @@ use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
 use super::load::{find_line, Segment};
-use super::raw::{RawApiKey, RawConfig, RawModel};
+use super::raw::{RawConfig, RawKeyPolicy, RawModel};
+use super::raw_credentials::{validate_credential, RawCredential};
 use super::{
-    Config, ConfigError, ConfigErrors, Defaults, KeyConfig, Limits, LogFormat, LoggingConfig,
-    ModelEntry, Rotation, UpstreamConfig,
+    Config, ConfigError, ConfigErrors, Defaults, KeyConfig, KeyId, Limits, LogFormat,
+    LoggingConfig, ModelEntry, Rotation, RouteDef, UpstreamConfig, UpstreamDef,
 };
 use crate::secret::Secret;
 
@@ -20,6 +21,109 @@ pub const DEFAULT_API_HOST: &str = "https://www.sophnet.com";
 pub const DEFAULT_CHAT_PATH: &str = "/api/open-apis/v1/chat/completions";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8000";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
+/// The upstream the flat seed keys (`api_host`, `forward_chat_path`, …) define.
+pub const DEFAULT_UPSTREAM: &str = "default";
+
+fn is_http_url(s: &str) -> bool {
+    reqwest::Url::parse(s)
+        .map(|u| (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some())
+        .unwrap_or(false)
+}
+
+fn is_proxy_url(s: &str) -> bool {
+    reqwest::Url::parse(s)
+        .map(|u| {
+            matches!(u.scheme(), "http" | "https" | "socks5" | "socks5h") && u.host().is_some()
+        })
+        .unwrap_or(false)
+}
+
+/// `sha256:<64 hex>` or a plain key.
+pub fn parse_key_id(key: &str) -> Result<KeyId, String> {
+    if key.trim().is_empty() {
+        return Err("a client key must not be empty".into());
+    }
+    let Some(hex) = key.strip_prefix("sha256:") else {
+        return Ok(KeyId::Plain(Secret::new(key)));
+    };
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(
+            "a hashed key is `sha256:` followed by 64 hex digits (see `sophgate hash-key`)".into(),
+        );
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte =
+            u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| "bad hex".to_string())?;
+    }
+    Ok(KeyId::Sha256(out))
+}
+
+/// The form `sophgate hash-key` prints and `api_keys` accepts.
+pub fn hash_key(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// Unix seconds, `YYYY-MM-DD` (midnight UTC) or `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`.
+pub fn parse_time(v: &serde_yaml::Value) -> Option<std::time::SystemTime> {
+    use std::time::{Duration as D, UNIX_EPOCH};
+    if let Some(n) = v.as_u64() {
+        return Some(UNIX_EPOCH + D::from_secs(n));
+    }
+    let s = v.as_str()?.trim();
+    let num = |a: usize, b: usize| s.get(a..b)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    if s.get(4..5)? != "-"
+        || s.get(7..8)? != "-"
+        || !(1..=12).contains(&m)
+        || !(1..=31).contains(&d)
+    {
+        return None;
+    }
+    let mut secs = days_from_civil(y, m, d) * 86_400;
+    if s.len() > 10 {
+        let sep = s.get(10..11)?;
+        if sep != "T" && sep != "t" && sep != " " {
+            return None;
+        }
+        let (hh, mm, ss) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+        if hh > 23 || mm > 59 || ss > 60 {
+            return None;
+        }
+        secs += hh * 3600 + mm * 60 + ss;
+        let mut rest = s.get(19..)?;
+        if let Some(frac) = rest.strip_prefix('.') {
+            let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+            rest = &frac[digits..];
+        }
+        match rest {
+            "Z" | "z" => {}
+            tz if tz.len() == 6 && (tz.starts_with('+') || tz.starts_with('-')) => {
+                let h: i64 = tz.get(1..3)?.parse().ok()?;
+                let m: i64 = tz.get(4..6)?.parse().ok()?;
+                let off = h * 3600 + m * 60;
+                secs -= if tz.starts_with('+') { off } else { -off };
+            }
+            _ => return None,
+        }
+    }
+    u64::try_from(secs)
+        .ok()
+        .map(|n| UNIX_EPOCH + D::from_secs(n))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
 
 struct Collector<'a> {
     file: &'a str,
@@ -33,6 +137,17 @@ impl Collector<'_> {
             file: self.file.to_owned(),
             path: super::load::render_path(path),
             line: find_line(self.text, path),
+            message: message.into(),
+        });
+    }
+
+    /// An error whose displayed path differs from the one used to find its line (client keys
+    /// are map keys; they are located but never printed).
+    fn err_masked(&mut self, line_path: &[Segment], shown: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            path: shown.to_owned(),
+            line: find_line(self.text, line_path),
             message: message.into(),
         });
     }
@@ -221,27 +336,299 @@ pub fn validate(raw: RawConfig, file: &str, text: &str) -> Result<Config, Config
         force_close: raw.force_close.unwrap_or(false),
     };
 
+    // --- credentials (names now; each entry is typed by raw_credentials) ---
+    let credentials: Vec<(String, serde_yaml::Value)> =
+        raw.credentials.unwrap_or_default().into_iter().collect();
+    let credential_names: Vec<String> = credentials.iter().map(|(n, _)| n.clone()).collect();
+    for (name, value) in &credentials {
+        let base = vec![k("credentials"), Segment::Key(name.clone())];
+        match serde_path_to_error::deserialize::<_, RawCredential>(value.clone()) {
+            Err(e) => {
+                let mut path = base.clone();
+                path.extend(e.path().iter().filter_map(|seg| match seg {
+                    serde_path_to_error::Segment::Map { key } => Some(Segment::Key(key.clone())),
+                    serde_path_to_error::Segment::Seq { index } => Some(Segment::Index(*index)),
+                    _ => None,
+                }));
+                // serde's message may quote the offending value; keep only its shape.
+                let msg = e.inner().to_string();
+                let msg = if msg.starts_with("unknown field")
+                    || msg.starts_with("missing field")
+                    || msg.starts_with("unknown variant")
+                {
+                    msg
+                } else {
+                    "has the wrong type or shape".to_owned()
+                };
+                c.err(&path, msg);
+            }
+            Ok(raw_cred) => {
+                if let Err(errs) = validate_credential(raw_cred) {
+                    for (sub, msg) in errs {
+                        let mut path = base.clone();
+                        path.push(Segment::Key(sub));
+                        c.err(&path, msg);
+                    }
+                }
+            }
+        }
+    }
+
+    // --- upstreams ---
+    let default_upstream = UpstreamDef {
+        name: DEFAULT_UPSTREAM.to_owned(),
+        chat_url: format!("{}{}", upstream.api_host, upstream.chat_path),
+        base_url: format!("{}{}", upstream.api_host, upstream.base_path),
+        models_url: format!("{}{}/models", upstream.api_host, upstream.base_path),
+        credential: None,
+        proxy: upstream.proxy.clone(),
+        connect_timeout: upstream.connect_timeout,
+        first_byte_timeout: Duration::ZERO, // filled from limits below
+        idle_timeout: Duration::ZERO,
+        total_timeout: None,
+        max_concurrent: match (
+            upstream.connection_limit,
+            upstream.connection_limit_per_host,
+        ) {
+            (0, 0) => 0,
+            (0, n) | (n, 0) => n,
+            (a, b) => a.min(b),
+        },
+        keepalive_timeout: upstream.keepalive_timeout,
+        pool_max_idle: if upstream.force_close {
+            Some(0)
+        } else if upstream.connection_limit_per_host > 0 {
+            Some(upstream.connection_limit_per_host)
+        } else {
+            None
+        },
+    };
+    let mut upstreams = vec![default_upstream];
+    for (name, u) in raw.upstreams.unwrap_or_default() {
+        let base = [k("upstreams"), Segment::Key(name.clone())];
+        let at = |f: &str| {
+            let mut p = base.to_vec();
+            p.push(k(f));
+            p
+        };
+        if name == DEFAULT_UPSTREAM {
+            c.err(
+                &base,
+                "`default` is the upstream the flat keys (api_host, …) define; pick another name",
+            );
+            continue;
+        }
+        let base_url = u.base_url.trim().trim_end_matches('/').to_owned();
+        if !is_http_url(&base_url) {
+            c.err(
+                &at("base_url"),
+                format!("`{base_url}` is not an http(s) URL"),
+            );
+        }
+        if let Some(cred) = &u.credential {
+            if !credential_names.contains(cred) {
+                c.err(
+                    &at("credential"),
+                    format!("no credential named `{cred}` under credentials:"),
+                );
+            }
+        }
+        let proxy = u
+            .proxy
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty());
+        if let Some(p) = &proxy {
+            if !is_proxy_url(p) {
+                c.err(
+                    &at("proxy"),
+                    "must be a proxy URL with scheme http, https, socks5 or socks5h",
+                );
+            }
+        }
+        let t = u.timeouts.unwrap_or_default();
+        let tp = |f: &str| {
+            let mut p = at("timeouts");
+            p.push(k(f));
+            p
+        };
+        let total = t.total.map(|v| c.seconds(&tp("total"), Some(v), 600.0));
+        let def = UpstreamDef {
+            chat_url: format!(
+                "{base_url}{}",
+                normalise_path(u.chat_path.as_deref().unwrap_or("/chat/completions"))
+            ),
+            models_url: format!(
+                "{base_url}{}",
+                normalise_path(u.models_path.as_deref().unwrap_or("/models"))
+            ),
+            base_url,
+            name: name.clone(),
+            credential: u.credential,
+            proxy: proxy.map(Secret::new),
+            connect_timeout: c.seconds(&tp("connect"), t.connect, 30.0),
+            first_byte_timeout: c.seconds(&tp("first_byte"), t.first_byte, 300.0),
+            idle_timeout: c.seconds(&tp("idle"), t.idle, 300.0),
+            total_timeout: total,
+            max_concurrent: u.max_concurrent.unwrap_or(0) as usize,
+            keepalive_timeout: Duration::from_secs(90),
+            pool_max_idle: None,
+        };
+        upstreams.push(def);
+    }
+    let upstream_names: Vec<String> = upstreams.iter().map(|u| u.name.clone()).collect();
+
+    // --- routes ---
+    let mut routes = Vec::new();
+    for (i, r) in raw.routes.unwrap_or_default().into_iter().enumerate() {
+        let at = |f: &str| vec![k("routes"), Segment::Index(i), k(f)];
+        if r.models.is_empty() || r.models.iter().any(|m| m.trim().is_empty()) {
+            c.err(&at("models"), "needs at least one non-empty model glob");
+        }
+        if r.upstreams.is_empty() {
+            c.err(&at("upstreams"), "needs at least one upstream");
+        }
+        for u in &r.upstreams {
+            if !upstream_names.contains(u) {
+                c.err(
+                    &at("upstreams"),
+                    format!(
+                        "no upstream named `{u}` (known: {})",
+                        upstream_names.join(", ")
+                    ),
+                );
+            }
+        }
+        let attempts = r
+            .attempts
+            .map(|a| a as usize)
+            .unwrap_or(r.upstreams.len())
+            .max(1);
+        if attempts > 10 {
+            c.err(&at("attempts"), "at most 10 attempts per request");
+        }
+        let backoff = match r.backoff {
+            Some(0.0) => Duration::ZERO,
+            other => c.seconds(&at("backoff"), other, 0.05),
+        };
+        routes.push(RouteDef {
+            models: r.models,
+            upstreams: r.upstreams,
+            rename: r.rename.unwrap_or_default().into_iter().collect(),
+            attempts: attempts.min(10),
+            backoff,
+        });
+    }
+
     // --- keys ---
     let mut keys = Vec::new();
     for (client_key, value) in raw.api_keys.unwrap_or_default() {
-        let path = [k("api_keys"), Segment::Key(client_key.clone())];
-        if client_key.trim().is_empty() {
-            c.err(&path, "a client key must not be empty");
-            continue;
-        }
+        // Paths name a key by its label: error messages must not echo client secrets.
+        let id = match parse_key_id(&client_key) {
+            Ok(id) => id,
+            Err(msg) => {
+                c.err_masked(
+                    &[k("api_keys"), Segment::Key(client_key.clone())],
+                    "api_keys.<hashed key>",
+                    msg,
+                );
+                continue;
+            }
+        };
+        let hash_label = match &id {
+            KeyId::Plain(s) => key_label(s.expose()),
+            KeyId::Sha256(d) => {
+                let hex: String = d.iter().take(4).map(|b| format!("{b:02x}")).collect();
+                format!("key-{hex}")
+            }
+        };
+        let line_path = [k("api_keys"), Segment::Key(client_key.clone())];
+        let shown = format!("api_keys.{hash_label}");
+        let mut key = KeyConfig {
+            id,
+            label: hash_label.clone(),
+            upstream_key: None,
+            credential: None,
+            upstream: None,
+            models: Vec::new(),
+            rpm: None,
+            tpm: None,
+            max_concurrent: None,
+            expires_at: None,
+        };
         match value {
-            RawApiKey::Upstream(upstream_key) => {
+            serde_yaml::Value::String(upstream_key) => {
                 if upstream_key.is_empty() {
-                    c.err(&path, "the upstream key is empty");
+                    c.err_masked(&line_path, &shown, "the upstream key is empty");
                     continue;
                 }
-                keys.push(KeyConfig {
-                    label: key_label(&client_key),
-                    client_key: Secret::new(client_key),
-                    upstream_key: Secret::new(upstream_key),
-                });
+                key.upstream_key = Some(Secret::new(upstream_key));
+            }
+            v @ serde_yaml::Value::Mapping(_) => {
+                let policy: RawKeyPolicy = match serde_path_to_error::deserialize(v) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let field = e.path().to_string();
+                        c.err_masked(
+                            &line_path,
+                            &format!("{shown}.{field}"),
+                            e.inner().to_string(),
+                        );
+                        continue;
+                    }
+                };
+                if let Some(name) = policy.name.filter(|n| !n.trim().is_empty()) {
+                    key.label = name;
+                }
+                if let Some(cred) = &policy.credential {
+                    if !credential_names.contains(cred) {
+                        c.err_masked(
+                            &line_path,
+                            &format!("{shown}.credential"),
+                            format!("no credential named `{cred}` under credentials:"),
+                        );
+                    }
+                }
+                if let Some(u) = &policy.upstream {
+                    if !upstream_names.contains(u) {
+                        c.err_masked(
+                            &line_path,
+                            &format!("{shown}.upstream"),
+                            format!("no upstream named `{u}`"),
+                        );
+                    }
+                }
+                for (n, v) in [
+                    ("rpm", policy.rpm.map(u64::from)),
+                    ("tpm", policy.tpm),
+                    ("max_concurrent", policy.max_concurrent.map(u64::from)),
+                ] {
+                    if v == Some(0) {
+                        c.err_masked(
+                            &line_path,
+                            &format!("{shown}.{n}"),
+                            "must be at least 1 (omit it for no limit)",
+                        );
+                    }
+                }
+                if let Some(exp) = &policy.expires_at {
+                    match parse_time(exp) {
+                        Some(t) => key.expires_at = Some(t),
+                        None => c.err_masked(&line_path, &format!("{shown}.expires_at"), "expected an RFC 3339 time (2027-01-31T00:00:00Z), a date (2027-01-31) or Unix seconds"),
+                    }
+                }
+                key.credential = policy.credential;
+                key.upstream = policy.upstream;
+                key.models = policy.models.unwrap_or_default();
+                key.rpm = policy.rpm;
+                key.tpm = policy.tpm;
+                key.max_concurrent = policy.max_concurrent;
+            }
+            _ => {
+                c.err_masked(&line_path, &shown, "expected an upstream key (a string) or a policy map {name, credential, upstream, models, rpm, tpm, max_concurrent, expires_at}");
+                continue;
             }
         }
+        keys.push(key);
     }
     let passthrough_unknown_keys = raw.passthrough_unknown_keys.unwrap_or(false);
     if keys.is_empty() && !passthrough_unknown_keys {
@@ -352,6 +739,10 @@ pub fn validate(raw: RawConfig, file: &str, text: &str) -> Result<Config, Config
         shutdown_grace: c.seconds(&[k("limits"), k("shutdown_grace")], rl.shutdown_grace, 30.0),
     };
     let _ = rl.pool_idle_timeout;
+    if let Some(d) = upstreams.first_mut() {
+        d.first_byte_timeout = limits.first_byte_timeout;
+        d.idle_timeout = limits.stream_idle_timeout;
+    }
 
     // --- logging ---
     let level = log_level(raw.log_level, &mut c);
@@ -400,6 +791,9 @@ pub fn validate(raw: RawConfig, file: &str, text: &str) -> Result<Config, Config
         source: None,
         listen,
         upstream,
+        upstreams,
+        routes,
+        credentials,
         keys,
         passthrough_unknown_keys,
         ip_allow,
@@ -448,6 +842,59 @@ mod tests {
     fn proxy_errors_do_not_echo_credentials() {
         let errs = Config::from_yaml("proxy: \"user:pass@nowhere\"\n", &|_| None).unwrap_err();
         assert!(!errs.to_string().contains("pass"));
+    }
+
+    #[test]
+    fn parses_times() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let t = |s: &str| parse_time(&serde_yaml::Value::String(s.into()));
+        assert_eq!(
+            t("1970-01-02"),
+            Some(UNIX_EPOCH + Duration::from_secs(86_400))
+        );
+        assert_eq!(
+            t("2027-01-31T12:00:00Z"),
+            Some(UNIX_EPOCH + Duration::from_secs(1_801_396_800))
+        );
+        assert_eq!(t("2027-01-31T14:00:00+02:00"), t("2027-01-31T12:00:00Z"));
+        assert_eq!(t("2027-01-31T12:00:00.5Z"), t("2027-01-31T12:00:00Z"));
+        assert_eq!(t("2027-13-01"), None);
+        assert_eq!(t("soon"), None);
+        assert_eq!(
+            parse_time(&serde_yaml::Value::from(10u64)),
+            Some(UNIX_EPOCH + Duration::from_secs(10))
+        );
+    }
+
+    #[test]
+    fn hashed_keys_round_trip() {
+        let h = hash_key("test");
+        assert_eq!(
+            h,
+            "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        );
+        assert!(matches!(parse_key_id(&h), Ok(KeyId::Sha256(_))));
+        assert!(parse_key_id("sha256:abc").is_err());
+    }
+
+    #[test]
+    fn key_policy_errors_never_show_the_key() {
+        let text = "api_keys:\n  \"sk-secret-abc\": { name: a, rpm: 0, bogus: 1 }\n";
+        let errs = Config::from_yaml(text, &|_| None).unwrap_err().to_string();
+        assert!(!errs.contains("sk-secret-abc"), "{errs}");
+        assert!(errs.contains("bogus"), "{errs}");
+        assert!(errs.contains("<inline>:2"), "{errs}");
+    }
+
+    #[test]
+    fn routes_and_upstreams_cross_check() {
+        let text = "upstreams:\n  b: { base_url: \"http://x/v1\", credential: nope }\nroutes:\n  - models: [\"a*\"]\n    upstreams: [b, ghost]\n";
+        let errs = Config::from_yaml(text, &|_| None).unwrap_err().to_string();
+        assert!(errs.contains("upstreams.b.credential"), "{errs}");
+        assert!(errs.contains("routes[0].upstreams"), "{errs}");
+        let ok = Config::from_yaml("upstreams:\n  b: { base_url: \"http://x/v1/\" }\nroutes:\n  - models: [\"a*\"]\n    upstreams: [b, default]\n", &|_| None).unwrap();
+        assert_eq!(ok.upstreams[1].chat_url, "http://x/v1/chat/completions");
+        assert_eq!(ok.routes[0].attempts, 2);
     }
 
     #[test]

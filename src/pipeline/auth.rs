@@ -11,7 +11,8 @@ use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue};
 use sha2::{Digest, Sha256};
 
-use crate::config::KeyConfig;
+use super::policy::KeyPolicy;
+use crate::config::{KeyConfig, KeyId};
 use crate::error::GatewayError;
 
 /// Who is calling, as far as the rest of the pipeline needs to know.
@@ -19,8 +20,11 @@ use crate::error::GatewayError;
 pub struct Principal {
     /// Printable name for logs and scripts; never a secret.
     pub label: Arc<str>,
-    /// The `Authorization` value sent upstream (marked sensitive), or none.
+    /// The seed form's upstream key as an `Authorization` value (marked sensitive), or the
+    /// caller's own header under `passthrough_unknown_keys`.
     pub upstream_authorization: Option<HeaderValue>,
+    /// The extended form's policy (limits, model globs, credential, upstream pin).
+    pub policy: Option<KeyPolicy>,
 }
 
 #[derive(Debug, Default)]
@@ -44,17 +48,32 @@ impl KeyTable {
     pub fn new(keys: &[KeyConfig], passthrough_unknown: bool) -> Result<Self, String> {
         let mut by_digest = HashMap::with_capacity(keys.len());
         for k in keys {
-            let auth = bearer_value(k.upstream_key.expose()).ok_or_else(|| {
-                format!(
-                    "api_keys: the upstream key of {} contains characters not allowed in a header",
-                    k.label
-                )
-            })?;
+            let auth = match &k.upstream_key {
+                Some(up) => Some(bearer_value(up.expose()).ok_or_else(|| {
+                    format!(
+                        "api_keys: the upstream key of {} contains characters not allowed in a header",
+                        k.label
+                    )
+                })?),
+                None => None,
+            };
+            let extended = k.credential.is_some()
+                || k.upstream.is_some()
+                || !k.models.is_empty()
+                || k.rpm.is_some()
+                || k.tpm.is_some()
+                || k.max_concurrent.is_some()
+                || k.expires_at.is_some();
+            let id = match &k.id {
+                KeyId::Plain(s) => digest(s.expose().as_bytes()),
+                KeyId::Sha256(d) => *d,
+            };
             by_digest.insert(
-                digest(k.client_key.expose().as_bytes()),
+                id,
                 Arc::new(Principal {
                     label: Arc::from(k.label.as_str()),
-                    upstream_authorization: Some(auth),
+                    upstream_authorization: auth,
+                    policy: extended.then(|| KeyPolicy::from_config(k)),
                 }),
             );
         }
@@ -78,6 +97,16 @@ impl KeyTable {
         let key = raw.and_then(|v| bearer_token(v.as_bytes()));
         if let Some(key) = key {
             if let Some(p) = self.by_digest.get(&digest(key)) {
+                if p.policy
+                    .as_ref()
+                    .is_some_and(|pol| pol.is_expired(std::time::SystemTime::now()))
+                {
+                    return Err(GatewayError::new(
+                        crate::error::ErrorKind::Unauthorized,
+                        "api_key_expired",
+                        "This API key has expired",
+                    ));
+                }
                 return Ok(p.clone());
             }
         }
@@ -90,6 +119,7 @@ impl KeyTable {
             return Ok(Arc::new(Principal {
                 label: Arc::from("passthrough"),
                 upstream_authorization,
+                policy: None,
             }));
         }
         Err(match key {
@@ -122,9 +152,16 @@ mod tests {
     fn table(passthrough: bool) -> KeyTable {
         KeyTable::new(
             &[KeyConfig {
-                client_key: Secret::new("sk-client"),
+                id: KeyId::Plain(Secret::new("sk-client")),
                 label: "alice".into(),
-                upstream_key: Secret::new("up-key"),
+                upstream_key: Some(Secret::new("up-key")),
+                credential: None,
+                upstream: None,
+                models: Vec::new(),
+                rpm: None,
+                tpm: None,
+                max_concurrent: None,
+                expires_at: None,
             }],
             passthrough,
         )

@@ -12,19 +12,26 @@ use http::{HeaderMap, Method, Response};
 use tokio::sync::Semaphore;
 
 use crate::body::{Relay, ResponseBody};
-use crate::config::UpstreamConfig;
+use crate::config::UpstreamDef;
 use crate::error::{ErrorKind, GatewayError};
 
 /// One upstream as used by one generation: its pooled client and resolved URLs.
 #[derive(Debug)]
 pub struct Upstream {
+    pub name: String,
+    /// Name of the credential this upstream uses, if any.
+    pub credential: Option<String>,
     client: reqwest::Client,
     chat_url: String,
-    /// `api_host + base_path`; other `/v1/<rest>` requests go to `base_url + "/" + rest`.
+    /// Other `/v1/<rest>` requests go to `base_url + "/" + rest`.
     base_url: String,
+    models_url: String,
     limiter: Option<Arc<Semaphore>>,
     first_byte_timeout: Duration,
     stream_idle_timeout: Duration,
+    total_timeout: Option<Duration>,
+    /// This upstream's `/models` list, cached.
+    pub models_cache: super::models::ModelsCache,
 }
 
 /// The request as it leaves the pipeline.
@@ -98,43 +105,44 @@ pub fn is_event_stream(headers: &HeaderMap) -> bool {
 }
 
 impl Upstream {
-    pub fn new(
-        cfg: &UpstreamConfig,
-        first_byte_timeout: Duration,
-        stream_idle_timeout: Duration,
-    ) -> Result<Self, String> {
+    pub fn new(def: &UpstreamDef) -> Result<Self, String> {
         let mut builder = reqwest::Client::builder()
-            .connect_timeout(cfg.connect_timeout)
+            .connect_timeout(def.connect_timeout)
             .tcp_nodelay(true)
-            .pool_idle_timeout(cfg.keepalive_timeout)
+            .pool_idle_timeout(def.keepalive_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy();
-        if cfg.force_close {
-            builder = builder.pool_max_idle_per_host(0);
-        } else if cfg.connection_limit_per_host > 0 {
-            builder = builder.pool_max_idle_per_host(cfg.connection_limit_per_host);
+        if let Some(n) = def.pool_max_idle {
+            builder = builder.pool_max_idle_per_host(n);
         }
-        if let Some(proxy) = &cfg.proxy {
+        if let Some(proxy) = &def.proxy {
             let p = reqwest::Proxy::all(proxy.expose())
-                .map_err(|_| "proxy: not a usable proxy URL".to_string())?;
+                .map_err(|_| format!("upstream {}: not a usable proxy URL", def.name))?;
             builder = builder.proxy(p);
         }
-        let client = builder
-            .build()
-            .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?;
-        let limit = match (cfg.connection_limit, cfg.connection_limit_per_host) {
-            (0, 0) => None,
-            (0, n) | (n, 0) => Some(n),
-            (a, b) => Some(a.min(b)),
-        };
+        let client = builder.build().map_err(|e| {
+            format!(
+                "cannot build the HTTP client for upstream {}: {e}",
+                def.name
+            )
+        })?;
         Ok(Upstream {
+            name: def.name.clone(),
+            credential: def.credential.clone(),
             client,
-            chat_url: format!("{}{}", cfg.api_host, cfg.chat_path),
-            base_url: format!("{}{}", cfg.api_host, cfg.base_path),
-            limiter: limit.map(|n| Arc::new(Semaphore::new(n))),
-            first_byte_timeout,
-            stream_idle_timeout,
+            chat_url: def.chat_url.clone(),
+            base_url: def.base_url.clone(),
+            models_url: def.models_url.clone(),
+            limiter: (def.max_concurrent > 0).then(|| Arc::new(Semaphore::new(def.max_concurrent))),
+            first_byte_timeout: def.first_byte_timeout,
+            stream_idle_timeout: def.idle_timeout,
+            total_timeout: def.total_timeout,
+            models_cache: Default::default(),
         })
+    }
+
+    pub fn models_url(&self) -> &str {
+        &self.models_url
     }
 
     pub fn client(&self) -> &reqwest::Client {
@@ -219,7 +227,12 @@ impl Upstream {
             }
         }
         let stream = Box::pin(upstream.bytes_stream());
-        let body = ResponseBody::relay(Relay::new(stream, sse, self.stream_idle_timeout, permit));
+        let mut relay = Relay::new(stream, sse, self.stream_idle_timeout)
+            .with_total_timeout(self.total_timeout);
+        if let Some(p) = permit {
+            relay.guard(Box::new(p));
+        }
+        let body = ResponseBody::relay(relay);
         builder
             .body(body)
             .map_err(|_| GatewayError::internal("could not build the response"))

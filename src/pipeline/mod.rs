@@ -11,11 +11,15 @@
 pub mod access_log;
 pub mod auth;
 pub mod defaults;
+pub mod fallback;
 pub mod forward;
 pub mod ip_acl;
 pub mod models;
+pub mod policy;
 pub mod request_body;
+pub mod routing;
 pub mod sse;
+pub mod usage;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +37,7 @@ use crate::runtime::Generation;
 
 use access_log::AccessLog;
 use auth::Principal;
-use forward::OutboundRequest;
+use routing::Plan;
 
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -125,16 +129,38 @@ where
 /// What the stages before `forward` decided: answer now, or send this upstream.
 pub enum Step {
     Respond(Response<ResponseBody>),
-    Forward(Prepared),
+    Forward(Box<Prepared>, Plan),
+}
+
+/// Where on an upstream a request goes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Chat,
+    /// `/v1/<rest>` under the upstream's base URL.
+    V1(String),
+}
+
+impl Target {
+    pub fn url(&self, upstream: &forward::Upstream, query: Option<&str>) -> String {
+        match self {
+            Target::Chat => upstream.chat_url(query),
+            Target::V1(rest) => upstream.url_for(rest, query),
+        }
+    }
 }
 
 /// A request that passed every stage and is ready for the upstream.
 pub struct Prepared {
     pub principal: Arc<Principal>,
     pub method: http::Method,
-    pub url: String,
+    pub target: Target,
+    pub query: Option<String>,
     pub headers: http::HeaderMap,
     pub body: Bytes,
+    /// Concurrency slot of the key, held until the response ends.
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Whether the gateway (not the client) asked for `stream_options.include_usage`.
+    pub injected_usage: bool,
 }
 
 async fn run<B>(
@@ -150,25 +176,33 @@ where
 {
     match prepare(generation, peer, req, rid, log).await? {
         Step::Respond(resp) => Ok(resp),
-        Step::Forward(p) => {
-            // 6. forward
-            generation
-                .upstream
-                .send(OutboundRequest {
-                    method: p.method,
-                    url: p.url,
-                    headers: &p.headers,
-                    authorization: p.principal.upstream_authorization.as_ref(),
-                    request_id: rid,
-                    body: p.body,
-                })
-                .await
+        Step::Forward(p, plan) => {
+            // 6. forward (with fallback across the plan's upstreams)
+            let principal = p.principal.clone();
+            let permit = p.permit;
+            let injected_usage = p.injected_usage;
+            let p = Prepared { permit: None, ..*p };
+            let mut resp = fallback::send(generation, p, &plan, rid).await?;
+            if let Some(relay) = resp.body_mut().relay_mut() {
+                if let Some(permit) = permit {
+                    relay.guard(Box::new(permit));
+                }
+                if let Some(tpm) = principal.policy.as_ref().and_then(|pol| pol.tpm.clone()) {
+                    let meter = policy::UsageMeter::new(tpm);
+                    if relay.is_sse() {
+                        relay.filter(Box::new(usage::UsageFilter::new(meter, injected_usage)));
+                    } else {
+                        relay.observe(Box::new(usage::UsageObserver::new(meter)));
+                    }
+                }
+            }
+            Ok(resp)
         }
     }
 }
 
-/// Runs every stage before `forward` (route, ip_acl, auth, body, defaults). Public so the
-/// benchmarks can time the whole request path without sockets.
+/// Runs every stage before `forward` (route, ip_acl, auth, policy, body, defaults, routing).
+/// Public so the benchmarks can time the whole request path without sockets.
 pub async fn prepare<B>(
     generation: &Generation,
     peer: IpAddr,
@@ -213,21 +247,7 @@ where
     log.principal = Some(principal.label.clone());
 
     if route == Route::Models {
-        let body = match &generation.static_models {
-            Some(list) => list.clone(),
-            None => {
-                let url = generation.upstream.url_for("models", None);
-                generation
-                    .models_cache
-                    .get(
-                        &generation.upstream,
-                        url,
-                        principal.upstream_authorization.as_ref(),
-                        cfg.models_cache_ttl,
-                    )
-                    .await?
-            }
-        };
+        let body = models::list_for(generation, &principal).await?;
         return Ok(Step::Respond(json_response(http::StatusCode::OK, body)));
     }
 
@@ -255,23 +275,46 @@ where
         );
     }
 
-    let url = match route {
+    let policy = principal.policy.as_ref();
+    let mut injected_usage = false;
+    let (target, plan) = match route {
         Route::ChatCompletions => {
             let peek = request_body::peek_chat(&bytes)?;
-            let needs_defaults = defaults::needed(&cfg.defaults, &peek);
-            log.model = peek
+            let model = peek
                 .model
                 .as_deref()
                 .map(str::to_owned)
                 .or_else(|| cfg.defaults.model.clone());
+            if let Some(pol) = policy {
+                pol.check_model(model.as_deref())?;
+            }
+            let plan = routing::plan(generation, &principal, model.as_deref())?;
+            let needs_defaults = defaults::needed(&cfg.defaults, &peek);
+            // tpm counts real usage: make sure a stream reports it.
+            injected_usage = policy.is_some_and(|p| p.tpm.is_some())
+                && peek.stream == Some(true)
+                && !peek.include_usage();
+            let rename = plan.rename_to.is_some();
+            log.model = model;
             drop(peek);
-            // 4. defaults and field aliases: parse fully only when something will change.
-            if needs_defaults || !cfg.field_aliases.is_empty() {
+            // 4. defaults, field aliases, route renaming: parse only when something changes.
+            if needs_defaults || !cfg.field_aliases.is_empty() || rename || injected_usage {
                 let mut value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
                     GatewayError::bad_request("invalid_json", format!("Invalid JSON body: {e}"))
                 })?;
                 if let Some(obj) = value.as_object_mut() {
                     defaults::apply(&cfg.defaults, obj);
+                    if let Some(to) = &plan.rename_to {
+                        obj.insert("model".into(), serde_json::Value::String(to.clone()));
+                    }
+                    if injected_usage {
+                        let opts = obj
+                            .entry("stream_options")
+                            .or_insert_with(|| serde_json::json!({}));
+                        if let Some(o) = opts.as_object_mut() {
+                            o.insert("include_usage".into(), serde_json::Value::Bool(true));
+                        }
+                    }
                 }
                 defaults::rename_fields(&mut value, &cfg.field_aliases);
                 bytes = Bytes::from(
@@ -279,19 +322,34 @@ where
                         .map_err(|_| GatewayError::internal("could not encode the request"))?,
                 );
             }
-            generation.upstream.chat_url(parts.uri.query())
+            (Target::Chat, plan)
         }
-        Route::V1(rest) => generation.upstream.url_for(rest, parts.uri.query()),
+        Route::V1(rest) => {
+            let plan = routing::plan(generation, &principal, None)?;
+            (Target::V1(rest.to_owned()), plan)
+        }
         Route::Health | Route::Models | Route::NotFound => {
             return Err(GatewayError::internal("unreachable route"))
         }
     };
 
-    Ok(Step::Forward(Prepared {
-        principal,
-        method: parts.method,
-        url,
-        headers: parts.headers,
-        body: bytes,
-    }))
+    // Limits last, so a refused request does not use up the key's budget.
+    let permit = match policy {
+        Some(pol) => pol.admit()?,
+        None => None,
+    };
+
+    Ok(Step::Forward(
+        Box::new(Prepared {
+            principal,
+            method: parts.method,
+            target,
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts.headers,
+            body: bytes,
+            permit,
+            injected_usage,
+        }),
+        plan,
+    ))
 }

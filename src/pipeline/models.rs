@@ -12,7 +12,100 @@ use http::HeaderValue;
 use crate::config::ModelEntry;
 use crate::error::{ErrorKind, GatewayError};
 
+use super::auth::Principal;
 use super::forward::{error_chain, Upstream};
+use super::routing::{credential_for, CredentialChoice};
+use crate::runtime::Generation;
+
+/// The model list a principal sees: the static list, or the merged lists of every upstream it
+/// can reach; in both cases only the models its `models` globs allow.
+pub async fn list_for(
+    generation: &Generation,
+    principal: &Principal,
+) -> Result<Bytes, GatewayError> {
+    let globs: &[String] = principal
+        .policy
+        .as_ref()
+        .map(|p| p.models.as_slice())
+        .unwrap_or(&[]);
+    if let Some(list) = &generation.static_models {
+        return if globs.is_empty() {
+            Ok(list.clone())
+        } else {
+            filter_merge(std::slice::from_ref(list), globs)
+        };
+    }
+    let upstreams = generation.reachable_upstreams(principal);
+    let mut lists = Vec::with_capacity(upstreams.len());
+    let mut last_err = None;
+    for up in &upstreams {
+        let choice = credential_for(generation, principal, up);
+        let lease = match &choice {
+            CredentialChoice::Named(c) => match c.lease().await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    last_err = Some(e.into_gateway_error());
+                    continue;
+                }
+            },
+            _ => None,
+        };
+        let auth = match (&choice, &lease) {
+            (CredentialChoice::Named(_), Some(l)) => Some(&l.authorization),
+            (CredentialChoice::Header(h), _) => Some(h),
+            _ => None,
+        };
+        match up
+            .models_cache
+            .get(
+                up,
+                up.models_url().to_owned(),
+                auth,
+                generation.config.models_cache_ttl,
+            )
+            .await
+        {
+            Ok(b) => lists.push(b),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    if lists.is_empty() {
+        return Err(last_err.unwrap_or_else(|| {
+            GatewayError::new(
+                ErrorKind::BadGateway,
+                "upstream_models_unavailable",
+                "No upstream model list",
+            )
+        }));
+    }
+    if lists.len() == 1 && globs.is_empty() {
+        return Ok(lists.swap_remove(0));
+    }
+    filter_merge(&lists, globs)
+}
+
+/// Merges OpenAI model lists (first occurrence of an id wins) and keeps the allowed ids.
+fn filter_merge(lists: &[Bytes], globs: &[String]) -> Result<Bytes, GatewayError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut data = Vec::new();
+    for list in lists {
+        let v: serde_json::Value = serde_json::from_slice(list)
+            .map_err(|_| GatewayError::internal("a cached model list is not JSON"))?;
+        if let Some(items) = v.get("data").and_then(|d| d.as_array()) {
+            for m in items {
+                let Some(id) = m.get("id").and_then(|i| i.as_str()) else {
+                    continue;
+                };
+                if (globs.is_empty() || crate::glob::any(globs, id)) && seen.insert(id.to_owned()) {
+                    data.push(m.clone());
+                }
+            }
+        }
+    }
+    Ok(Bytes::from(
+        serde_json::json!({"object": "list", "data": data}).to_string(),
+    ))
+}
 
 struct Cached {
     at: Instant,

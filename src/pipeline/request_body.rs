@@ -68,6 +68,26 @@ pub struct ChatPeek<'a> {
     pub temperature: Option<IgnoredAny>,
     #[serde(default)]
     pub max_tokens: Option<IgnoredAny>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptionsPeek>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptionsPeek {
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+}
+
+impl ChatPeek<'_> {
+    /// Whether the client asked for the usage event of a stream.
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
 }
 
 /// Validates that `body` is a JSON object and peeks at its fields.

@@ -1,0 +1,540 @@
+//! Upstream credentials: the stage that turns a principal's credential reference into the
+//! `Authorization` value sent upstream ("token fetch").
+//!
+//! Five kinds, all owned by the operator (see DESIGN.md: sophgate never obtains credentials it
+//! does not own, and sends no spoofed headers):
+//! - `static`: one key;
+//! - `pool`: several keys, picked round-robin or least-in-flight; a key answered with 429/401
+//!   cools down so traffic moves to the others ([`pool`]);
+//! - `oauth2`, `token_endpoint`, `command`: *fetched* tokens ([`source`]), cached with their
+//!   expiry, refreshed in the background ahead of expiry, one fetch in flight per credential,
+//!   stale-but-valid tokens kept when the source fails ([`fetched`]).
+//!
+//! Everything here is built once per generation by [`Credentials::build`]; a reload builds a new
+//! set (new caches, so a changed `client_secret` takes effect at once). The request path only
+//! calls [`Credential::lease`], which on a warm cache is lock-free (an `ArcSwap` load).
+//!
+//! Secrets are [`Secret`]s or sensitive `HeaderValue`s, so neither `Debug` output nor logs can
+//! show them; log lines name the credential, never its value.
+
+mod fetched;
+mod pool;
+mod source;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+
+use crate::error::{ErrorKind, GatewayError};
+pub use crate::secret::Secret;
+
+// === specs (validated config) ===
+
+/// How a pool picks its next key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolStrategy {
+    /// Each request takes the next key that is not cooling down.
+    RoundRobin,
+    /// Each request takes the key with the fewest requests in flight (ties rotate), which
+    /// evens out load when some answers (long streams) take much longer than others.
+    LeastInFlight,
+}
+
+/// Where an OAuth2 client puts its id and secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthStyle {
+    /// HTTP Basic `client_id:client_secret` (RFC 6749 §2.3.1, the form every server must accept).
+    Basic,
+    /// `client_id` and `client_secret` as form fields, for servers that only read the body.
+    Body,
+}
+
+/// How a `command`'s stdout is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// The whole output, trimmed, is the token.
+    Plain,
+    /// A JSON document read with `token_pointer` / `expires_in_pointer`.
+    Json,
+}
+
+/// A token endpoint URL that prints without user info or query string, which may carry secrets.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EndpointUrl(reqwest::Url);
+
+impl EndpointUrl {
+    pub fn new(url: reqwest::Url) -> Self {
+        EndpointUrl(url)
+    }
+
+    /// The full URL. Call only where it goes on the wire.
+    pub fn url(&self) -> &reqwest::Url {
+        &self.0
+    }
+}
+
+impl fmt::Display for EndpointUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let u = &self.0;
+        write!(f, "{}://{}", u.scheme(), u.host_str().unwrap_or(""))?;
+        if let Some(port) = u.port() {
+            write!(f, ":{port}")?;
+        }
+        f.write_str(u.path())?;
+        if u.query().is_some() {
+            f.write_str("?***")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for EndpointUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EndpointUrl({self})")
+    }
+}
+
+/// The body of a `token_endpoint` request. Values are secrets (they usually hold keys).
+#[derive(Debug, Clone)]
+pub enum TokenBody {
+    None,
+    /// `application/x-www-form-urlencoded` fields.
+    Form(Vec<(String, Secret)>),
+    /// A JSON document, already serialized.
+    Json(Secret),
+}
+
+#[derive(Debug, Clone)]
+pub struct OAuth2Spec {
+    pub token_url: EndpointUrl,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub scope: Option<String>,
+    pub audience: Option<String>,
+    pub auth_style: AuthStyle,
+    pub timeout: Duration,
+    /// `None`: a fifth of the token's lifetime, clamped to [1 s, 300 s].
+    pub refresh_before: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenEndpointSpec {
+    pub url: EndpointUrl,
+    pub method: http::Method,
+    /// Values are marked sensitive (they print as `Sensitive`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: TokenBody,
+    pub token_pointer: String,
+    pub expires_in_pointer: Option<String>,
+    pub prefix: String,
+    pub default_ttl: Duration,
+    pub timeout: Duration,
+    pub refresh_before: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CommandSpec {
+    /// The program, run directly (no shell).
+    pub program: String,
+    /// Arguments are secrets: command lines sometimes carry tokens or passwords.
+    pub args: Vec<Secret>,
+    pub format: OutputFormat,
+    pub token_pointer: String,
+    pub expires_in_pointer: Option<String>,
+    pub prefix: String,
+    pub default_ttl: Duration,
+    pub timeout: Duration,
+    pub refresh_before: Option<Duration>,
+}
+
+/// One validated entry of `credentials:` (see `config::raw_credentials::validate_credential`).
+#[derive(Debug, Clone)]
+pub enum CredentialSpec {
+    Static {
+        key: Secret,
+    },
+    Pool {
+        keys: Vec<Secret>,
+        strategy: PoolStrategy,
+        /// Rest after a 429/401 answered without `Retry-After`.
+        cooldown: Duration,
+    },
+    OAuth2(OAuth2Spec),
+    TokenEndpoint(TokenEndpointSpec),
+    Command(CommandSpec),
+}
+
+// === errors ===
+
+/// Why no `Authorization` value could be produced for a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialError {
+    /// A fetched credential has no valid token and its source failed (the cause is in the log).
+    Unavailable { credential: String },
+    /// Every key of a pool is cooling down; the first comes back after `retry_after`.
+    CoolingDown {
+        credential: String,
+        retry_after: Duration,
+    },
+}
+
+impl CredentialError {
+    /// The client-facing error: 502 `credential_unavailable` or 429 `upstream_keys_cooling_down`
+    /// with `Retry-After` (whole seconds, rounded up, at least 1). Messages name the credential
+    /// only.
+    pub fn into_gateway_error(self) -> GatewayError {
+        match self {
+            CredentialError::Unavailable { credential } => GatewayError::new(
+                ErrorKind::BadGateway,
+                "credential_unavailable",
+                format!("Upstream credential `{credential}` is unavailable; try again later"),
+            ),
+            CredentialError::CoolingDown {
+                credential,
+                retry_after,
+            } => {
+                let secs = retry_after
+                    .as_secs()
+                    .saturating_add(u64::from(retry_after.subsec_nanos() > 0))
+                    .max(1);
+                GatewayError::new(
+                    ErrorKind::RateLimited,
+                    "upstream_keys_cooling_down",
+                    format!(
+                        "All upstream keys of credential `{credential}` are rate limited; retry after {secs} s"
+                    ),
+                )
+                .with_retry_after(secs)
+            }
+        }
+    }
+}
+
+impl fmt::Display for CredentialError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CredentialError::Unavailable { credential } => {
+                write!(f, "credential `{credential}` is unavailable")
+            }
+            CredentialError::CoolingDown {
+                credential,
+                retry_after,
+            } => write!(
+                f,
+                "all keys of credential `{credential}` are cooling down for {retry_after:?}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for CredentialError {}
+
+// === leases ===
+
+/// What one upstream attempt uses: the `Authorization` value, plus what is needed to report the
+/// outcome back ([`Credential::report`], [`Credential::invalidate`]). Keep it alive for as long as
+/// the upstream request runs (including a streamed body): for pools it counts as one request in
+/// flight on its key until dropped.
+#[derive(Debug)]
+pub struct Lease {
+    /// Marked sensitive: prints as `Sensitive`, and HTTP/2 HPACK never indexes it.
+    pub authorization: HeaderValue,
+    credential_id: u64,
+    key_index: Option<usize>,
+    token_generation: u64,
+    _in_flight: Option<pool::InFlight>,
+}
+
+impl Lease {
+    /// Which key of a pool this lease uses (for logs and metrics; never the key itself).
+    pub fn key_index(&self) -> Option<usize> {
+        self.key_index
+    }
+}
+
+// === one credential ===
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One named credential of a generation.
+pub struct Credential {
+    /// Ties a [`Lease`] to the credential that issued it, so a lease reported to another
+    /// credential is ignored instead of cooling down the wrong key.
+    id: u64,
+    name: Arc<str>,
+    kind: Kind,
+}
+
+enum Kind {
+    /// `None` when the key cannot be a header value (reported at build; fails every lease).
+    Static(Option<HeaderValue>),
+    Pool(pool::Pool),
+    Fetched(Arc<fetched::Fetched>),
+}
+
+impl Credential {
+    fn new(name: &str, kind: Kind) -> Credential {
+        Credential {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            name: Arc::from(name),
+            kind,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The configured `type`: `static`, `pool`, `oauth2`, `token_endpoint` or `command`.
+    pub fn kind(&self) -> &'static str {
+        match &self.kind {
+            Kind::Static(_) => "static",
+            Kind::Pool(_) => "pool",
+            Kind::Fetched(f) => f.kind(),
+        }
+    }
+
+    /// True for oauth2 / token_endpoint / command: tokens that can be invalidated and refetched.
+    pub fn is_fetched(&self) -> bool {
+        matches!(self.kind, Kind::Fetched(_))
+    }
+
+    /// The `Authorization` value for one upstream attempt.
+    ///
+    /// Static and pool credentials answer at once. Fetched credentials answer from the cache
+    /// without locking; only a cold or expired cache waits, and then for the one fetch shared by
+    /// every waiting request.
+    pub async fn lease(&self) -> Result<Lease, CredentialError> {
+        match &self.kind {
+            Kind::Static(Some(value)) => Ok(self.lease_of(value.clone(), None, 0, None)),
+            Kind::Static(None) => {
+                tracing::error!(credential = %self.name, "static key is not a valid header value");
+                Err(self.unavailable())
+            }
+            Kind::Pool(p) => match p.pick() {
+                Ok((index, value, guard)) => Ok(self.lease_of(value, Some(index), 0, Some(guard))),
+                Err(retry_after) => Err(CredentialError::CoolingDown {
+                    credential: self.name.to_string(),
+                    retry_after,
+                }),
+            },
+            Kind::Fetched(f) => match f.token().await {
+                Some((value, generation)) => Ok(self.lease_of(value, None, generation, None)),
+                None => Err(self.unavailable()),
+            },
+        }
+    }
+
+    /// After an upstream answer: for pools, 429 or 401 puts that key in cooldown (Retry-After if
+    /// given, else the configured cooldown) so traffic moves to the other keys. Other kinds and
+    /// other statuses: nothing (a fetched token answered 401 goes through [`Self::invalidate`]).
+    pub fn report(&self, lease: &Lease, status: http::StatusCode, retry_after: Option<Duration>) {
+        if lease.credential_id != self.id {
+            return;
+        }
+        if let (Kind::Pool(p), Some(index)) = (&self.kind, lease.key_index) {
+            if let Some(rest) = p.report(index, status, retry_after) {
+                tracing::warn!(
+                    credential = %self.name,
+                    key_index = index,
+                    status = status.as_u16(),
+                    cooldown_secs = rest.as_secs_f64(),
+                    "upstream key cooling down"
+                );
+            }
+        }
+    }
+
+    /// Upstream said 401 to a fetched token: drop the cached token if it is still the one in
+    /// `lease`, so the next lease refetches (once, however many requests saw the 401).
+    pub fn invalidate(&self, lease: &Lease) {
+        if lease.credential_id != self.id {
+            return;
+        }
+        if let Kind::Fetched(f) = &self.kind {
+            if f.invalidate(lease.token_generation) {
+                tracing::info!(credential = %self.name, "upstream rejected the token; it will be refetched");
+            }
+        }
+    }
+
+    /// Fetch attempts so far, failed ones included (0 for static and pool).
+    pub fn fetch_count(&self) -> u64 {
+        match &self.kind {
+            Kind::Fetched(f) => f.fetch_count(),
+            _ => 0,
+        }
+    }
+
+    fn lease_of(
+        &self,
+        authorization: HeaderValue,
+        key_index: Option<usize>,
+        token_generation: u64,
+        in_flight: Option<pool::InFlight>,
+    ) -> Lease {
+        Lease {
+            authorization,
+            credential_id: self.id,
+            key_index,
+            token_generation,
+            _in_flight: in_flight,
+        }
+    }
+
+    fn unavailable(&self) -> CredentialError {
+        CredentialError::Unavailable {
+            credential: self.name.to_string(),
+        }
+    }
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Credential");
+        d.field("name", &self.name).field("kind", &self.kind());
+        match &self.kind {
+            Kind::Pool(p) => d.field("keys", &p.len()),
+            Kind::Fetched(x) => d.field("fetches", &x.fetch_count()),
+            Kind::Static(_) => &mut d,
+        };
+        d.finish_non_exhaustive()
+    }
+}
+
+/// The `Authorization` value of a plain key: `Bearer <key>`, marked sensitive.
+fn bearer(key: &Secret) -> Option<HeaderValue> {
+    let mut v = HeaderValue::from_str(&format!("Bearer {}", key.expose())).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
+
+// === the set of a generation ===
+
+/// Every named credential of one generation.
+pub struct Credentials {
+    by_name: HashMap<String, Arc<Credential>>,
+}
+
+impl Credentials {
+    /// Builds every provider. Fails on duplicate names, keys that cannot be header values, or
+    /// when the HTTP client for token fetches cannot be built; errors name the credential only.
+    ///
+    /// One reqwest client serves every HTTP token fetch of the generation: rustls, no proxy
+    /// (token endpoints are the operator's own, reached directly), TCP_NODELAY, no redirects
+    /// (a redirect must not carry a client secret to another place).
+    pub fn build(specs: Vec<(String, CredentialSpec)>) -> Result<Credentials, String> {
+        let needs_http = specs.iter().any(|(_, s)| {
+            matches!(
+                s,
+                CredentialSpec::OAuth2(_) | CredentialSpec::TokenEndpoint(_)
+            )
+        });
+        let client = if needs_http {
+            Some(source::http_client()?)
+        } else {
+            None
+        };
+        let mut by_name = HashMap::with_capacity(specs.len());
+        for (name, spec) in specs {
+            if by_name.contains_key(&name) {
+                return Err(format!("credential `{name}` is defined twice"));
+            }
+            let kind = match spec {
+                CredentialSpec::Static { key } => match bearer(&key) {
+                    Some(v) => Kind::Static(Some(v)),
+                    None => {
+                        return Err(format!(
+                            "credential `{name}`: the key is not a valid HTTP header value"
+                        ))
+                    }
+                },
+                CredentialSpec::Pool {
+                    keys,
+                    strategy,
+                    cooldown,
+                } => {
+                    let mut values = Vec::with_capacity(keys.len());
+                    for (i, k) in keys.iter().enumerate() {
+                        match bearer(k) {
+                            Some(v) => values.push(v),
+                            None => {
+                                return Err(format!(
+                                "credential `{name}`: keys[{i}] is not a valid HTTP header value"
+                            ))
+                            }
+                        }
+                    }
+                    if values.is_empty() {
+                        return Err(format!(
+                            "credential `{name}`: a pool needs at least one key"
+                        ));
+                    }
+                    Kind::Pool(pool::Pool::new(values, strategy, cooldown))
+                }
+                CredentialSpec::OAuth2(s) => {
+                    let client = client.clone().ok_or("no HTTP client")?;
+                    Kind::Fetched(Arc::new(fetched::Fetched::new(
+                        &name,
+                        source::Source::OAuth2(s, client),
+                    )))
+                }
+                CredentialSpec::TokenEndpoint(s) => {
+                    let client = client.clone().ok_or("no HTTP client")?;
+                    Kind::Fetched(Arc::new(fetched::Fetched::new(
+                        &name,
+                        source::Source::Endpoint(s, client),
+                    )))
+                }
+                CredentialSpec::Command(s) => Kind::Fetched(Arc::new(fetched::Fetched::new(
+                    &name,
+                    source::Source::Command(s),
+                ))),
+            };
+            let credential = Arc::new(Credential::new(&name, kind));
+            by_name.insert(name, credential);
+        }
+        Ok(Credentials { by_name })
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Credential>> {
+        self.by_name.get(name).cloned()
+    }
+
+    /// A static credential outside `credentials:`, for the seed form `client-key: upstream-key`.
+    /// A key that cannot be a header value yields a credential whose every lease fails
+    /// (config validation is expected to have rejected such keys already).
+    pub fn static_key(name: &str, key: Secret) -> Arc<Credential> {
+        Arc::new(Credential::new(name, Kind::Static(bearer(&key))))
+    }
+
+    /// Credential names, sorted (for status pages).
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut list: Vec<&Arc<Credential>> = self.by_name.values().collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        f.debug_list().entries(list).finish()
+    }
+}

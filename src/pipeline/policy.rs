@@ -1,0 +1,238 @@
+//! Per-key policy: expiry, allowed models, requests per minute, tokens per minute and
+//! concurrent requests. Limits are per key and per generation (a reload starts them afresh);
+//! each key has its own small lock, so keys never contend with each other.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::KeyConfig;
+use crate::error::{ErrorKind, GatewayError};
+
+/// A token bucket refilled continuously at `capacity` per minute.
+#[derive(Debug)]
+pub struct Bucket {
+    capacity: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl Bucket {
+    pub fn per_minute(capacity: u64) -> Self {
+        Bucket {
+            capacity: capacity as f64,
+            state: Mutex::new((capacity as f64, Instant::now())),
+        }
+    }
+
+    fn refill(&self, state: &mut (f64, Instant), now: Instant) {
+        let elapsed = now.saturating_duration_since(state.1).as_secs_f64();
+        state.0 = (state.0 + elapsed * self.capacity / 60.0).min(self.capacity);
+        state.1 = now;
+    }
+
+    /// Seconds until `amount` is available (0 = available now, and taken if `take`).
+    fn check(&self, amount: f64, take: bool) -> u64 {
+        let Ok(mut st) = self.state.lock() else {
+            return 0;
+        };
+        let now = Instant::now();
+        self.refill(&mut st, now);
+        if st.0 >= amount {
+            if take {
+                st.0 -= amount;
+            }
+            return 0;
+        }
+        let missing = amount - st.0;
+        ((missing * 60.0 / self.capacity).ceil() as u64).max(1)
+    }
+
+    /// Takes one request slot, or says how long to wait.
+    pub fn take_one(&self) -> Result<(), u64> {
+        match self.check(1.0, true) {
+            0 => Ok(()),
+            wait => Err(wait),
+        }
+    }
+
+    /// Whether the bucket has anything left (usage is charged after the fact).
+    pub fn has_room(&self) -> Result<(), u64> {
+        match self.check(f64::MIN_POSITIVE, false) {
+            0 => Ok(()),
+            wait => Err(wait),
+        }
+    }
+
+    /// Charges real usage; the balance may go negative, delaying later requests.
+    pub fn charge(&self, amount: u64) {
+        if let Ok(mut st) = self.state.lock() {
+            let now = Instant::now();
+            self.refill(&mut st, now);
+            st.0 -= amount as f64;
+        }
+    }
+}
+
+/// The runtime policy of one extended-form key.
+#[derive(Debug, Default)]
+pub struct KeyPolicy {
+    pub credential: Option<String>,
+    pub upstream: Option<String>,
+    pub models: Vec<String>,
+    pub rpm: Option<Bucket>,
+    pub tpm: Option<Arc<Bucket>>,
+    pub concurrency: Option<Arc<Semaphore>>,
+    pub max_concurrent: u32,
+    pub expires_at: Option<SystemTime>,
+}
+
+impl KeyPolicy {
+    pub fn from_config(k: &KeyConfig) -> Self {
+        KeyPolicy {
+            credential: k.credential.clone(),
+            upstream: k.upstream.clone(),
+            models: k.models.clone(),
+            rpm: k.rpm.map(|n| Bucket::per_minute(u64::from(n))),
+            tpm: k.tpm.map(|n| Arc::new(Bucket::per_minute(n))),
+            concurrency: k
+                .max_concurrent
+                .map(|n| Arc::new(Semaphore::new(n as usize))),
+            max_concurrent: k.max_concurrent.unwrap_or(0),
+            expires_at: k.expires_at,
+        }
+    }
+
+    pub fn is_expired(&self, now: SystemTime) -> bool {
+        self.expires_at.is_some_and(|t| now >= t)
+    }
+
+    /// 403 unless the model is allowed (no list = any model).
+    pub fn check_model(&self, model: Option<&str>) -> Result<(), GatewayError> {
+        if self.models.is_empty() {
+            return Ok(());
+        }
+        let allowed = model.is_some_and(|m| crate::glob::any(&self.models, m));
+        if allowed {
+            Ok(())
+        } else {
+            let shown: String = model.unwrap_or("(none)").chars().take(100).collect();
+            Err(GatewayError::new(
+                ErrorKind::Forbidden,
+                "model_not_allowed",
+                format!("This key may not use model {shown}"),
+            ))
+        }
+    }
+
+    /// Admits one request under rpm / tpm / concurrency, or answers 429 with Retry-After.
+    /// The returned permit holds the concurrency slot until the response ends.
+    pub fn admit(&self) -> Result<Option<OwnedSemaphorePermit>, GatewayError> {
+        let limited = |what: &str, wait: u64| {
+            GatewayError::new(
+                ErrorKind::RateLimited,
+                "rate_limit_exceeded",
+                format!("Rate limit of this key reached ({what}); retry after {wait} s"),
+            )
+            .with_retry_after(wait)
+        };
+        if let Some(tpm) = &self.tpm {
+            tpm.has_room()
+                .map_err(|w| limited("tokens per minute", w))?;
+        }
+        let permit = match &self.concurrency {
+            Some(sem) => Some(sem.clone().try_acquire_owned().map_err(|_| {
+                limited(&format!("{} concurrent requests", self.max_concurrent), 1)
+            })?),
+            None => None,
+        };
+        if let Some(rpm) = &self.rpm {
+            rpm.take_one()
+                .map_err(|w| limited("requests per minute", w))?;
+        }
+        Ok(permit)
+    }
+}
+
+/// Counts real token usage against a key's tpm bucket.
+#[derive(Debug, Clone)]
+pub struct UsageMeter {
+    bucket: Arc<Bucket>,
+}
+
+impl UsageMeter {
+    pub fn new(bucket: Arc<Bucket>) -> Self {
+        UsageMeter { bucket }
+    }
+
+    pub fn charge(&self, tokens: u64) {
+        self.bucket.charge(tokens);
+    }
+}
+
+/// `usage.total_tokens` of an OpenAI answer or chunk, if present.
+pub fn usage_total(json: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Usage {
+        total_tokens: Option<u64>,
+        prompt_tokens: Option<u64>,
+        completion_tokens: Option<u64>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        usage: Option<Usage>,
+    }
+    let a: Answer = serde_json::from_slice(json).ok()?;
+    let u = a.usage?;
+    u.total_tokens
+        .or_else(|| Some(u.prompt_tokens.unwrap_or(0) + u.completion_tokens.unwrap_or(0)))
+}
+
+/// Rounds a wait for Retry-After.
+pub fn retry_secs(d: Duration) -> u64 {
+    d.as_secs_f64().ceil().max(1.0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpm_bucket_limits_and_says_when() {
+        let b = Bucket::per_minute(2);
+        assert!(b.take_one().is_ok());
+        assert!(b.take_one().is_ok());
+        let wait = b.take_one().unwrap_err();
+        assert!((1..=30).contains(&wait), "{wait}");
+    }
+
+    #[test]
+    fn tpm_charges_after_the_fact() {
+        let b = Bucket::per_minute(100);
+        assert!(b.has_room().is_ok());
+        b.charge(160);
+        let wait = b.has_room().unwrap_err();
+        assert!((30..=37).contains(&wait), "{wait}");
+    }
+
+    #[test]
+    fn usage_is_read() {
+        assert_eq!(usage_total(br#"{"usage":{"total_tokens":12}}"#), Some(12));
+        assert_eq!(
+            usage_total(br#"{"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3}}"#),
+            Some(5)
+        );
+        assert_eq!(usage_total(br#"{"usage":null}"#), None);
+    }
+
+    #[test]
+    fn model_globs() {
+        let p = KeyPolicy {
+            models: vec!["DeepSeek-*".into()],
+            ..KeyPolicy::default()
+        };
+        assert!(p.check_model(Some("DeepSeek-R1")).is_ok());
+        assert_eq!(p.check_model(Some("gpt-4")).unwrap_err().status(), 403);
+        assert_eq!(p.check_model(None).unwrap_err().status(), 403);
+    }
+}

@@ -10,12 +10,24 @@ use sophgate::mock::{self, MockOptions};
 
 const CLIENT_KEY: &str = "sk-client-SECRET-4a7f9e";
 const UPSTREAM_KEY: &str = "up-SECRET-91c3d2";
+const OAUTH_CLIENT_KEY: &str = "sk-oauth-SECRET-77";
+const CLIENT_SECRET: &str = "client-SECRET-0a1b";
 
 #[tokio::test]
 async fn access_log_has_the_fields_and_no_secrets() {
     let mock = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
         .await
         .unwrap();
+    let tokens = sophgate::token_mock::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        sophgate::token_mock::TokenMockOptions {
+            ttl: Duration::from_secs(300),
+            client_id: "gw".into(),
+            client_secret: CLIENT_SECRET.into(),
+        },
+    )
+    .await
+    .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -27,14 +39,19 @@ async fn access_log_has_the_fields_and_no_secrets() {
     std::fs::write(
         &cfg,
         format!(
-            "listen: \"127.0.0.1:{port}\"\napi_host: \"http://{}\"\nforward_chat_path: /v1/chat/completions\napi_keys:\n  \"{CLIENT_KEY}\": \"${{UP_KEY}}\"\nlog_level: DEBUG\nlogging:\n  format: json\n",
-            mock.addr
+            "listen: \"127.0.0.1:{port}\"\napi_host: \"http://{}\"\nforward_chat_path: /v1/chat/completions\n\
+             credentials:\n  corp: {{ type: oauth2, token_url: \"{}\", client_id: gw, client_secret: \"${{CORP_SECRET}}\" }}\n\
+             api_keys:\n  \"{CLIENT_KEY}\": \"${{UP_KEY}}\"\n  \"{OAUTH_CLIENT_KEY}\": {{ name: oauth-user, credential: corp }}\n\
+             log_level: DEBUG\nlogging:\n  format: json\n",
+            mock.addr,
+            tokens.oauth2_url(),
         ),
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sophgate"))
         .args(["serve", "-c", cfg.to_str().unwrap()])
         .env("UP_KEY", UPSTREAM_KEY)
+        .env("CORP_SECRET", CLIENT_SECRET)
         .env_remove("SOPHGATE_LOG")
         .stderr(Stdio::piped())
         .spawn()
@@ -67,6 +84,16 @@ async fn access_log_has_the_fields_and_no_secrets() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     resp.bytes().await.unwrap();
+    let via_oauth = c
+        .post(&url)
+        .bearer_auth(OAUTH_CLIENT_KEY)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(via_oauth.status(), 200);
+    via_oauth.bytes().await.unwrap();
+    assert_eq!(tokens.state.fetches(), 1);
     let bad = c
         .post(&url)
         .bearer_auth("sk-wrong-SECRET-x")
@@ -85,7 +112,16 @@ async fn access_log_has_the_fields_and_no_secrets() {
     assert!(status.success(), "clean exit on SIGTERM");
     let lines: Vec<String> = rx.try_iter().collect();
     let all = lines.join("\n");
-    for secret in [CLIENT_KEY, UPSTREAM_KEY, "sk-wrong-SECRET-x", "SECRET"] {
+    // "tok-1" is the access token the oauth2 credential fetched.
+    for secret in [
+        CLIENT_KEY,
+        UPSTREAM_KEY,
+        OAUTH_CLIENT_KEY,
+        CLIENT_SECRET,
+        "sk-wrong-SECRET-x",
+        "SECRET",
+        "tok-1",
+    ] {
         assert!(!all.contains(secret), "secret {secret} in the log:\n{all}");
     }
     let access: Vec<serde_json::Value> = lines
@@ -93,7 +129,7 @@ async fn access_log_has_the_fields_and_no_secrets() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["target"] == "sophgate::access")
         .collect();
-    assert_eq!(access.len(), 2, "one line per request:\n{all}");
+    assert_eq!(access.len(), 3, "one line per request:\n{all}");
     let ok = &access[0];
     for field in [
         "request_id",
@@ -111,6 +147,7 @@ async fn access_log_has_the_fields_and_no_secrets() {
     assert_eq!(ok["status"], 200);
     assert_eq!(ok["stream"], true);
     assert!(ok["key"].as_str().unwrap().starts_with("key-"));
-    assert_eq!(access[1]["status"], 401);
+    assert_eq!(access[1]["key"], "oauth-user");
+    assert_eq!(access[2]["status"], 401);
     std::fs::remove_dir_all(&dir).ok();
 }

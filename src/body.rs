@@ -27,6 +27,8 @@ pub enum EventAction {
     Keep,
     Drop,
     Replace(Bytes),
+    /// Send these bytes in place of the event, then end the stream (e.g. an error event).
+    Stop(Bytes),
 }
 
 /// Looks at (and may change or drop) each complete SSE event of a streamed answer.
@@ -118,7 +120,21 @@ impl Relay {
                     EventAction::Replace(b) => {
                         current = Some(b);
                     }
+                    EventAction::Stop(b) => {
+                        action = EventAction::Drop;
+                        current = Some(b);
+                        self.done = true;
+                        break;
+                    }
                 }
+            }
+            if self.done {
+                changed = true;
+                if let Some(b) = current {
+                    replaced.push((kept.len(), b));
+                    kept.push((0, 0));
+                }
+                break;
             }
             match (action, current) {
                 (EventAction::Drop, _) => changed = true,

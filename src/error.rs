@@ -34,6 +34,8 @@ pub enum ErrorKind {
     BadGateway,
     /// The upstream did not answer in time.
     GatewayTimeout,
+    /// A plugin answered the request itself (`throw #{status, message}`).
+    Script(StatusCode),
 }
 
 impl ErrorKind {
@@ -49,6 +51,7 @@ impl ErrorKind {
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorKind::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::Script(status) => status,
         }
     }
 
@@ -64,6 +67,8 @@ impl ErrorKind {
             ErrorKind::RateLimited => "rate_limit_error",
             ErrorKind::Internal => "server_error",
             ErrorKind::BadGateway | ErrorKind::GatewayTimeout => "upstream_error",
+            ErrorKind::Script(status) if status.is_server_error() => "server_error",
+            ErrorKind::Script(_) => "invalid_request_error",
         }
     }
 }

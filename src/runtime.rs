@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 
-use crate::config::Config;
+use crate::config::{Config, PluginSource};
 use crate::credentials::Credentials;
 use crate::pipeline::auth::KeyTable;
 use crate::pipeline::auth::Principal;
@@ -18,6 +18,7 @@ use crate::pipeline::forward::Upstream;
 use crate::pipeline::ip_acl::IpAcl;
 use crate::pipeline::models::static_list;
 use crate::pipeline::routing::Route;
+use crate::scripting::{PluginSpec, Plugins};
 
 pub struct Generation {
     pub number: u64,
@@ -32,6 +33,72 @@ pub struct Generation {
     pub credentials: Credentials,
     /// The static `models:` list, pre-rendered.
     pub static_models: Option<Bytes>,
+    /// Compiled plugins, shared by every request (and every stream) of this generation.
+    pub plugins: Arc<Plugins>,
+    /// What was loaded, for `GET /admin/status`: (name, file if any, sha256 of the source).
+    pub plugin_sources: Vec<PluginSourceInfo>,
+    /// sha256 of the config file's text, when loaded from a file.
+    pub config_sha256: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PluginSourceInfo {
+    pub name: String,
+    pub file: Option<PathBuf>,
+    pub sha256: String,
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Reads and compiles the config's plugins; errors name the file, line and column.
+fn load_plugins(config: &Config) -> Result<(Plugins, Vec<PluginSourceInfo>), String> {
+    let mut specs = Vec::with_capacity(config.plugins.len());
+    let mut infos = Vec::with_capacity(config.plugins.len());
+    let mut errors = Vec::new();
+    for p in &config.plugins {
+        let (source, file) = match &p.source {
+            PluginSource::File(path) => match std::fs::read_to_string(path) {
+                Ok(s) => (s, Some(path.clone())),
+                Err(e) => {
+                    errors.push(format!("{}: cannot read plugin: {e}", path.display()));
+                    continue;
+                }
+            },
+            PluginSource::Bundled(name) => match crate::scripting::bundled(name) {
+                Some(s) => (s.to_owned(), None),
+                None => {
+                    errors.push(format!("{}: no bundled plugin named {name}", p.name));
+                    continue;
+                }
+            },
+        };
+        infos.push(PluginSourceInfo {
+            name: p.name.clone(),
+            file,
+            sha256: sha256_hex(source.as_bytes()),
+        });
+        specs.push(PluginSpec {
+            name: p.name.clone(),
+            source,
+            params: p.params.clone(),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(errors.join("\n"));
+    }
+    let plugins = Plugins::compile(specs, config.script_limits).map_err(|errs| {
+        errs.iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    Ok((plugins, infos))
 }
 
 impl std::fmt::Debug for Generation {
@@ -77,6 +144,12 @@ impl Generation {
         }
         let credentials = Credentials::build(config.credential_specs()?)?;
         let static_models = config.models.as_deref().map(static_list);
+        let (plugins, plugin_sources) = load_plugins(&config)?;
+        let config_sha256 = config
+            .source
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .map(|b| sha256_hex(&b));
         Ok(Generation {
             number,
             loaded_at: SystemTime::now(),
@@ -88,6 +161,9 @@ impl Generation {
             routes,
             credentials,
             static_models,
+            plugins: Arc::new(plugins),
+            plugin_sources,
+            config_sha256,
         })
     }
 

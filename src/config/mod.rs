@@ -90,6 +90,11 @@ pub struct Config {
     pub limits: Limits,
     /// Tokio worker threads; `None` = one per core.
     pub workers: Option<usize>,
+    /// Plugins in run order: the implicit `field_aliases` first, then `plugins:`.
+    pub plugins: Vec<PluginConfig>,
+    pub script_limits: crate::scripting::ScriptLimits,
+    /// Bearer key for `/admin/*`; `None` = admin endpoints disabled.
+    pub admin_key: Option<Secret>,
     /// Non-fatal remarks `sophgate check` prints.
     pub warnings: Vec<String>,
 }
@@ -130,6 +135,23 @@ pub struct KeyConfig {
     pub tpm: Option<u64>,
     pub max_concurrent: Option<u32>,
     pub expires_at: Option<std::time::SystemTime>,
+}
+
+/// Where a plugin's source comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PluginSource {
+    File(PathBuf),
+    /// Embedded in the binary (`plugins/<name>.rhai` of this repository).
+    Bundled(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct PluginConfig {
+    /// As written in the config (or `field_aliases` for the implicit one); names the plugin in
+    /// errors and logs.
+    pub name: String,
+    pub source: PluginSource,
+    pub params: serde_json::Value,
 }
 
 /// How a client key is written in the config.
@@ -230,7 +252,8 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Config, ConfigErrors> {
         let lookup = |name: &str| std::env::var(name).ok();
         let text = load::read_text(path)?;
-        let mut cfg = Self::from_text(&text, &path.display().to_string(), &lookup)?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut cfg = Self::from_text_in(&text, &path.display().to_string(), &lookup, &base)?;
         cfg.source = Some(path.to_path_buf());
         Ok(cfg)
     }
@@ -240,7 +263,7 @@ impl Config {
         text: &str,
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigErrors> {
-        Self::from_text(text, "<inline>", lookup)
+        Self::from_text_in(text, "<inline>", lookup, Path::new(""))
     }
 
     /// The typed credential specs (validated again here; `validate` already reported errors
@@ -265,16 +288,17 @@ impl Config {
     }
 
     /// Schema errors and semantic errors are reported together.
-    fn from_text(
+    fn from_text_in(
         text: &str,
         file: &str,
         lookup: &dyn Fn(&str) -> Option<String>,
+        base_dir: &Path,
     ) -> Result<Config, ConfigErrors> {
         let (raw, mut errors) = load::parse_raw_partial(text, file, lookup);
         let Some(raw) = raw else {
             return Err(ConfigErrors(errors));
         };
-        match validate::validate(raw, file, text) {
+        match validate::validate(raw, file, text, base_dir) {
             Ok(cfg) if errors.is_empty() => Ok(cfg),
             Ok(_) => Err(ConfigErrors(errors)),
             Err(more) => {

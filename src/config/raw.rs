@@ -45,6 +45,38 @@ pub struct RawConfig {
     pub credentials: Option<BTreeMap<String, serde_yaml::Value>>,
     pub upstreams: Option<BTreeMap<String, RawUpstream>>,
     pub routes: Option<Vec<RawRoute>>,
+    pub plugins: Option<Vec<RawPlugin>>,
+    pub admin: Option<RawAdmin>,
+}
+
+/// `plugins:` entry: a Rhai file and its parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlugin {
+    pub path: String,
+    pub params: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Bearer key for `/admin/*`; absent = the admin endpoints answer 404.
+    pub key: Option<String>,
+}
+
+/// `limits.scripts`: the plugin sandbox.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScriptLimits {
+    pub max_operations: Option<u64>,
+    pub max_call_levels: Option<usize>,
+    pub max_expr_depth: Option<usize>,
+    pub max_function_expr_depth: Option<usize>,
+    pub max_string_size: Option<usize>,
+    pub max_array_size: Option<usize>,
+    pub max_map_size: Option<usize>,
+    /// Milliseconds per plugin per hook call.
+    pub max_wall_time_ms: Option<u64>,
 }
 
 /// The extended form of a value under `api_keys:` (the seed form is a plain string).
@@ -121,6 +153,7 @@ pub struct RawLimits {
     pub stream_idle_timeout: Option<f64>,
     pub pool_idle_timeout: Option<f64>,
     pub shutdown_grace: Option<f64>,
+    pub scripts: Option<RawScriptLimits>,
 }
 
 #[derive(Debug, Default, Deserialize)]

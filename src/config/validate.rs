@@ -13,7 +13,8 @@ use super::raw::{RawConfig, RawKeyPolicy, RawModel};
 use super::raw_credentials::{validate_credential, RawCredential};
 use super::{
     Config, ConfigError, ConfigErrors, Defaults, KeyConfig, KeyId, Limits, LogFormat,
-    LoggingConfig, ModelEntry, Rotation, RouteDef, UpstreamConfig, UpstreamDef,
+    LoggingConfig, ModelEntry, PluginConfig, PluginSource, Rotation, RouteDef, UpstreamConfig,
+    UpstreamDef,
 };
 use crate::secret::Secret;
 
@@ -36,6 +37,22 @@ fn is_proxy_url(s: &str) -> bool {
             matches!(u.scheme(), "http" | "https" | "socks5" | "socks5h") && u.host().is_some()
         })
         .unwrap_or(false)
+}
+
+/// A plugin path: a file relative to the config's folder (or absolute, or relative to the
+/// working directory), else a bundled plugin of the same file name.
+fn resolve_plugin(path: &str, base_dir: &std::path::Path) -> Option<PluginSource> {
+    let p = std::path::Path::new(path);
+    let candidates = if p.is_absolute() {
+        vec![p.to_path_buf()]
+    } else {
+        vec![base_dir.join(p), p.to_path_buf()]
+    };
+    if let Some(found) = candidates.into_iter().find(|c| c.is_file()) {
+        return Some(PluginSource::File(found));
+    }
+    let stem = p.file_stem()?.to_str()?;
+    crate::scripting::bundled(stem).map(|_| PluginSource::Bundled(stem.to_owned()))
 }
 
 /// `sha256:<64 hex>` or a plain key.
@@ -235,7 +252,12 @@ fn normalise_path(p: &str) -> String {
     }
 }
 
-pub fn validate(raw: RawConfig, file: &str, text: &str) -> Result<Config, ConfigErrors> {
+pub fn validate(
+    raw: RawConfig,
+    file: &str,
+    text: &str,
+    base_dir: &std::path::Path,
+) -> Result<Config, ConfigErrors> {
     let mut c = Collector {
         file,
         text,
@@ -744,6 +766,89 @@ pub fn validate(raw: RawConfig, file: &str, text: &str) -> Result<Config, Config
         d.idle_timeout = limits.stream_idle_timeout;
     }
 
+    // --- plugins ---
+    let mut plugins = Vec::new();
+    if !field_aliases.is_empty() {
+        let params: serde_json::Map<String, serde_json::Value> = field_aliases
+            .iter()
+            .map(|(f, t)| (f.clone(), serde_json::Value::String(t.clone())))
+            .collect();
+        plugins.push(PluginConfig {
+            name: "field_aliases".into(),
+            source: PluginSource::Bundled("field_aliases".into()),
+            params: serde_json::Value::Object(params),
+        });
+    }
+    for (i, p) in raw.plugins.unwrap_or_default().into_iter().enumerate() {
+        let at = vec![k("plugins"), Segment::Index(i), k("path")];
+        let params = match p.params {
+            None => serde_json::Value::Object(Default::default()),
+            Some(v) => match serde_json::to_value(&v) {
+                Ok(j) => j,
+                Err(_) => {
+                    c.err(
+                        &[k("plugins"), Segment::Index(i), k("params")],
+                        "params must be plain YAML data",
+                    );
+                    continue;
+                }
+            },
+        };
+        match resolve_plugin(&p.path, base_dir) {
+            Some(source) => plugins.push(PluginConfig {
+                name: p.path.clone(),
+                source,
+                params,
+            }),
+            None => c.err(
+                &at,
+                format!(
+                    "plugin file `{}` not found (relative paths start at the config file's folder; bundled: {})",
+                    p.path,
+                    crate::scripting::bundled::BUNDLED
+                        .iter()
+                        .map(|(n, _)| format!("plugins/{n}.rhai"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+        }
+    }
+    let sl = rl.scripts.unwrap_or_default();
+    let dflt = crate::scripting::ScriptLimits::default();
+    let script_limits = crate::scripting::ScriptLimits {
+        max_operations: sl.max_operations.unwrap_or(dflt.max_operations),
+        max_call_levels: sl.max_call_levels.unwrap_or(dflt.max_call_levels),
+        max_expr_depth: sl.max_expr_depth.unwrap_or(dflt.max_expr_depth),
+        max_function_expr_depth: sl
+            .max_function_expr_depth
+            .unwrap_or(dflt.max_function_expr_depth),
+        max_string_size: sl.max_string_size.unwrap_or(dflt.max_string_size),
+        max_array_size: sl.max_array_size.unwrap_or(dflt.max_array_size),
+        max_map_size: sl.max_map_size.unwrap_or(dflt.max_map_size),
+        max_wall_time: sl
+            .max_wall_time_ms
+            .map(Duration::from_millis)
+            .unwrap_or(dflt.max_wall_time),
+    };
+    if sl.max_wall_time_ms == Some(0) {
+        c.err(
+            &[k("limits"), k("scripts"), k("max_wall_time_ms")],
+            "must be at least 1",
+        );
+    }
+    let admin_key = match raw.admin.and_then(|a| a.key) {
+        Some(key) if key.len() < 16 => {
+            c.err(
+                &[k("admin"), k("key")],
+                "must be at least 16 characters (it guards reloads)",
+            );
+            None
+        }
+        Some(key) => Some(Secret::new(key)),
+        None => None,
+    };
+
     // --- logging ---
     let level = log_level(raw.log_level, &mut c);
     let lg = raw.logging.unwrap_or_default();
@@ -806,6 +911,9 @@ pub fn validate(raw: RawConfig, file: &str, text: &str) -> Result<Config, Config
         logging,
         limits,
         workers: raw.workers,
+        plugins,
+        script_limits,
+        admin_key,
         warnings,
     })
 }

@@ -26,6 +26,8 @@ pub struct Upstream {
     /// Other `/v1/<rest>` requests go to `base_url + "/" + rest`.
     base_url: String,
     models_url: String,
+    /// `scheme://host[:port]` of the chat URL (for script-chosen paths).
+    origin: String,
     limiter: Option<Arc<Semaphore>>,
     first_byte_timeout: Duration,
     stream_idle_timeout: Duration,
@@ -133,12 +135,17 @@ impl Upstream {
             chat_url: def.chat_url.clone(),
             base_url: def.base_url.clone(),
             models_url: def.models_url.clone(),
+            origin: origin_of(&def.chat_url),
             limiter: (def.max_concurrent > 0).then(|| Arc::new(Semaphore::new(def.max_concurrent))),
             first_byte_timeout: def.first_byte_timeout,
             stream_idle_timeout: def.idle_timeout,
             total_timeout: def.total_timeout,
             models_cache: Default::default(),
         })
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     pub fn models_url(&self) -> &str {
@@ -236,6 +243,18 @@ impl Upstream {
         builder
             .body(body)
             .map_err(|_| GatewayError::internal("could not build the response"))
+    }
+}
+
+/// `scheme://authority` of a URL.
+fn origin_of(url: &str) -> String {
+    match url.find("://") {
+        Some(i) => {
+            let rest = &url[i + 3..];
+            let end = rest.find('/').map(|j| i + 3 + j).unwrap_or(url.len());
+            url[..end].to_owned()
+        }
+        None => url.to_owned(),
     }
 }
 

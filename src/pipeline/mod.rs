@@ -18,6 +18,7 @@ pub mod models;
 pub mod policy;
 pub mod request_body;
 pub mod routing;
+pub mod scripts;
 pub mod sse;
 pub mod usage;
 
@@ -138,6 +139,8 @@ pub enum Target {
     Chat,
     /// `/v1/<rest>` under the upstream's base URL.
     V1(String),
+    /// A path (with query) a script chose, on the upstream's origin.
+    Path(String),
 }
 
 impl Target {
@@ -145,6 +148,20 @@ impl Target {
         match self {
             Target::Chat => upstream.chat_url(query),
             Target::V1(rest) => upstream.url_for(rest, query),
+            Target::Path(path) => format!("{}{}", upstream.origin(), path),
+        }
+    }
+
+    /// Path and query of [`Target::url`] (what scripts see as `req.path`).
+    pub fn path(&self, upstream: &forward::Upstream, query: Option<&str>) -> String {
+        match self {
+            Target::Path(p) => p.clone(),
+            _ => {
+                let url = self.url(upstream, query);
+                url.strip_prefix(upstream.origin())
+                    .unwrap_or(&url)
+                    .to_owned()
+            }
         }
     }
 }
@@ -161,6 +178,8 @@ pub struct Prepared {
     pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Whether the gateway (not the client) asked for `stream_options.include_usage`.
     pub injected_usage: bool,
+    /// What `on_request` hooks left in `req.ctx`, for the response hooks.
+    pub script_ctx: Option<rhai::Map>,
 }
 
 async fn run<B>(
@@ -181,8 +200,19 @@ where
             let principal = p.principal.clone();
             let permit = p.permit;
             let injected_usage = p.injected_usage;
-            let p = Prepared { permit: None, ..*p };
+            let mut p = Prepared { permit: None, ..*p };
+            let ctx = p.script_ctx.take();
             let mut resp = fallback::send(generation, p, &plan, rid).await?;
+            let plugins = &generation.plugins;
+            let is_sse = resp.body().is_event_stream();
+            if is_sse && plugins.has_on_event() {
+                if let Some(relay) = resp.body_mut().relay_mut() {
+                    relay.filter(Box::new(scripts::ScriptEventFilter::new(
+                        plugins.clone(),
+                        ctx.clone().unwrap_or_default(),
+                    )));
+                }
+            }
             if let Some(relay) = resp.body_mut().relay_mut() {
                 if let Some(permit) = permit {
                     relay.guard(Box::new(permit));
@@ -195,6 +225,15 @@ where
                         relay.observe(Box::new(usage::UsageObserver::new(meter)));
                     }
                 }
+            }
+            if !is_sse && plugins.has_on_response() {
+                resp = scripts::on_response(
+                    plugins,
+                    resp,
+                    ctx.unwrap_or_default(),
+                    generation.config.limits.max_body_bytes,
+                )
+                .await?;
             }
             Ok(resp)
         }
@@ -276,8 +315,12 @@ where
     }
 
     let policy = principal.policy.as_ref();
+    let plugins = &generation.plugins;
+    let hooks = plugins.has_on_request();
     let mut injected_usage = false;
-    let (target, plan) = match route {
+    let mut headers = parts.headers;
+    let mut script_ctx: Option<rhai::Map> = None;
+    let (mut target, plan, body_value) = match route {
         Route::ChatCompletions => {
             let peek = request_body::peek_chat(&bytes)?;
             let model = peek
@@ -297,8 +340,8 @@ where
             let rename = plan.rename_to.is_some();
             log.model = model;
             drop(peek);
-            // 4. defaults, field aliases, route renaming: parse only when something changes.
-            if needs_defaults || !cfg.field_aliases.is_empty() || rename || injected_usage {
+            // 4. defaults and route renaming: parse only when something will change.
+            let value = if needs_defaults || rename || injected_usage || hooks {
                 let mut value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
                     GatewayError::bad_request("invalid_json", format!("Invalid JSON body: {e}"))
                 })?;
@@ -316,22 +359,63 @@ where
                         }
                     }
                 }
-                defaults::rename_fields(&mut value, &cfg.field_aliases);
-                bytes = Bytes::from(
-                    serde_json::to_vec(&value)
-                        .map_err(|_| GatewayError::internal("could not encode the request"))?,
-                );
-            }
-            (Target::Chat, plan)
+                Some(value)
+            } else {
+                None
+            };
+            (Target::Chat, plan, value)
         }
         Route::V1(rest) => {
             let plan = routing::plan(generation, &principal, None)?;
-            (Target::V1(rest.to_owned()), plan)
+            // Scripts see a JSON body when there is one; other bodies pass untouched.
+            let value = if hooks {
+                serde_json::from_slice::<serde_json::Value>(&bytes).ok()
+            } else {
+                None
+            };
+            (Target::V1(rest.to_owned()), plan, value)
         }
         Route::Health | Route::Models | Route::NotFound => {
             return Err(GatewayError::internal("unreachable route"))
         }
     };
+
+    // 5. scripts: on_request sees (and may change) body, headers and upstream path.
+    let mut body_value = body_value;
+    if hooks {
+        let planned_path = plan
+            .upstreams
+            .first()
+            .map(|u| target.path(u, parts.uri.query()))
+            .unwrap_or_default();
+        let had_body = body_value.is_some();
+        let mut sreq = crate::scripting::ScriptRequest {
+            body: body_value.take().unwrap_or(serde_json::Value::Null),
+            headers: scripts::visible_headers(&headers),
+            path: planned_path.clone(),
+            method: parts.method.as_str().to_owned(),
+            client_ip: client_ip.to_string(),
+            key: principal.label.to_string(),
+            ctx: rhai::Map::new(),
+        };
+        plugins
+            .on_request(&mut sreq)
+            .map_err(scripts::failure_to_error)?;
+        if sreq.path != planned_path {
+            target = Target::Path(sreq.path.clone());
+        }
+        headers = sreq.headers;
+        if had_body || !sreq.body.is_null() {
+            body_value = Some(sreq.body);
+        }
+        script_ctx = Some(sreq.ctx);
+    }
+    if let Some(value) = body_value {
+        bytes = Bytes::from(
+            serde_json::to_vec(&value)
+                .map_err(|_| GatewayError::internal("could not encode the request"))?,
+        );
+    }
 
     // Limits last, so a refused request does not use up the key's budget.
     let permit = match policy {
@@ -345,10 +429,11 @@ where
             method: parts.method,
             target,
             query: parts.uri.query().map(str::to_owned),
-            headers: parts.headers,
+            headers,
             body: bytes,
             permit,
             injected_usage,
+            script_ctx,
         }),
         plan,
     ))

@@ -1,0 +1,640 @@
+//! Compiled plugins and the hook runner.
+//!
+//! [`Plugins::compile`] does all fallible work once per config generation: compile each script,
+//! find its hooks, run its top-level code once (with `params` in scope), and keep the resulting
+//! top-level variables as per-call constants. The hook methods then only evaluate: they build
+//! the hook's argument once, pass that same value through every plugin in config order, and
+//! convert it back once.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Map, ParseError, Position, Scope, AST};
+use serde_json::Value;
+
+use super::api::{
+    check_headers, dynamic_to_json, headers_from_dynamic, headers_to_dynamic, is_plain_data,
+    json_to_dynamic, object, EventData, EventOutcome, ScriptEvent, ScriptRequest, ScriptResponse,
+};
+use super::engine::{self, ActiveGuard, LOG_TARGET};
+
+pub use super::engine::ScriptLimits;
+
+/// The hooks a plugin may define, by the names scripts use.
+pub const HOOK_NAMES: [&str; 3] = ["on_request", "on_response", "on_event"];
+
+/// One configured plugin, before compilation.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    /// Shown in errors and logs; the config's path, or `bundled:<name>` for a bundled plugin.
+    pub name: String,
+    /// The Rhai source.
+    pub source: String,
+    /// The plugin's `params` from config (any JSON; `null` when absent).
+    pub params: Value,
+}
+
+/// Why a plugin could not be loaded: a syntax error, a malformed hook, or an error in its
+/// top-level code (which runs once at load). `line`/`column` are 1-based when known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptCompileError {
+    pub plugin: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ScriptCompileError {
+    /// `plugin:line:column: message`, the form editors and terminals turn into a link.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(line), Some(col)) => write!(f, "{}:{line}:{col}: {}", self.plugin, self.message),
+            (Some(line), None) => write!(f, "{}:{line}: {}", self.plugin, self.message),
+            _ => write!(f, "{}: {}", self.plugin, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ScriptCompileError {}
+
+impl ScriptCompileError {
+    fn new(plugin: &str, pos: Position, message: impl Into<String>) -> Self {
+        Self {
+            plugin: plugin.to_owned(),
+            line: pos.line(),
+            column: pos.position(),
+            message: message.into(),
+        }
+    }
+
+    fn parse(plugin: &str, err: &ParseError) -> Self {
+        Self::new(plugin, err.position(), err.0.to_string())
+    }
+}
+
+/// How a hook call failed, as the pipeline must answer it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScriptFailure {
+    /// `throw #{status: 4xx/5xx, message: "..."}` — answer the client with this.
+    Thrown { status: u16, message: String },
+    /// Any other error (runtime error, limit hit, bad throw value). Details are already logged
+    /// with plugin name, hook, line and column; the client only gets "script error in plugin
+    /// <name>".
+    Error { plugin: String },
+}
+
+impl fmt::Display for ScriptFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Thrown { status, message } => write!(f, "{status}: {message}"),
+            Self::Error { plugin } => write!(f, "script error in plugin {plugin}"),
+        }
+    }
+}
+
+impl std::error::Error for ScriptFailure {}
+
+// === hooks ===
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    Request,
+    Response,
+    Event,
+}
+
+impl Hook {
+    const ALL: [Hook; 3] = [Hook::Request, Hook::Response, Hook::Event];
+
+    const fn index(self) -> usize {
+        match self {
+            Hook::Request => 0,
+            Hook::Response => 1,
+            Hook::Event => 2,
+        }
+    }
+
+    const fn name(self) -> &'static str {
+        HOOK_NAMES[self.index()]
+    }
+
+    fn from_name(name: &str) -> Option<Hook> {
+        Hook::ALL.into_iter().find(|h| h.name() == name)
+    }
+}
+
+/// One compiled plugin.
+struct Plugin {
+    name: Arc<str>,
+    ast: AST,
+    /// `params` plus the variables its top-level code left, pushed as constants into every
+    /// call's fresh scope.
+    constants: Vec<(String, Dynamic)>,
+    hooks: [bool; 3],
+}
+
+/// The compiled plugins of one config generation, in config order. `Send + Sync`; the hook
+/// methods take `&self` and share no lock between requests.
+pub struct Plugins {
+    engine: Engine,
+    plugins: Vec<Plugin>,
+    max_wall_time: Duration,
+    /// Native stack a hook call may need (see [`engine::with_stack`]).
+    stack_needed: usize,
+    any_hook: [bool; 3],
+}
+
+impl fmt::Debug for Plugins {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut list = f.debug_list();
+        for p in &self.plugins {
+            let hooks: Vec<&str> = Hook::ALL
+                .into_iter()
+                .filter(|h| p.hooks[h.index()])
+                .map(Hook::name)
+                .collect();
+            list.entry(&(&*p.name, hooks));
+        }
+        list.finish()
+    }
+}
+
+impl Plugins {
+    /// Compiles every plugin, collecting every error before failing (so `sophgate check`
+    /// reports them all at once).
+    pub fn compile(
+        specs: Vec<PluginSpec>,
+        limits: ScriptLimits,
+    ) -> Result<Plugins, Vec<ScriptCompileError>> {
+        let engine = engine::build(&limits);
+        let stack_needed = engine::stack_needed(&limits);
+        let mut plugins = Vec::with_capacity(specs.len());
+        let mut errors = Vec::new();
+        for spec in specs {
+            let loaded =
+                engine::with_stack(stack_needed, || load(&engine, spec, limits.max_wall_time));
+            match loaded {
+                Ok(plugin) => plugins.push(plugin),
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut any_hook = [false; 3];
+        for hook in Hook::ALL {
+            any_hook[hook.index()] = plugins.iter().any(|p| p.hooks[hook.index()]);
+        }
+        Ok(Plugins {
+            engine,
+            plugins,
+            max_wall_time: limits.max_wall_time,
+            stack_needed,
+            any_hook,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+
+    /// Plugin names in run order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.plugins.iter().map(|p| &*p.name)
+    }
+
+    pub fn has_on_request(&self) -> bool {
+        self.any_hook[Hook::Request.index()]
+    }
+
+    pub fn has_on_response(&self) -> bool {
+        self.any_hook[Hook::Response.index()]
+    }
+
+    pub fn has_on_event(&self) -> bool {
+        self.any_hook[Hook::Event.index()]
+    }
+
+    /// Runs every plugin's `on_request` in config order. Scripts see and may change
+    /// `req.body`, `req.headers`, `req.path` and `req.ctx`; `req.method`, `req.client_ip` and
+    /// `req.key` are informative (changes to them are ignored). On error `req` is left partly
+    /// updated (its `ctx` is gone); the request must then be answered with the failure.
+    pub fn on_request(&self, req: &mut ScriptRequest) -> Result<(), ScriptFailure> {
+        let Some(first) = self.first_with(Hook::Request) else {
+            return Ok(());
+        };
+        let body = json_to_dynamic(&req.body)
+            .map_err(|e| self.fail(first, Hook::Request, "cannot convert the body", &e))?;
+        let arg = object([
+            ("body", body),
+            ("headers", headers_to_dynamic(&req.headers)),
+            ("path", Dynamic::from(req.path.clone())),
+            ("method", Dynamic::from(req.method.clone())),
+            ("client_ip", Dynamic::from(req.client_ip.clone())),
+            ("key", Dynamic::from(req.key.clone())),
+            ("ctx", Dynamic::from_map(std::mem::take(&mut req.ctx))),
+        ]);
+        let (last, mut fields) = self.run_chain(first, Hook::Request, arg, check_request)?;
+        let fail = |what: &str, e: &str| self.fail(last, Hook::Request, what, e);
+
+        let headers = field(&mut fields, "headers");
+        req.headers = headers_from_dynamic(&headers).map_err(|e| fail("bad req.headers", &e))?;
+        req.path = field(&mut fields, "path")
+            .into_immutable_string()
+            .map_err(|t| fail("bad req.path", t))?
+            .to_string();
+        req.body =
+            dynamic_to_json(&field(&mut fields, "body")).map_err(|e| fail("bad req.body", &e))?;
+        req.ctx = take_ctx(&mut fields).map_err(|e| fail("bad req.ctx", &e))?;
+        Ok(())
+    }
+
+    /// Runs every plugin's `on_response` in config order (non-streamed answers). Scripts may
+    /// change `res.status`, `res.headers`, `res.body` and `res.ctx`.
+    pub fn on_response(&self, res: &mut ScriptResponse) -> Result<(), ScriptFailure> {
+        let Some(first) = self.first_with(Hook::Response) else {
+            return Ok(());
+        };
+        let body = json_to_dynamic(&res.body)
+            .map_err(|e| self.fail(first, Hook::Response, "cannot convert the body", &e))?;
+        let arg = object([
+            ("status", Dynamic::from(rhai::INT::from(res.status))),
+            ("headers", headers_to_dynamic(&res.headers)),
+            ("body", body),
+            ("ctx", Dynamic::from_map(std::mem::take(&mut res.ctx))),
+        ]);
+        let (last, mut fields) = self.run_chain(first, Hook::Response, arg, check_response)?;
+        let fail = |what: &str, e: &str| self.fail(last, Hook::Response, what, e);
+
+        res.status =
+            status_of(&field(&mut fields, "status")).map_err(|e| fail("bad res.status", &e))?;
+        let headers = field(&mut fields, "headers");
+        res.headers = headers_from_dynamic(&headers).map_err(|e| fail("bad res.headers", &e))?;
+        res.body =
+            dynamic_to_json(&field(&mut fields, "body")).map_err(|e| fail("bad res.body", &e))?;
+        res.ctx = take_ctx(&mut fields).map_err(|e| fail("bad res.ctx", &e))?;
+        Ok(())
+    }
+
+    /// Runs every plugin's `on_event` in config order for one SSE event. A hook may change
+    /// `ev.data` and `ev.ctx`, or set `ev.drop = true`, which drops the event and skips the
+    /// remaining plugins. The status is already sent by then, so the caller can only turn a
+    /// failure (even [`ScriptFailure::Thrown`]) into an error event that ends the stream.
+    pub fn on_event(&self, ev: &mut ScriptEvent) -> Result<EventOutcome, ScriptFailure> {
+        let Some(first) = self.first_with(Hook::Event) else {
+            return Ok(EventOutcome::Keep);
+        };
+        let data = match &ev.data {
+            EventData::Json(value) => json_to_dynamic(value)
+                .map_err(|e| self.fail(first, Hook::Event, "cannot convert the data", &e))?,
+            EventData::Raw(text) => Dynamic::from(text.clone()),
+        };
+        let arg = object([
+            ("data", data),
+            ("ctx", Dynamic::from_map(std::mem::take(&mut ev.ctx))),
+            ("drop", Dynamic::FALSE),
+        ]);
+        let (last, mut fields) = self.run_chain(first, Hook::Event, arg, check_event)?;
+        let fail = |what: &str, e: &str| self.fail(last, Hook::Event, what, e);
+
+        ev.ctx = take_ctx(&mut fields).map_err(|e| fail("bad ev.ctx", &e))?;
+        if field(&mut fields, "drop").as_bool().unwrap_or(false) {
+            return Ok(EventOutcome::Drop);
+        }
+        let data = field(&mut fields, "data");
+        ev.data = if data.is_string() {
+            EventData::Raw(data.to_string())
+        } else {
+            EventData::Json(dynamic_to_json(&data).map_err(|e| fail("bad ev.data", &e))?)
+        };
+        Ok(EventOutcome::Keep)
+    }
+
+    fn first_with(&self, hook: Hook) -> Option<&Plugin> {
+        self.plugins.iter().find(|p| p.hooks[hook.index()])
+    }
+
+    /// Passes one shared map through every plugin defining `hook`, checking after each that
+    /// it still has the right shape (so a bad value is blamed on the plugin that wrote it).
+    /// `check` returns `true` to stop early (a dropped event). Returns the last plugin run,
+    /// and the map's fields, moved out of the shared cell.
+    fn run_chain<'a>(
+        &'a self,
+        first: &'a Plugin,
+        hook: Hook,
+        arg: Map,
+        check: fn(&Map) -> Result<bool, String>,
+    ) -> Result<(&'a Plugin, Map), ScriptFailure> {
+        // Shared, so what a hook writes into its argument is visible here and to the next
+        // plugin: Rhai passes plain values to script functions by copy.
+        let mut shared = Dynamic::from_map(arg).into_shared();
+        let mut last = first;
+        for plugin in self.plugins.iter().filter(|p| p.hooks[hook.index()]) {
+            self.call(plugin, hook, shared.clone())?;
+            last = plugin;
+            let verdict = match shared.read_lock::<Map>() {
+                Some(map) => check(&map),
+                None => Err(format!(
+                    "the hook replaced its argument with {}",
+                    shared.type_name()
+                )),
+            };
+            match verdict {
+                Ok(false) => {}
+                Ok(true) => break,
+                Err(e) => return Err(self.fail(plugin, hook, "bad result", &e)),
+            }
+        }
+        // Move the fields out rather than unwrapping the cell: if a script stored a closure
+        // capturing its argument inside the argument, that cycle is broken here, not leaked.
+        let fields = shared
+            .write_lock::<Map>()
+            .map(|mut map| std::mem::take(&mut *map));
+        match fields {
+            Some(fields) => Ok((last, fields)),
+            None => Err(self.fail(last, hook, "bad result", "the argument is not a map")),
+        }
+    }
+
+    /// Calls one hook of one plugin with a fresh scope holding its constants, under the
+    /// wall-clock budget. Top-level statements are not re-run (`eval_ast(false)`): they ran
+    /// once at load.
+    fn call(&self, plugin: &Plugin, hook: Hook, arg: Dynamic) -> Result<(), ScriptFailure> {
+        let mut scope = Scope::new();
+        for (name, value) in &plugin.constants {
+            scope.push_constant_dynamic(name.as_str(), value.clone());
+        }
+        let options = CallFnOptions::new().eval_ast(false).rewind_scope(false);
+        let result = engine::with_stack(self.stack_needed, || {
+            let _active = ActiveGuard::hook(&plugin.name, self.max_wall_time);
+            self.engine.call_fn_with_options::<Dynamic>(
+                options,
+                &mut scope,
+                &plugin.ast,
+                hook.name(),
+                (arg,),
+            )
+        });
+        result
+            .map(|_| ())
+            .map_err(|err| self.script_failure(plugin, hook, &err))
+    }
+
+    /// Maps a Rhai error to the client-facing failure, logging the details (which never reach
+    /// the client).
+    fn script_failure(&self, plugin: &Plugin, hook: Hook, err: &EvalAltResult) -> ScriptFailure {
+        let inner = innermost(err);
+        let pos = inner.position();
+        let reason = match inner {
+            EvalAltResult::ErrorRuntime(value, _) => match thrown(value) {
+                Ok((status, message)) => {
+                    tracing::debug!(
+                        target: LOG_TARGET, plugin = %plugin.name, hook = hook.name(),
+                        line = pos.line(), column = pos.position(), status,
+                        "script answered the request: {message}"
+                    );
+                    return ScriptFailure::Thrown { status, message };
+                }
+                Err(why) => why,
+            },
+            EvalAltResult::ErrorTerminated(..) => format!(
+                "exceeded its wall-clock budget of {} ms",
+                self.max_wall_time.as_millis()
+            ),
+            _ => String::from("runtime error"),
+        };
+        tracing::error!(
+            target: LOG_TARGET, plugin = %plugin.name, hook = hook.name(),
+            line = pos.line(), column = pos.position(),
+            "script error: {reason}: {err}"
+        );
+        ScriptFailure::Error {
+            plugin: plugin.name.to_string(),
+        }
+    }
+
+    /// Logs a failure found outside Rhai (a hook left a value of the wrong shape).
+    fn fail(&self, plugin: &Plugin, hook: Hook, what: &str, detail: &str) -> ScriptFailure {
+        tracing::error!(
+            target: LOG_TARGET, plugin = %plugin.name, hook = hook.name(),
+            "script error: {what}: {detail}"
+        );
+        ScriptFailure::Error {
+            plugin: plugin.name.to_string(),
+        }
+    }
+}
+
+// === loading ===
+
+fn load(
+    engine: &Engine,
+    spec: PluginSpec,
+    budget: Duration,
+) -> Result<Plugin, Vec<ScriptCompileError>> {
+    let name: Arc<str> = Arc::from(spec.name);
+    let mut ast = engine
+        .compile(&spec.source)
+        .map_err(|e| vec![ScriptCompileError::parse(&name, &e)])?;
+    ast.set_source(&*name);
+
+    let mut errors = Vec::new();
+    let mut hooks = [false; 3];
+    for f in ast.iter_functions() {
+        if let Some(hook) = Hook::from_name(f.name) {
+            if f.params.len() == 1 {
+                hooks[hook.index()] = true;
+            } else {
+                errors.push(ScriptCompileError::new(
+                    &name,
+                    Position::NONE,
+                    format!(
+                        "hook {} must take exactly one parameter, found {}",
+                        f.name,
+                        f.params.len()
+                    ),
+                ));
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+
+    let params = json_to_dynamic(&spec.params).map_err(|e| {
+        vec![ScriptCompileError::new(
+            &name,
+            Position::NONE,
+            format!("cannot convert params: {e}"),
+        )]
+    })?;
+
+    // Top-level code runs once, here, with `params` in scope: it can validate params (`throw`
+    // fails the load with its line) and precompute tables. Whatever variables it leaves become
+    // read-only constants of every hook call.
+    let mut scope = Scope::new();
+    scope.push_constant_dynamic("params", params);
+    let (run, disabled) = {
+        let active = ActiveGuard::load(&name, budget);
+        let run = engine.run_ast_with_scope(&mut scope, &ast);
+        (run, active.take_disabled_hooks())
+    };
+    if let Err(err) = run {
+        let inner = innermost(&err);
+        let message = match inner {
+            EvalAltResult::ErrorRuntime(value, _) => format!("top-level code threw: {value}"),
+            _ => format!("top-level code failed: {err}"),
+        };
+        return Err(vec![ScriptCompileError::new(
+            &name,
+            inner.position(),
+            message,
+        )]);
+    }
+
+    let mut constants = Vec::with_capacity(scope.len());
+    for (var, _, value) in scope.iter_raw() {
+        if is_plain_data(value) {
+            constants.push((var.to_owned(), value.clone()));
+        } else {
+            errors.push(ScriptCompileError::new(
+                &name,
+                Position::NONE,
+                format!(
+                    "top-level variable `{var}` holds a function or closure; only data \
+                     can be kept between hook calls"
+                ),
+            ));
+        }
+    }
+
+    let defined_any = hooks.iter().any(|h| *h);
+    for hook in disabled.iter().filter_map(|h| Hook::from_name(h)) {
+        hooks[hook.index()] = false;
+    }
+    if !defined_any {
+        errors.push(ScriptCompileError::new(
+            &name,
+            Position::NONE,
+            format!(
+                "defines none of the hooks {} (each taking one parameter)",
+                HOOK_NAMES.join(", ")
+            ),
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Plugin {
+        name,
+        ast,
+        constants,
+        hooks,
+    })
+}
+
+// === helpers ===
+
+/// The error that actually happened, under the "error in call to function ..." wrappers that
+/// calls through script functions add.
+fn innermost(mut err: &EvalAltResult) -> &EvalAltResult {
+    loop {
+        match err {
+            EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
+            | EvalAltResult::ErrorInModule(_, inner, _) => err = inner,
+            _ => return err,
+        }
+    }
+}
+
+/// Reads a thrown `#{status, message}`. `status` must be an integer in 400..=599; `message`
+/// defaults to the status's reason phrase.
+fn thrown(value: &Dynamic) -> Result<(u16, String), String> {
+    let map = value
+        .read_lock::<Map>()
+        .ok_or_else(|| format!("threw {value:?}, not #{{status: 400..599, message: \"...\"}}"))?;
+    let status = map
+        .get("status")
+        .and_then(|s| s.as_int().ok())
+        .and_then(|s| u16::try_from(s).ok())
+        .filter(|s| (400..=599).contains(s))
+        .ok_or_else(|| format!("threw {value:?}: `status` must be an integer in 400..=599"))?;
+    let message = match map.get("message") {
+        None => None,
+        Some(m) if m.is_unit() => None,
+        Some(m) => Some(m.to_string()),
+    };
+    let message = message.unwrap_or_else(|| {
+        http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("error")
+            .to_owned()
+    });
+    Ok((status, message))
+}
+
+fn field(fields: &mut Map, name: &str) -> Dynamic {
+    fields.remove(name).unwrap_or(Dynamic::UNIT)
+}
+
+fn take_ctx(fields: &mut Map) -> Result<Map, String> {
+    let ctx = field(fields, "ctx");
+    ctx.try_cast::<Map>()
+        .ok_or_else(|| String::from("ctx must be a map"))
+}
+
+fn status_of(value: &Dynamic) -> Result<u16, String> {
+    value
+        .as_int()
+        .ok()
+        .and_then(|s| u16::try_from(s).ok())
+        .filter(|s| http::StatusCode::from_u16(*s).is_ok())
+        .ok_or_else(|| format!("status must be an integer in 100..=999, found {value}"))
+}
+
+fn check_ctx(map: &Map) -> Result<(), String> {
+    match map.get("ctx") {
+        Some(ctx) if ctx.is_map() && is_plain_data(ctx) => Ok(()),
+        Some(ctx) if ctx.is_map() => Err(String::from(
+            "ctx may only hold data (no functions or closures)",
+        )),
+        _ => Err(String::from("ctx must be a map")),
+    }
+}
+
+fn check_headers_field(map: &Map) -> Result<(), String> {
+    check_headers(map.get("headers").unwrap_or(&Dynamic::UNIT))
+}
+
+fn check_request(map: &Map) -> Result<bool, String> {
+    let path = map
+        .get("path")
+        .and_then(|p| p.read_lock::<rhai::ImmutableString>().map(|p| p.clone()))
+        .ok_or_else(|| String::from("path must be a string"))?;
+    if !path.starts_with('/') || http::uri::PathAndQuery::try_from(path.as_str()).is_err() {
+        return Err(format!(
+            "path must be a valid path starting with '/', found {path:?}"
+        ));
+    }
+    check_headers_field(map)?;
+    check_ctx(map)?;
+    Ok(false)
+}
+
+fn check_response(map: &Map) -> Result<bool, String> {
+    status_of(map.get("status").unwrap_or(&Dynamic::UNIT))?;
+    check_headers_field(map)?;
+    check_ctx(map)?;
+    Ok(false)
+}
+
+fn check_event(map: &Map) -> Result<bool, String> {
+    check_ctx(map)?;
+    match map.get("drop") {
+        Some(d) if d.is_bool() => Ok(d.as_bool().unwrap_or(false)),
+        Some(d) if d.is_unit() => Ok(false),
+        _ => Err(String::from("drop must be true or false")),
+    }
+}

@@ -5,11 +5,13 @@
 //! `pipeline` holds one module per stage; `body` is the response body (relay + access log);
 //! `mock` is an OpenAI-compatible mock upstream; `demo` wires the two together.
 
+pub mod admin;
 pub mod body;
 pub mod config;
 pub mod credentials;
 pub mod demo;
 pub mod error;
+pub mod fixtures;
 pub mod glob;
 pub mod logging;
 pub mod mock;
@@ -20,6 +22,7 @@ pub mod scripting;
 pub mod secret;
 pub mod server;
 pub mod token_mock;
+pub mod watch;
 
 pub use config::Config;
 pub use error::GatewayError;

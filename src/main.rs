@@ -45,6 +45,15 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Replay request fixtures through the real pipeline against an in-process upstream and
+    /// report pass/fail per fixture (exit 0 if all pass, 1 if any fails, 2 on bad input).
+    Test {
+        #[arg(short, long, default_value = "config.yml")]
+        config: PathBuf,
+        /// Fixture files (YAML); see README "Testing plugins offline".
+        #[arg(required = true)]
+        fixtures: Vec<PathBuf>,
+    },
     /// Print the `sha256:<hex>` form of a client key, for `api_keys` without plain secrets.
     /// Reads the key from standard input when not given (keeps it out of shell history).
     HashKey { key: Option<String> },
@@ -84,6 +93,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::HashKey { key } => hash_key(key),
+        Command::Test { config, fixtures } => run_fixtures(&config, &fixtures),
         Command::Serve { config } => serve(&config),
         Command::Demo {
             listen,
@@ -109,6 +119,37 @@ fn main() -> ExitCode {
             },
             workers,
         ),
+    }
+}
+
+fn run_fixtures(config: &std::path::Path, fixtures: &[PathBuf]) -> ExitCode {
+    let cfg = match Config::from_file(config) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match runtime(None) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sophgate test: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(sophgate::fixtures::run(cfg, fixtures)) {
+        Ok(reports) => {
+            println!("{}", sophgate::fixtures::render(&reports));
+            if reports.iter().all(|r| r.passed) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("sophgate test: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -212,6 +253,9 @@ fn serve(path: &std::path::Path) -> ExitCode {
             "sophgate serving"
         );
         spawn_reload_on_sighup(runtime.clone());
+        if let Err(e) = sophgate::watch::spawn(runtime.clone()) {
+            tracing::warn!("{e}; reload with SIGHUP or POST /admin/reload instead");
+        }
         server::serve(listener, runtime, shutdown_signal()).await;
         ExitCode::SUCCESS
     })
@@ -247,7 +291,7 @@ fn spawn_reload_on_sighup(runtime: std::sync::Arc<Runtime>) {
         if let Ok(mut hup) = signal(SignalKind::hangup()) {
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
-                    let _ = runtime.reload();
+                    let _ = runtime.reload_async("sighup").await;
                 }
             });
         }

@@ -50,9 +50,13 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let rt = runtime.clone();
-                let service = service_fn(move |req| {
-                    let generation = rt.current();
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let rt = rt.clone();
                     async move {
+                        if req.uri().path().starts_with("/admin/") {
+                            return Ok::<_, Infallible>(crate::admin::handle(&rt, peer.ip(), req).await);
+                        }
+                        let generation = rt.current();
                         Ok::<_, Infallible>(pipeline::handle(generation, peer.ip(), req).await)
                     }
                 });

@@ -1,0 +1,81 @@
+//! Reload on file change: watches the folders of the config file and of every plugin file
+//! (editors often replace a file by renaming a new one over it, which only the folder sees),
+//! waits for a burst of writes to settle, then reloads. The watched set follows the current
+//! generation, so a plugin added by a reload is watched from then on.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::runtime::Runtime;
+
+/// How long a burst of file events must be quiet before reloading.
+pub const DEBOUNCE: Duration = Duration::from_millis(250);
+
+fn absolute(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p)
+        .or_else(|_| std::path::absolute(p))
+        .unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Starts watching; runs until the runtime is dropped. Returns an error if the platform
+/// watcher cannot start (reload by SIGHUP or the admin endpoint still works).
+pub fn spawn(runtime: Arc<Runtime>) -> Result<tokio::task::JoinHandle<()>, String> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(event) = res {
+            for p in event.paths {
+                let _ = tx.send(p);
+            }
+        }
+    })
+    .map_err(|e| format!("cannot start the file watcher: {e}"))?;
+
+    let task = tokio::spawn(async move {
+        let mut dirs: HashSet<PathBuf> = HashSet::new();
+        let mut files: HashSet<PathBuf> = HashSet::new();
+        let rewatch = |watcher: &mut notify::RecommendedWatcher,
+                       dirs: &mut HashSet<PathBuf>,
+                       files: &mut HashSet<PathBuf>| {
+            *files = runtime
+                .watched_files()
+                .iter()
+                .map(|f| absolute(f))
+                .collect();
+            let wanted: HashSet<PathBuf> = files
+                .iter()
+                .filter_map(|f| f.parent().map(Path::to_path_buf))
+                .collect();
+            for d in dirs.difference(&wanted) {
+                let _ = watcher.unwatch(d);
+            }
+            for d in wanted.difference(dirs) {
+                if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
+                    tracing::warn!(dir = %d.display(), error = %e, "cannot watch folder");
+                }
+            }
+            *dirs = wanted;
+        };
+        rewatch(&mut watcher, &mut dirs, &mut files);
+        while let Some(first) = rx.recv().await {
+            let mut relevant = files.contains(&absolute(&first));
+            // Let the burst settle, keeping note of whether any event touched our files.
+            loop {
+                match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                    Ok(Some(p)) => relevant |= files.contains(&absolute(&p)),
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            if relevant {
+                let _ = runtime.reload_async("file change").await;
+                rewatch(&mut watcher, &mut dirs, &mut files);
+            }
+        }
+    });
+    Ok(task)
+}

@@ -29,6 +29,8 @@ pub struct Generation {
     /// The upstream the flat seed keys define.
     pub default_upstream: Arc<Upstream>,
     pub upstreams: Vec<Arc<Upstream>>,
+    /// `[default_upstream]`, shared by every request no route matches.
+    pub default_plan: Arc<[Arc<Upstream>]>,
     pub routes: Vec<Route>,
     pub credentials: Credentials,
     /// The static `models:` list, pre-rendered.
@@ -136,7 +138,7 @@ impl Generation {
             }
             routes.push(Route {
                 models: r.models.clone(),
-                upstreams: list,
+                upstreams: Arc::from(list),
                 rename: r.rename.clone(),
                 attempts: r.attempts,
                 backoff: r.backoff,
@@ -156,6 +158,7 @@ impl Generation {
             config: Arc::new(config),
             acl,
             keys,
+            default_plan: Arc::from([default_upstream.clone()]),
             default_upstream,
             upstreams,
             routes,

@@ -499,3 +499,64 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_event_ends_with_either_line_ending() {
+        assert_eq!(event_end(b"data: 1\n\ndata: 2\n\n"), Some(9));
+        assert_eq!(event_end(b"data: 1\r\n\r\n"), Some(11));
+        assert_eq!(event_end(b"data: 1\n"), None);
+        assert_eq!(event_end(b""), None);
+    }
+
+    #[test]
+    fn classifies_events() {
+        assert!(matches!(classify(b"data: {\"a\":1}\n\n"), EventKind::Data));
+        assert!(matches!(classify(b"data: [DONE]\n\n"), EventKind::Done));
+        assert!(matches!(classify(b"data:[DONE]\r\n\r\n"), EventKind::Done));
+        assert!(matches!(
+            classify(b"data: {\"error\":{\"code\":\"x\"}}\n\n"),
+            EventKind::Error
+        ));
+        assert!(matches!(classify(b": keep-alive\n\n"), EventKind::Comment));
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let mut v: Vec<u32> = (1..=100).rev().collect();
+        let s = summary(&mut v);
+        assert_eq!(s["p50"], 50);
+        assert_eq!(s["p99"], 99);
+        assert_eq!(s["max"], 100);
+        assert_eq!(s["min"], 1);
+        assert_eq!(summary(&mut [])["count"], 0);
+    }
+
+    #[test]
+    fn only_loopback_targets() {
+        for ok in [
+            "http://127.0.0.1:8000/v1/chat/completions",
+            "http://127.9.9.9/x",
+            "http://[::1]:80/x",
+            "http://localhost:1/x",
+        ] {
+            assert!(
+                check_loopback(&reqwest::Url::parse(ok).unwrap()).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "http://10.0.0.1/x",
+            "http://example.com/x",
+            "http://[::2]/x",
+        ] {
+            assert!(
+                check_loopback(&reqwest::Url::parse(bad).unwrap()).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}

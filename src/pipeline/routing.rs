@@ -18,16 +18,16 @@ use crate::runtime::Generation;
 #[derive(Debug)]
 pub struct Route {
     pub models: Vec<String>,
-    pub upstreams: Vec<Arc<Upstream>>,
+    pub upstreams: Arc<[Arc<Upstream>]>,
     pub rename: Vec<(String, String)>,
     pub attempts: usize,
     pub backoff: Duration,
 }
 
-/// The upstreams one request will try.
+/// The upstreams one request will try (shared with the route: no allocation per request).
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub upstreams: Vec<Arc<Upstream>>,
+    pub upstreams: Arc<[Arc<Upstream>]>,
     pub attempts: usize,
     pub backoff: Duration,
     /// Upstream model name, when the route renames the client's model.
@@ -56,7 +56,7 @@ pub fn plan(
             .upstream(name)
             .ok_or_else(|| GatewayError::internal("the key's upstream is not configured"))?;
         return Ok(Plan {
-            upstreams: vec![up],
+            upstreams: Arc::from([up]),
             attempts: 1,
             backoff: Duration::ZERO,
             rename_to: None,
@@ -80,7 +80,7 @@ pub fn plan(
         }
     }
     Ok(Plan {
-        upstreams: vec![generation.default_upstream.clone()],
+        upstreams: generation.default_plan.clone(),
         attempts: 1,
         backoff: Duration::ZERO,
         rename_to: None,

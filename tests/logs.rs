@@ -151,3 +151,47 @@ async fn access_log_has_the_fields_and_no_secrets() {
     assert_eq!(access[2]["status"], 401);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn log_file_is_written_with_daily_rotation_naming() {
+    let dir = std::env::temp_dir().join(format!("sophgate-logfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("config.yml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: \"127.0.0.1:{port}\"\napi_keys: {{ \"sk-a\": \"up-a\" }}\nlogging:\n  file: {}/logs/gw.log\n  rotation: daily\n  retention_days: 3\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sophgate"))
+        .args(["serve", "-c", cfg.to_str().unwrap()])
+        .env_remove("SOPHGATE_LOG")
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "gateway did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+    let files: Vec<_> = std::fs::read_dir(dir.join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(name.starts_with("gw.log."), "dated file name: {name}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(text.contains("sophgate serving"), "{text}");
+    std::fs::remove_dir_all(&dir).ok();
+}

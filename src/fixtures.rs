@@ -65,7 +65,6 @@
 //! `X-Forwarded-For` counts only if `trusted_proxies` holds `127.0.0.1`. Fixtures run one at a
 //! time, in the order given; one gateway is started per distinct config.
 
-use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -75,17 +74,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::config::{Config, KeyConfig, KeyId};
+use crate::loopback::{self, ServerGuard};
 use crate::runtime::Runtime;
 use crate::secret::Secret;
 use crate::server::{self, ServerHandle};
@@ -846,16 +841,8 @@ struct UpstreamState {
 struct RecordingUpstream {
     addr: SocketAddr,
     state: Arc<UpstreamState>,
-    task: JoinHandle<()>,
-    /// Closes open connections when dropped.
-    stop: watch::Sender<bool>,
-}
-
-impl Drop for RecordingUpstream {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        self.task.abort();
-    }
+    /// Stops the server and closes open connections when dropped.
+    _server: ServerGuard,
 }
 
 impl RecordingUpstream {
@@ -863,13 +850,15 @@ impl RecordingUpstream {
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(UpstreamState::default());
-        let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, state.clone(), stop_rx));
+        let handler_state = state.clone();
+        let server = loopback::spawn(listener, move |req| {
+            let state = handler_state.clone();
+            async move { answer(req, &state).await }
+        });
         Ok(RecordingUpstream {
             addr,
             state,
-            task,
-            stop,
+            _server: server,
         })
     }
 
@@ -889,34 +878,6 @@ impl RecordingUpstream {
             .lock()
             .map(|mut r| std::mem::take(&mut *r))
             .unwrap_or_default()
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    state: Arc<UpstreamState>,
-    stop: watch::Receiver<bool>,
-) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(answer(req, &state).await) }
-            });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                _ = stop.changed() => {}
-            }
-        });
     }
 }
 

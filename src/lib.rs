@@ -14,6 +14,7 @@ pub mod error;
 pub mod fixtures;
 pub mod glob;
 pub mod logging;
+pub mod loopback;
 pub mod mock;
 pub mod pipeline;
 pub mod routes;

@@ -15,7 +15,6 @@
 //! It counts what it sees (`MockStats`) so in-process tests can check what reached it,
 //! including streams the client cancelled.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,13 +26,11 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
+
+use crate::loopback::{self, ServerGuard};
 
 pub const MOCK_MODELS: &[&str] = &[
     "mock-model",
@@ -118,9 +115,8 @@ impl MockStats {
 pub struct MockHandle {
     pub addr: SocketAddr,
     pub stats: Arc<MockStats>,
-    task: JoinHandle<()>,
-    /// Closes every open connection when the handle drops (an upstream that really goes away).
-    stop: watch::Sender<bool>,
+    /// Stops the mock and closes its connections when the handle drops.
+    _server: ServerGuard,
 }
 
 impl MockHandle {
@@ -129,66 +125,40 @@ impl MockHandle {
     }
 }
 
-impl Drop for MockHandle {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        self.task.abort();
-    }
-}
-
 /// Binds `addr` and serves the mock on a background task.
 pub async fn spawn(addr: SocketAddr, opts: MockOptions) -> std::io::Result<MockHandle> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let stats = Arc::new(MockStats::default());
-    let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(serve_until(listener, opts, stats.clone(), stop_rx));
+    let server = loopback::spawn(listener, handler(opts, stats.clone()));
     Ok(MockHandle {
         addr,
         stats,
-        task,
-        stop,
+        _server: server,
     })
 }
 
 /// Serves the mock on `listener` forever.
 pub async fn serve(listener: TcpListener, opts: MockOptions, stats: Arc<MockStats>) {
-    let (_stop, stop_rx) = watch::channel(false);
-    serve_until(listener, opts, stats, stop_rx).await;
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    loopback::serve(listener, handler(opts, stats), stop_rx).await;
 }
 
-async fn serve_until(
-    listener: TcpListener,
+fn handler(
     opts: MockOptions,
     stats: Arc<MockStats>,
-    stop: watch::Receiver<bool>,
-) {
+) -> impl Fn(
+    Request<hyper::body::Incoming>,
+) -> Pin<Box<dyn std::future::Future<Output = Response<MockBody>> + Send>>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
     let opts = Arc::new(opts);
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(a) => a,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    move |req| {
         let opts = opts.clone();
         let stats = stats.clone();
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let opts = opts.clone();
-                let stats = stats.clone();
-                async move { Ok::<_, Infallible>(handle(req, &opts, &stats).await) }
-            });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                _ = stop.changed() => {}
-            }
-        });
+        Box::pin(async move { handle(req, &opts, &stats).await })
     }
 }
 

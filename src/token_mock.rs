@@ -12,7 +12,6 @@
 //! and tells whether a token is valid (issued here, not revoked, not expired).
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,13 +21,10 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+
+use crate::loopback::{self, ServerGuard};
 
 #[derive(Debug, Clone)]
 pub struct TokenMockOptions {
@@ -193,9 +189,8 @@ impl TokenState {
 pub struct TokenMock {
     pub addr: SocketAddr,
     pub state: Arc<TokenState>,
-    task: JoinHandle<()>,
-    /// Closes every open connection when the handle drops.
-    stop: watch::Sender<bool>,
+    /// Stops the server and closes its connections when the handle drops.
+    _server: ServerGuard,
 }
 
 impl TokenMock {
@@ -214,53 +209,21 @@ impl TokenMock {
     }
 }
 
-impl Drop for TokenMock {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        self.task.abort();
-    }
-}
-
 /// Binds `addr` and serves the token mock on a background task until the handle drops.
 pub async fn spawn(addr: SocketAddr, opts: TokenMockOptions) -> std::io::Result<TokenMock> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let state = Arc::new(TokenState::new(&opts));
-    let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(serve(listener, state.clone(), stop_rx));
+    let handler_state = state.clone();
+    let server = loopback::spawn(listener, move |req| {
+        let state = handler_state.clone();
+        async move { handle(req, &state).await }
+    });
     Ok(TokenMock {
         addr,
         state,
-        task,
-        stop,
+        _server: server,
     })
-}
-
-async fn serve(listener: TcpListener, state: Arc<TokenState>, stop: watch::Receiver<bool>) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(a) => a,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(req, &state).await) }
-            });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                _ = stop.changed() => {}
-            }
-        });
-    }
 }
 
 fn json_resp(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use sophgate::mock::{self, MockOptions};
+use sophgate::mock::MockOptions;
 
 #[tokio::test]
 async fn bad_requests_are_400_and_the_gateway_keeps_serving() {
@@ -84,18 +84,7 @@ async fn oversized_bodies_are_413() {
 
 #[tokio::test]
 async fn unreachable_upstream_is_502() {
-    // A port that was free a moment ago: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mock = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
-        .await
-        .unwrap();
-    let yaml =
-        base_yaml(mock.addr, "").replace(&mock.addr.to_string(), &format!("127.0.0.1:{port}"));
-    let env = start_gateway(mock, &yaml, "127.0.0.1:0".parse().unwrap()).await;
+    let env = start_with_dead_upstream().await;
     let resp = post_chat(&env, CLIENT_KEY, chat_body("mock-model", false)).await;
     assert_eq!(error_code(resp, 502).await, "upstream_unreachable");
 }

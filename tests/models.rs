@@ -86,17 +86,7 @@ async fn stale_copy_is_served_when_the_upstream_fails() {
 
 #[tokio::test]
 async fn no_copy_and_no_upstream_is_502() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mock = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
-        .await
-        .unwrap();
-    let yaml =
-        base_yaml(mock.addr, "").replace(&mock.addr.to_string(), &format!("127.0.0.1:{port}"));
-    let env = start_gateway(mock, &yaml, "127.0.0.1:0".parse().unwrap()).await;
+    let env = start_with_dead_upstream().await;
     let resp = models(&env).await;
     assert_eq!(error_code(resp, 502).await, "upstream_models_unavailable");
 }

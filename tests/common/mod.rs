@@ -103,3 +103,18 @@ pub async fn eventually(secs: f64, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// A gateway whose upstream address has nothing listening (a port that was free a moment ago).
+pub async fn start_with_dead_upstream() -> Env {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mock = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
+        .await
+        .unwrap();
+    let yaml =
+        base_yaml(mock.addr, "").replace(&mock.addr.to_string(), &format!("127.0.0.1:{port}"));
+    start_gateway(mock, &yaml, "127.0.0.1:0".parse().unwrap()).await
+}

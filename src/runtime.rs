@@ -64,6 +64,15 @@ fn load_plugins(config: &Config) -> Result<(Plugins, Vec<PluginSourceInfo>), Str
     let mut infos = Vec::with_capacity(config.plugins.len());
     let mut errors = Vec::new();
     for p in &config.plugins {
+        if p.implicit {
+            // Runs natively in the pipeline; listed so /admin/status shows what is active.
+            infos.push(PluginSourceInfo {
+                name: format!("{} (seed key, native)", p.name),
+                file: None,
+                sha256: sha256_hex(p.params.to_string().as_bytes()),
+            });
+            continue;
+        }
         let (source, file) = match &p.source {
             PluginSource::File(path) => match std::fs::read_to_string(path) {
                 Ok(s) => (s, Some(path.clone())),

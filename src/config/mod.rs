@@ -152,6 +152,10 @@ pub struct PluginConfig {
     pub name: String,
     pub source: PluginSource,
     pub params: serde_json::Value,
+    /// Loaded by the seed key `field_aliases:` rather than listed under `plugins:`. The
+    /// pipeline runs it natively (the same renaming as plugins/field_aliases.rhai, without
+    /// converting the body to script values — see benches/pipeline.rs `field_aliases`).
+    pub implicit: bool,
 }
 
 /// How a client key is written in the config.

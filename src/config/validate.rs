@@ -777,6 +777,7 @@ pub fn validate(
             name: "field_aliases".into(),
             source: PluginSource::Bundled("field_aliases".into()),
             params: serde_json::Value::Object(params),
+            implicit: true,
         });
     }
     for (i, p) in raw.plugins.unwrap_or_default().into_iter().enumerate() {
@@ -799,6 +800,7 @@ pub fn validate(
                 name: p.path.clone(),
                 source,
                 params,
+                implicit: false,
             }),
             None => c.err(
                 &at,

@@ -340,8 +340,9 @@ where
             let rename = plan.rename_to.is_some();
             log.model = model;
             drop(peek);
-            // 4. defaults and route renaming: parse only when something will change.
-            let value = if needs_defaults || rename || injected_usage || hooks {
+            let aliases = !cfg.field_aliases.is_empty();
+            // 4. defaults, field aliases, route renaming: parse only when something changes.
+            let value = if needs_defaults || rename || injected_usage || aliases || hooks {
                 let mut value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
                     GatewayError::bad_request("invalid_json", format!("Invalid JSON body: {e}"))
                 })?;
@@ -359,6 +360,7 @@ where
                         }
                     }
                 }
+                defaults::rename_fields(&mut value, &cfg.field_aliases);
                 Some(value)
             } else {
                 None
@@ -368,11 +370,14 @@ where
         Route::V1(rest) => {
             let plan = routing::plan(generation, &principal, None)?;
             // Scripts see a JSON body when there is one; other bodies pass untouched.
-            let value = if hooks {
+            let mut value = if hooks || !cfg.field_aliases.is_empty() {
                 serde_json::from_slice::<serde_json::Value>(&bytes).ok()
             } else {
                 None
             };
+            if let Some(v) = value.as_mut() {
+                defaults::rename_fields(v, &cfg.field_aliases);
+            }
             (Target::V1(rest.to_owned()), plan, value)
         }
         Route::Health | Route::Models | Route::NotFound => {

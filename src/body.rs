@@ -49,7 +49,11 @@ pub struct Relay {
     /// Present for `text/event-stream` answers.
     sse: Option<SseFramer>,
     idle_timeout: Duration,
-    idle: Pin<Box<tokio::time::Sleep>>,
+    /// Armed only when the relay first has to wait: most non-streamed answers arrive in one
+    /// poll and never pay for a timer.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the last chunk arrived; the idle deadline counts from here.
+    last_chunk: tokio::time::Instant,
     /// Whole-answer deadline (`timeouts.total`), if any.
     total: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
@@ -65,7 +69,8 @@ impl Relay {
             stream,
             sse: sse.then(SseFramer::default),
             idle_timeout,
-            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle: None,
+            last_chunk: tokio::time::Instant::now(),
             total: None,
             done: false,
             filters: Vec::new(),
@@ -172,8 +177,7 @@ impl Relay {
             }
             match self.stream.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
-                    let deadline = tokio::time::Instant::now() + self.idle_timeout;
-                    self.idle.as_mut().reset(deadline);
+                    self.last_chunk = tokio::time::Instant::now();
                     match self.sse.as_mut() {
                         None => {
                             for o in self.observers.iter_mut() {
@@ -212,7 +216,14 @@ impl Relay {
                             return Poll::Ready(Some(Err(RelayError::Total)));
                         }
                     }
-                    if self.idle.as_mut().poll(cx).is_ready() {
+                    let deadline = self.last_chunk + self.idle_timeout;
+                    let idle = self
+                        .idle
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if idle.deadline() != deadline {
+                        idle.as_mut().reset(deadline);
+                    }
+                    if idle.as_mut().poll(cx).is_ready() {
                         self.done = true;
                         tracing::warn!(timeout = ?self.idle_timeout, "upstream went silent mid-body");
                         return Poll::Ready(Some(Err(RelayError::Idle)));

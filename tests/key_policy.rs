@@ -171,3 +171,48 @@ async fn hashed_keys_authenticate() {
         .unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), hashed);
 }
+
+#[tokio::test]
+async fn model_globs_apply_to_other_endpoints_too() {
+    let env = start_keys("models: [\"mock-*\"]", MockOptions::default()).await;
+    let embed = |model: &str| {
+        let body = serde_json::json!({"model": model, "input": "hi"}).to_string();
+        client()
+            .post(env.url("/v1/embeddings"))
+            .bearer_auth(CLIENT_KEY)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let resp = embed("text-embedding-3").await.unwrap();
+    assert_eq!(error_code(resp, 403).await, "model_not_allowed");
+    assert_eq!(env.mock.stats.get(&env.mock.stats.requests), 0);
+    // An allowed model is forwarded (the mock has no embeddings route: its 404 passes through).
+    let resp = embed("mock-embed").await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(
+        env.mock.stats.last_request().unwrap().path,
+        "/v1/embeddings"
+    );
+}
+
+#[tokio::test]
+async fn model_rules_cannot_be_sidestepped_with_unreadable_bodies() {
+    let env = start_keys("models: [\"mock-*\"]", MockOptions::default()).await;
+    for body in [
+        r#"  {"model": "gpt-4o", "input": "x"}"#,
+        r#"{"model": "mock-a", "model": "gpt-4o"}"#,
+        r#"{"model": "gpt-4o", "input": "#,
+    ] {
+        let resp = client()
+            .post(env.url("/v1/embeddings"))
+            .bearer_auth(CLIENT_KEY)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        assert!(status == 403 || status == 400, "{body}: {status}");
+    }
+    assert_eq!(env.mock.stats.get(&env.mock.stats.requests), 0);
+}

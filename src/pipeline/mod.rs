@@ -368,14 +368,30 @@ where
             (Target::Chat, plan, value)
         }
         Route::V1(rest) => {
-            let plan = routing::plan(generation, &principal, None)?;
+            // Other endpoints (embeddings, …) name a model too: the key's globs and the routes
+            // apply to it. Bodies that are not a JSON object have no model.
+            let restricted = policy.is_some_and(|p| !p.models.is_empty());
+            let model = match request_body::peek_model(&bytes) {
+                Ok(m) => m,
+                Err(e) if restricted => return Err(e),
+                Err(_) => None,
+            };
+            if let (Some(pol), Some(m)) = (policy, model.as_deref()) {
+                pol.check_model(Some(m))?;
+            }
+            let plan = routing::plan(generation, &principal, model.as_deref())?;
+            log.model = model;
             // Scripts see a JSON body when there is one; other bodies pass untouched.
-            let mut value = if hooks || !cfg.field_aliases.is_empty() {
+            let rename = plan.rename_to.is_some();
+            let mut value = if hooks || rename || !cfg.field_aliases.is_empty() {
                 serde_json::from_slice::<serde_json::Value>(&bytes).ok()
             } else {
                 None
             };
             if let Some(v) = value.as_mut() {
+                if let (Some(obj), Some(to)) = (v.as_object_mut(), &plan.rename_to) {
+                    obj.insert("model".into(), serde_json::Value::String(to.clone()));
+                }
                 defaults::rename_fields(v, &cfg.field_aliases);
             }
             (Target::V1(rest.to_owned()), plan, value)

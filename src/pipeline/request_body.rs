@@ -90,6 +90,25 @@ impl ChatPeek<'_> {
     }
 }
 
+/// Just the `model` of a JSON object body (other endpoints: embeddings, …).
+#[derive(Debug, Default, Deserialize)]
+pub struct ModelPeek<'a> {
+    #[serde(borrow, default)]
+    pub model: Option<Cow<'a, str>>,
+}
+
+/// The `model` of a body that looks like a JSON object. `Ok(None)` for other bodies; an
+/// error for an object that does not parse (so a key's model rules cannot be sidestepped by a
+/// body the gateway cannot read but the upstream might).
+pub fn peek_model(body: &[u8]) -> Result<Option<String>, GatewayError> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Ok(None);
+    }
+    serde_json::from_slice::<ModelPeek<'_>>(body)
+        .map(|p| p.model.map(Cow::into_owned))
+        .map_err(|e| GatewayError::bad_request("invalid_json", format!("Invalid JSON body: {e}")))
+}
+
 /// Validates that `body` is a JSON object and peeks at its fields.
 pub fn peek_chat(body: &[u8]) -> Result<ChatPeek<'_>, GatewayError> {
     if body.iter().all(u8::is_ascii_whitespace) {

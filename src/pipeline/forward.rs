@@ -267,7 +267,7 @@ fn with_query(url: &str, query: Option<&str>) -> String {
 
 /// Maps a transport failure to 502/504; the details go to the log only.
 pub fn map_send_error(e: &reqwest::Error) -> GatewayError {
-    tracing::warn!(error = %error_chain(e), "upstream request failed");
+    tracing::warn!(error = %upstream_error_text(e), "upstream request failed");
     if e.is_timeout() {
         GatewayError::new(
             ErrorKind::GatewayTimeout,
@@ -289,6 +289,25 @@ pub fn map_send_error(e: &reqwest::Error) -> GatewayError {
     }
 }
 
+/// A reqwest error for the log: its chain with the URL's query cut off (a client's query
+/// string may carry its own secrets) and no userinfo.
+pub fn upstream_error_text(e: &reqwest::Error) -> String {
+    let text = error_chain(e);
+    match e.url() {
+        Some(u) => {
+            let shown = format!(
+                "{}://{}{}{}",
+                u.scheme(),
+                u.host_str().unwrap_or(""),
+                u.port().map(|p| format!(":{p}")).unwrap_or_default(),
+                u.path()
+            );
+            text.replace(u.as_str(), &shown)
+        }
+        None => text,
+    }
+}
+
 /// `e` and its sources on one line. reqwest errors hold URLs but never header values.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -299,4 +318,29 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = src.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn logged_upstream_errors_drop_the_query() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let e = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("http://127.0.0.1:{port}/v1/x?api_key=SECRET"))
+            .send()
+            .await
+            .unwrap_err();
+        let text = upstream_error_text(&e);
+        assert!(!text.contains("SECRET"), "{text}");
+        assert!(text.contains("/v1/x"), "{text}");
+    }
 }

@@ -13,7 +13,7 @@ use crate::config::ModelEntry;
 use crate::error::{ErrorKind, GatewayError};
 
 use super::auth::Principal;
-use super::forward::{error_chain, Upstream};
+use super::forward::{upstream_error_text, Upstream};
 use super::routing::{credential_for, CredentialChoice};
 use crate::runtime::Generation;
 
@@ -190,7 +190,7 @@ async fn fetch(
         GatewayError::new(ErrorKind::BadGateway, "upstream_models_unavailable", msg)
     };
     let resp = req.send().await.map_err(|e| {
-        tracing::warn!(error = %error_chain(&e), "model list fetch failed");
+        tracing::warn!(error = %upstream_error_text(&e), "model list fetch failed");
         bad("The upstream model list could not be fetched")
     })?;
     if !resp.status().is_success() {
@@ -201,7 +201,7 @@ async fn fetch(
         return Err(bad("The upstream refused the model list request"));
     }
     let body = resp.bytes().await.map_err(|e| {
-        tracing::warn!(error = %error_chain(&e), "model list body failed");
+        tracing::warn!(error = %upstream_error_text(&e), "model list body failed");
         bad("The upstream model list could not be read")
     })?;
     // Only cache something that is a model list.

@@ -103,71 +103,47 @@ impl Relay {
     }
 
     /// Runs the filters over a block of complete events; `None` if every event was dropped.
+    /// Until some event changes the block passes through as it is (no copy).
     fn apply_filters(&mut self, block: Bytes) -> Option<Bytes> {
         if self.filters.is_empty() {
             return Some(block);
         }
+        let mut out: Option<bytes::BytesMut> = None;
         let mut start = 0;
-        let mut changed = false;
-        let mut kept: Vec<(usize, usize)> = Vec::new();
-        let mut replaced: Vec<(usize, Bytes)> = Vec::new();
-        for end in event_ends(&block) {
-            let mut action = EventAction::Keep;
+        while start < block.len() && !self.done {
+            let end = next_event_end(&block, start);
+            let event = &block[start..end];
             let mut current: Option<Bytes> = None;
+            let mut dropped = false;
             for f in self.filters.iter_mut() {
-                let ev: &[u8] = current.as_deref().unwrap_or(&block[start..end]);
-                match f.on_event(ev) {
+                match f.on_event(current.as_deref().unwrap_or(event)) {
                     EventAction::Keep => {}
                     EventAction::Drop => {
-                        action = EventAction::Drop;
+                        dropped = true;
                         break;
                     }
-                    EventAction::Replace(b) => {
-                        current = Some(b);
-                    }
+                    EventAction::Replace(b) => current = Some(b),
                     EventAction::Stop(b) => {
-                        action = EventAction::Drop;
                         current = Some(b);
                         self.done = true;
                         break;
                     }
                 }
             }
-            if self.done {
-                changed = true;
-                if let Some(b) = current {
-                    replaced.push((kept.len(), b));
-                    kept.push((0, 0));
+            if dropped || current.is_some() {
+                let buf = out.get_or_insert_with(|| bytes::BytesMut::from(&block[..start]));
+                if let Some(b) = current.filter(|_| !dropped) {
+                    buf.extend_from_slice(&b);
                 }
-                break;
-            }
-            match (action, current) {
-                (EventAction::Drop, _) => changed = true,
-                (_, Some(b)) => {
-                    changed = true;
-                    replaced.push((kept.len(), b));
-                    kept.push((0, 0));
-                }
-                _ => kept.push((start, end)),
+            } else if let Some(buf) = out.as_mut() {
+                buf.extend_from_slice(event);
             }
             start = end;
         }
-        if !changed {
-            return Some(block);
+        match out {
+            None => Some(block),
+            Some(buf) => (!buf.is_empty()).then(|| buf.freeze()),
         }
-        let mut buf = bytes::BytesMut::with_capacity(block.len());
-        let mut rep = replaced.into_iter().peekable();
-        for (i, (a, b)) in kept.iter().enumerate() {
-            if rep.peek().is_some_and(|(j, _)| *j == i) {
-                if let Some((_, bytes)) = rep.next() {
-                    buf.extend_from_slice(&bytes);
-                }
-            } else {
-                buf.extend_from_slice(&block[*a..*b]);
-            }
-        }
-        let bytes = buf.split().freeze();
-        (!bytes.is_empty()).then_some(bytes)
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, RelayError>>> {
@@ -241,25 +217,21 @@ enum RelayError {
     Total,
 }
 
-/// End offsets of each complete event in a block of events.
-fn event_ends(block: &[u8]) -> Vec<usize> {
-    let mut ends = Vec::new();
-    let mut i = 0;
+/// End offset of the event starting at `start` (just past its blank line), or the block's end.
+fn next_event_end(block: &[u8], start: usize) -> usize {
+    let mut i = start;
     while i + 1 < block.len() {
-        if block[i] == b'\n' && block[i + 1] == b'\n' {
-            ends.push(i + 2);
-            i += 2;
-        } else if block[i] == b'\n' && block[i + 1] == b'\r' && block.get(i + 2) == Some(&b'\n') {
-            ends.push(i + 3);
-            i += 3;
-        } else {
-            i += 1;
+        if block[i] == b'\n' {
+            if block[i + 1] == b'\n' {
+                return i + 2;
+            }
+            if block[i + 1] == b'\r' && block.get(i + 2) == Some(&b'\n') {
+                return i + 3;
+            }
         }
+        i += 1;
     }
-    if ends.last().copied().unwrap_or(0) < block.len() {
-        ends.push(block.len());
-    }
-    ends
+    block.len()
 }
 
 enum Inner {
@@ -276,13 +248,6 @@ impl ResponseBody {
     pub fn full(bytes: Bytes) -> Self {
         ResponseBody {
             inner: Inner::Full(if bytes.is_empty() { None } else { Some(bytes) }),
-            log: None,
-        }
-    }
-
-    pub fn empty() -> Self {
-        ResponseBody {
-            inner: Inner::Full(None),
             log: None,
         }
     }

@@ -408,25 +408,17 @@ fn prepare_config(mut config: Config, upstream: SocketAddr) -> Config {
     }
     config.upstream.api_host = retarget(&config.upstream.api_host, &origin);
     config.upstream.proxy = None;
-    for (name, value) in &mut config.credentials {
-        let mut m = serde_yaml::Mapping::new();
-        m.insert("type".into(), "static".into());
-        m.insert("key".into(), format!("fixture-credential-{name}").into());
-        *value = serde_yaml::Value::Mapping(m);
+    for (name, spec) in &mut config.credentials {
+        *spec = crate::credentials::CredentialSpec::Static {
+            key: Secret::new(format!("fixture-credential-{name}")),
+        };
     }
     if !config.keys.iter().any(is_fixture_key) {
-        config.keys.push(KeyConfig {
-            id: KeyId::Plain(Secret::new(FIXTURE_KEY)),
-            label: "fixture".into(),
-            upstream_key: Some(Secret::new(FIXTURE_UPSTREAM_KEY)),
-            credential: None,
-            upstream: None,
-            models: Vec::new(),
-            rpm: None,
-            tpm: None,
-            max_concurrent: None,
-            expires_at: None,
-        });
+        config.keys.push(KeyConfig::new(
+            KeyId::Plain(Secret::new(FIXTURE_KEY)),
+            "fixture",
+            Some(Secret::new(FIXTURE_UPSTREAM_KEY)),
+        ));
     }
     config.models_cache_ttl = Duration::ZERO;
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));

@@ -25,11 +25,6 @@ impl Route<'_> {
             Route::NotFound => false,
         }
     }
-
-    /// Whether the route's body must be a JSON object.
-    pub fn wants_json(&self) -> bool {
-        matches!(self, Route::ChatCompletions)
-    }
 }
 
 pub fn route(path: &str) -> Route<'_> {

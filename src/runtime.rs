@@ -153,7 +153,7 @@ impl Generation {
                 backoff: r.backoff,
             });
         }
-        let credentials = Credentials::build(config.credential_specs()?)?;
+        let credentials = Credentials::build(config.credentials.clone())?;
         let static_models = config.models.as_deref().map(static_list);
         let (plugins, plugin_sources) = load_plugins(&config)?;
         let config_sha256 = config

@@ -105,15 +105,22 @@ pub enum Segment {
     Index(usize),
 }
 
+/// `a.b[2].c`. A client key (the key under `api_keys`) is shown as its label, never as
+/// itself: these paths end up in error output and in the log of a failed reload.
 pub fn render_path(path: &[Segment]) -> String {
     let mut out = String::new();
-    for seg in path {
+    let under_api_keys = matches!(path.first(), Some(Segment::Key(k)) if k == "api_keys");
+    for (i, seg) in path.iter().enumerate() {
         match seg {
             Segment::Key(k) => {
                 if !out.is_empty() {
                     out.push('.');
                 }
-                out.push_str(k);
+                if under_api_keys && i == 1 {
+                    out.push_str(&super::validate::key_label(k));
+                } else {
+                    out.push_str(k);
+                }
             }
             Segment::Index(i) => {
                 out.push_str(&format!("[{i}]"));
@@ -368,6 +375,17 @@ mod tests {
             .find(|e| e.path == "limits.max_bodyy")
             .unwrap();
         assert_eq!(e.line, Some(3));
+    }
+
+    #[test]
+    fn client_keys_never_appear_in_error_paths() {
+        let text = "api_keys:\n  \"sk-very-secret\": \"${MISSING_UPSTREAM_KEY}\"\n";
+        let errs = parse_raw(text, "c.yml", &|_| None).unwrap_err();
+        let shown = errs.to_string();
+        assert!(shown.contains("MISSING_UPSTREAM_KEY"), "{shown}");
+        assert!(shown.contains("api_keys.key-"), "{shown}");
+        assert!(!shown.contains("sk-very-secret"), "{shown}");
+        assert_eq!(errs.0[0].line, Some(2));
     }
 
     #[test]

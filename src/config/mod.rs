@@ -74,8 +74,8 @@ pub struct Config {
     /// Every upstream, `default` (from the flat keys) first.
     pub upstreams: Vec<UpstreamDef>,
     pub routes: Vec<RouteDef>,
-    /// Named credentials, validated into specs by `raw_credentials`.
-    pub credentials: Vec<(String, serde_yaml::Value)>,
+    /// Named credentials (their `Debug` shows no secret).
+    pub credentials: Vec<(String, crate::credentials::CredentialSpec)>,
     pub keys: Vec<KeyConfig>,
     pub passthrough_unknown_keys: bool,
     pub ip_allow: Vec<IpNet>,
@@ -156,6 +156,35 @@ pub struct PluginConfig {
     /// pipeline runs it natively (the same renaming as plugins/field_aliases.rhai, without
     /// converting the body to script values — see benches/pipeline.rs `field_aliases`).
     pub implicit: bool,
+}
+
+impl KeyConfig {
+    /// A key with no policy (the seed form when `upstream_key` is set).
+    pub fn new(id: KeyId, label: impl Into<String>, upstream_key: Option<Secret>) -> Self {
+        KeyConfig {
+            id,
+            label: label.into(),
+            upstream_key,
+            credential: None,
+            upstream: None,
+            models: Vec::new(),
+            rpm: None,
+            tpm: None,
+            max_concurrent: None,
+            expires_at: None,
+        }
+    }
+
+    /// Whether the extended form set anything the policy stage enforces.
+    pub fn has_policy(&self) -> bool {
+        self.credential.is_some()
+            || self.upstream.is_some()
+            || !self.models.is_empty()
+            || self.rpm.is_some()
+            || self.tpm.is_some()
+            || self.max_concurrent.is_some()
+            || self.expires_at.is_some()
+    }
 }
 
 /// How a client key is written in the config.
@@ -268,27 +297,6 @@ impl Config {
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigErrors> {
         Self::from_text_in(text, "<inline>", lookup, Path::new(""))
-    }
-
-    /// The typed credential specs (validated again here; `validate` already reported errors
-    /// with their lines, so this only fails for a config built by hand).
-    pub fn credential_specs(
-        &self,
-    ) -> Result<Vec<(String, crate::credentials::CredentialSpec)>, String> {
-        let mut out = Vec::with_capacity(self.credentials.len());
-        for (name, value) in &self.credentials {
-            let raw: raw_credentials::RawCredential = serde_yaml::from_value(value.clone())
-                .map_err(|e| format!("credentials.{name}: {e}"))?;
-            let spec = raw_credentials::validate_credential(raw).map_err(|errs| {
-                let msgs: Vec<String> = errs
-                    .into_iter()
-                    .map(|(p, m)| format!("credentials.{name}.{p}: {m}"))
-                    .collect();
-                msgs.join("; ")
-            })?;
-            out.push((name.clone(), spec));
-        }
-        Ok(out)
     }
 
     /// Schema errors and semantic errors are reported together.

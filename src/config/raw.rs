@@ -151,7 +151,6 @@ pub struct RawLimits {
     pub header_read_timeout: Option<f64>,
     pub first_byte_timeout: Option<f64>,
     pub stream_idle_timeout: Option<f64>,
-    pub pool_idle_timeout: Option<f64>,
     pub shutdown_grace: Option<f64>,
     pub scripts: Option<RawScriptLimits>,
 }

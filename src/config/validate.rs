@@ -359,12 +359,13 @@ pub fn validate(
     };
 
     // --- credentials (names now; each entry is typed by raw_credentials) ---
-    let credentials: Vec<(String, serde_yaml::Value)> =
+    let raw_credentials: Vec<(String, serde_yaml::Value)> =
         raw.credentials.unwrap_or_default().into_iter().collect();
-    let credential_names: Vec<String> = credentials.iter().map(|(n, _)| n.clone()).collect();
-    for (name, value) in &credentials {
+    let credential_names: Vec<String> = raw_credentials.iter().map(|(n, _)| n.clone()).collect();
+    let mut credentials = Vec::with_capacity(raw_credentials.len());
+    for (name, value) in raw_credentials {
         let base = vec![k("credentials"), Segment::Key(name.clone())];
-        match serde_path_to_error::deserialize::<_, RawCredential>(value.clone()) {
+        match serde_path_to_error::deserialize::<_, RawCredential>(value) {
             Err(e) => {
                 let mut path = base.clone();
                 path.extend(e.path().iter().filter_map(|seg| match seg {
@@ -384,15 +385,16 @@ pub fn validate(
                 };
                 c.err(&path, msg);
             }
-            Ok(raw_cred) => {
-                if let Err(errs) = validate_credential(raw_cred) {
+            Ok(raw_cred) => match validate_credential(raw_cred) {
+                Ok(spec) => credentials.push((name, spec)),
+                Err(errs) => {
                     for (sub, msg) in errs {
                         let mut path = base.clone();
                         path.push(Segment::Key(sub));
                         c.err(&path, msg);
                     }
                 }
-            }
+            },
         }
     }
 
@@ -565,18 +567,7 @@ pub fn validate(
         };
         let line_path = [k("api_keys"), Segment::Key(client_key.clone())];
         let shown = format!("api_keys.{hash_label}");
-        let mut key = KeyConfig {
-            id,
-            label: hash_label.clone(),
-            upstream_key: None,
-            credential: None,
-            upstream: None,
-            models: Vec::new(),
-            rpm: None,
-            tpm: None,
-            max_concurrent: None,
-            expires_at: None,
-        };
+        let mut key = KeyConfig::new(id, hash_label.clone(), None);
         match value {
             serde_yaml::Value::String(upstream_key) => {
                 if upstream_key.is_empty() {
@@ -760,7 +751,6 @@ pub fn validate(
         ),
         shutdown_grace: c.seconds(&[k("limits"), k("shutdown_grace")], rl.shutdown_grace, 30.0),
     };
-    let _ = rl.pool_idle_timeout;
     if let Some(d) = upstreams.first_mut() {
         d.first_byte_timeout = limits.first_byte_timeout;
         d.idle_timeout = limits.stream_idle_timeout;

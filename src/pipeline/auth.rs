@@ -57,13 +57,6 @@ impl KeyTable {
                 })?),
                 None => None,
             };
-            let extended = k.credential.is_some()
-                || k.upstream.is_some()
-                || !k.models.is_empty()
-                || k.rpm.is_some()
-                || k.tpm.is_some()
-                || k.max_concurrent.is_some()
-                || k.expires_at.is_some();
             let id = match &k.id {
                 KeyId::Plain(s) => digest(s.expose().as_bytes()),
                 KeyId::Sha256(d) => *d,
@@ -73,7 +66,7 @@ impl KeyTable {
                 Arc::new(Principal {
                     label: Arc::from(k.label.as_str()),
                     upstream_authorization: auth,
-                    policy: extended.then(|| KeyPolicy::from_config(k)),
+                    policy: k.has_policy().then(|| KeyPolicy::from_config(k)),
                 }),
             );
         }
@@ -151,18 +144,11 @@ mod tests {
 
     fn table(passthrough: bool) -> KeyTable {
         KeyTable::new(
-            &[KeyConfig {
-                id: KeyId::Plain(Secret::new("sk-client")),
-                label: "alice".into(),
-                upstream_key: Some(Secret::new("up-key")),
-                credential: None,
-                upstream: None,
-                models: Vec::new(),
-                rpm: None,
-                tpm: None,
-                max_concurrent: None,
-                expires_at: None,
-            }],
+            &[KeyConfig::new(
+                KeyId::Plain(Secret::new("sk-client")),
+                "alice",
+                Some(Secret::new("up-key")),
+            )],
             passthrough,
         )
         .unwrap()

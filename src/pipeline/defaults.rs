@@ -41,25 +41,29 @@ pub fn apply(defaults: &Defaults, body: &mut Map<String, Value>) {
 
 /// Renames keys everywhere in the tree (nested objects and objects inside arrays), as the
 /// Python forwarder's `field_aliases` did. An existing target key is overwritten.
-pub fn rename_fields(value: &mut Value, aliases: &[(String, String)]) {
+/// Returns whether anything was renamed (an unchanged body need not be re-serialised).
+pub fn rename_fields(value: &mut Value, aliases: &[(String, String)]) -> bool {
+    let mut renamed = false;
     match value {
         Value::Object(map) => {
             for (from, to) in aliases {
                 if let Some(v) = map.shift_remove(from) {
                     map.insert(to.clone(), v);
+                    renamed = true;
                 }
             }
             for v in map.values_mut() {
-                rename_fields(v, aliases);
+                renamed |= rename_fields(v, aliases);
             }
         }
         Value::Array(items) => {
             for v in items {
-                rename_fields(v, aliases);
+                renamed |= rename_fields(v, aliases);
             }
         }
         _ => {}
     }
+    renamed
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! once and retries; a pooled key answered 429/401 cools down and one other key is tried.
 //! Once a response is handed to the client nothing is retried.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{HeaderMap, Response, StatusCode};
 
@@ -34,11 +34,10 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 
 /// Cheap jitter in [0.5, 1.0) without a random-number crate.
 fn jitter() -> f64 {
-    let n = Instant::now().elapsed().subsec_nanos() as u64
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos() as u64)
-            .unwrap_or(7);
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(7);
     let x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
     0.5 + (x as f64 / (1u64 << 24) as f64) * 0.5
 }

@@ -201,7 +201,7 @@ where
             let permit = p.permit;
             let injected_usage = p.injected_usage;
             let mut p = Prepared { permit: None, ..*p };
-            let ctx = p.script_ctx.take();
+            let mut ctx = p.script_ctx.take();
             let mut resp = fallback::send(generation, p, &plan, rid).await?;
             let plugins = &generation.plugins;
             let is_sse = resp.body().is_event_stream();
@@ -209,7 +209,7 @@ where
                 if let Some(relay) = resp.body_mut().relay_mut() {
                     relay.filter(Box::new(scripts::ScriptEventFilter::new(
                         plugins.clone(),
-                        ctx.clone().unwrap_or_default(),
+                        ctx.take().unwrap_or_default(),
                     )));
                 }
             }
@@ -320,7 +320,8 @@ where
     let mut injected_usage = false;
     let mut headers = parts.headers;
     let mut script_ctx: Option<rhai::Map> = None;
-    let (mut target, plan, body_value) = match route {
+    // `body_changed`: whether `body_value` differs from `bytes` (else bytes go as they came).
+    let (mut target, plan, body_value, mut body_changed) = match route {
         Route::ChatCompletions => {
             let peek = request_body::peek_chat(&bytes)?;
             let model = peek
@@ -360,12 +361,13 @@ where
                         }
                     }
                 }
-                defaults::rename_fields(&mut value, &cfg.field_aliases);
-                Some(value)
+                let renamed = defaults::rename_fields(&mut value, &cfg.field_aliases);
+                let changed = needs_defaults || rename || injected_usage || renamed;
+                (Some(value), changed)
             } else {
-                None
+                (None, false)
             };
-            (Target::Chat, plan, value)
+            (Target::Chat, plan, value.0, value.1)
         }
         Route::V1(rest) => {
             // Other endpoints (embeddings, …) name a model too: the key's globs and the routes
@@ -388,13 +390,15 @@ where
             } else {
                 None
             };
+            let mut changed = false;
             if let Some(v) = value.as_mut() {
                 if let (Some(obj), Some(to)) = (v.as_object_mut(), &plan.rename_to) {
                     obj.insert("model".into(), serde_json::Value::String(to.clone()));
+                    changed = true;
                 }
-                defaults::rename_fields(v, &cfg.field_aliases);
+                changed |= defaults::rename_fields(v, &cfg.field_aliases);
             }
-            (Target::V1(rest.to_owned()), plan, value)
+            (Target::V1(rest.to_owned()), plan, value, changed)
         }
         Route::Health | Route::Models | Route::NotFound => {
             return Err(GatewayError::internal("unreachable route"))
@@ -428,10 +432,11 @@ where
         headers = sreq.headers;
         if had_body || !sreq.body.is_null() {
             body_value = Some(sreq.body);
+            body_changed = true;
         }
         script_ctx = Some(sreq.ctx);
     }
-    if let Some(value) = body_value {
+    if let Some(value) = body_value.filter(|_| body_changed) {
         bytes = Bytes::from(
             serde_json::to_vec(&value)
                 .map_err(|_| GatewayError::internal("could not encode the request"))?,

@@ -3,7 +3,7 @@
 //! each key has its own small lock, so keys never contend with each other.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -186,11 +186,6 @@ pub fn usage_total(json: &[u8]) -> Option<u64> {
     let u = a.usage?;
     u.total_tokens
         .or_else(|| Some(u.prompt_tokens.unwrap_or(0) + u.completion_tokens.unwrap_or(0)))
-}
-
-/// Rounds a wait for Retry-After.
-pub fn retry_secs(d: Duration) -> u64 {
-    d.as_secs_f64().ceil().max(1.0) as u64
 }
 
 #[cfg(test)]

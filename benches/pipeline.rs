@@ -549,7 +549,7 @@ fn bench_sse_relay(c: &mut Criterion) -> BenchResult {
     }])?);
     let make_body = |events: &[Bytes], hook: Option<&Arc<Plugins>>| {
         let items: Vec<Result<Bytes, reqwest::Error>> = events.iter().cloned().map(Ok).collect();
-        let stream: UpstreamStream = Box::pin(futures_util::stream::iter(items));
+        let stream = UpstreamStream::Stream(Box::pin(futures_util::stream::iter(items)));
         let mut relay = Relay::new(stream, true, Duration::from_secs(300));
         if let Some(plugins) = hook {
             relay.filter(Box::new(ScriptEventFilter::new(

@@ -12,11 +12,35 @@ use futures_util::Stream;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::pipeline::access_log::AccessLog;
+use crate::pipeline::conn_pool::PooledBody;
 use crate::pipeline::sse::{error_event, SseFramer};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-pub type UpstreamStream = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+/// Where a relayed body comes from.
+// The relay holding this is boxed already; boxing the large variant too would cost a second
+// allocation per request.
+#[allow(clippy::large_enum_variant)]
+pub enum UpstreamStream {
+    /// Read off a pooled plain-HTTP connection (no extra task, no channel hop).
+    Pooled(PooledBody),
+    /// reqwest's body stream (HTTPS and proxied upstreams) or any other stream of chunks.
+    Stream(Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>),
+}
+
+impl UpstreamStream {
+    /// The next chunk; errors become their text (they are only logged).
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, String>>> {
+        match self {
+            UpstreamStream::Pooled(b) => b
+                .poll_chunk(cx)
+                .map(|o| o.map(|r| r.map_err(|e| e.to_string()))),
+            UpstreamStream::Stream(s) => s.as_mut().poll_next(cx).map(|o| {
+                o.map(|r| r.map_err(|e| crate::pipeline::forward::upstream_error_text(&e)))
+            }),
+        }
+    }
+}
 
 /// Something that must live exactly as long as the response: a concurrency permit, a pooled
 /// key's in-flight lease, …
@@ -54,6 +78,10 @@ pub struct Relay {
     idle: Option<Pin<Box<tokio::time::Sleep>>>,
     /// When the last chunk arrived; the idle deadline counts from here.
     last_chunk: tokio::time::Instant,
+    /// The upstream's `Content-Length` (plain bodies): the client side stops polling once that
+    /// many bytes went out, so the relay has to notice the end by counting.
+    expected_len: Option<u64>,
+    relayed: u64,
     /// Whole-answer deadline (`timeouts.total`), if any.
     total: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
@@ -71,6 +99,8 @@ impl Relay {
             idle_timeout,
             idle: None,
             last_chunk: tokio::time::Instant::now(),
+            expected_len: None,
+            relayed: 0,
             total: None,
             done: false,
             filters: Vec::new(),
@@ -81,6 +111,12 @@ impl Relay {
 
     pub fn with_total_timeout(mut self, total: Option<Duration>) -> Self {
         self.total = total.map(|d| Box::pin(tokio::time::sleep(d)));
+        self
+    }
+
+    /// The upstream announced this body length (ignored for event streams).
+    pub fn with_expected_len(mut self, len: Option<u64>) -> Self {
+        self.expected_len = len;
         self
     }
 
@@ -151,13 +187,20 @@ impl Relay {
             if self.done {
                 return Poll::Ready(None);
             }
-            match self.stream.as_mut().poll_next(cx) {
+            match self.stream.poll_chunk(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
                     self.last_chunk = tokio::time::Instant::now();
                     match self.sse.as_mut() {
                         None => {
                             for o in self.observers.iter_mut() {
                                 o.on_chunk(&chunk);
+                            }
+                            self.relayed += chunk.len() as u64;
+                            if self.expected_len.is_some_and(|n| self.relayed >= n) {
+                                self.done = true;
+                                for o in self.observers.iter_mut() {
+                                    o.on_end();
+                                }
                             }
                             return Poll::Ready(Some(Ok(chunk)));
                         }
@@ -333,6 +376,12 @@ impl Body for ResponseBody {
             Some(Ok(bytes)) => {
                 if let Some(log) = this.log.as_mut() {
                     log.on_bytes(bytes.len());
+                }
+                if this.is_end_stream() {
+                    // The last chunk (by Content-Length): the end may never be polled.
+                    if let Some(mut log) = this.log.take() {
+                        log.emit();
+                    }
                 }
                 Poll::Ready(Some(Ok(Frame::data(bytes))))
             }

@@ -11,9 +11,11 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Response};
 use tokio::sync::Semaphore;
 
-use crate::body::{Relay, ResponseBody};
+use crate::body::{Relay, ResponseBody, UpstreamStream};
 use crate::config::UpstreamDef;
 use crate::error::{ErrorKind, GatewayError};
+
+use super::conn_pool::{ConnPool, PoolError};
 
 /// One upstream as used by one generation: its pooled client and resolved URLs.
 #[derive(Debug)]
@@ -21,7 +23,11 @@ pub struct Upstream {
     pub name: String,
     /// Name of the credential this upstream uses, if any.
     pub credential: Option<String>,
+    /// HTTPS and proxied requests, and the model list.
     client: reqwest::Client,
+    /// Plain-HTTP upstreams without a proxy: inline-driven pooled connections, with the
+    /// `Host` header value to send.
+    pool: Option<(Arc<ConnPool>, HeaderValue)>,
     chat_url: String,
     /// Other `/v1/<rest>` requests go to `base_url + "/" + rest`.
     base_url: String,
@@ -128,14 +134,36 @@ impl Upstream {
                 def.name
             )
         })?;
+        let origin = origin_of(&def.chat_url);
+        let pool = match (&def.proxy, origin.strip_prefix("http://")) {
+            (None, Some(authority)) if !authority.is_empty() => {
+                let addr = if has_port(authority) {
+                    authority.to_owned()
+                } else {
+                    format!("{authority}:80")
+                };
+                let host = HeaderValue::from_str(authority).map_err(|_| {
+                    format!("upstream {}: `{authority}` is not a usable host", def.name)
+                })?;
+                let pool = ConnPool::new(
+                    addr,
+                    def.connect_timeout,
+                    def.keepalive_timeout,
+                    def.pool_max_idle,
+                );
+                Some((Arc::new(pool), host))
+            }
+            _ => None,
+        };
         Ok(Upstream {
             name: def.name.clone(),
             credential: def.credential.clone(),
             client,
+            pool,
             chat_url: def.chat_url.clone(),
             base_url: def.base_url.clone(),
             models_url: def.models_url.clone(),
-            origin: origin_of(&def.chat_url),
+            origin,
             limiter: (def.max_concurrent > 0).then(|| Arc::new(Semaphore::new(def.max_concurrent))),
             first_byte_timeout: def.first_byte_timeout,
             stream_idle_timeout: def.idle_timeout,
@@ -194,33 +222,55 @@ impl Upstream {
             headers.insert(HeaderName::from_static("x-request-id"), v);
         }
 
-        let request = self
-            .client
-            .request(out.method, &out.url)
-            .headers(headers)
-            .body(out.body)
-            .send();
-        let upstream = match tokio::time::timeout(self.first_byte_timeout, request).await {
-            Err(_) => {
-                return Err(GatewayError::new(
-                    ErrorKind::GatewayTimeout,
-                    "upstream_timeout",
-                    format!(
-                        "The upstream did not answer within {} s",
-                        self.first_byte_timeout.as_secs_f64()
-                    ),
-                ))
+        let pooled = self.pool.as_ref().and_then(|(pool, host)| {
+            let path = out.url.strip_prefix(self.origin.as_str())?;
+            let path = if path.is_empty() { "/" } else { path };
+            Some((pool, host, path))
+        });
+        let (status, upstream_headers, stream) = match pooled {
+            Some((pool, host, path)) => {
+                headers.insert(header::HOST, host.clone());
+                let mut request = http::Request::new(http_body_util::Full::new(out.body));
+                *request.method_mut() = out.method;
+                *request.uri_mut() = path.parse().map_err(|_| {
+                    GatewayError::bad_request("invalid_path", "The request path is not valid")
+                })?;
+                *request.headers_mut() = headers;
+                let resp =
+                    match tokio::time::timeout(self.first_byte_timeout, pool.send(request)).await {
+                        Err(_) => return Err(self.first_byte_timeout_error()),
+                        Ok(Err(e)) => return Err(map_pool_error(&e, &self.name)),
+                        Ok(Ok(r)) => r,
+                    };
+                let (parts, body) = resp.into_parts();
+                (parts.status, parts.headers, UpstreamStream::Pooled(body))
             }
-            Ok(Err(e)) => return Err(map_send_error(&e)),
-            Ok(Ok(r)) => r,
+            None => {
+                let request = self
+                    .client
+                    .request(out.method, &out.url)
+                    .headers(headers)
+                    .body(out.body)
+                    .send();
+                let mut resp = match tokio::time::timeout(self.first_byte_timeout, request).await {
+                    Err(_) => return Err(self.first_byte_timeout_error()),
+                    Ok(Err(e)) => return Err(map_send_error(&e)),
+                    Ok(Ok(r)) => r,
+                };
+                let headers = std::mem::take(resp.headers_mut());
+                (
+                    resp.status(),
+                    headers,
+                    UpstreamStream::Stream(Box::pin(resp.bytes_stream())),
+                )
+            }
         };
 
-        let status = upstream.status();
-        let sse = is_event_stream(upstream.headers());
+        let sse = is_event_stream(&upstream_headers);
         let mut builder = Response::builder().status(status);
         if let Some(h) = builder.headers_mut() {
-            for (name, value) in upstream.headers() {
-                if !skip_response_header(name) && !connection_listed(upstream.headers(), name) {
+            for (name, value) in &upstream_headers {
+                if !skip_response_header(name) && !connection_listed(&upstream_headers, name) {
                     h.append(name.clone(), value.clone());
                 }
             }
@@ -233,9 +283,17 @@ impl Upstream {
                 h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             }
         }
-        let stream = Box::pin(upstream.bytes_stream());
+        let expected_len = if sse {
+            None
+        } else {
+            upstream_headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
         let mut relay = Relay::new(stream, sse, self.stream_idle_timeout)
-            .with_total_timeout(self.total_timeout);
+            .with_total_timeout(self.total_timeout)
+            .with_expected_len(expected_len);
         if let Some(p) = permit {
             relay.guard(Box::new(p));
         }
@@ -243,6 +301,49 @@ impl Upstream {
         builder
             .body(body)
             .map_err(|_| GatewayError::internal("could not build the response"))
+    }
+}
+
+impl Upstream {
+    fn first_byte_timeout_error(&self) -> GatewayError {
+        GatewayError::new(
+            ErrorKind::GatewayTimeout,
+            "upstream_timeout",
+            format!(
+                "The upstream did not answer within {} s",
+                self.first_byte_timeout.as_secs_f64()
+            ),
+        )
+    }
+}
+
+/// Whether an authority (`host`, `host:port`, `[v6]`, `[v6]:port`) names a port.
+fn has_port(authority: &str) -> bool {
+    match authority.rfind(']') {
+        Some(close) => authority[close..].contains(':'),
+        None => authority.contains(':'),
+    }
+}
+
+/// Maps a pooled-connection failure to 502/504 as [`map_send_error`] does for reqwest.
+fn map_pool_error(e: &PoolError, upstream: &str) -> GatewayError {
+    tracing::warn!(upstream, error = %e, "upstream request failed");
+    match e {
+        PoolError::ConnectTimeout => GatewayError::new(
+            ErrorKind::GatewayTimeout,
+            "upstream_timeout",
+            "The upstream did not answer in time",
+        ),
+        PoolError::Connect(_) => GatewayError::new(
+            ErrorKind::BadGateway,
+            "upstream_unreachable",
+            "The upstream could not be reached",
+        ),
+        PoolError::Http(_) => GatewayError::new(
+            ErrorKind::BadGateway,
+            "upstream_error",
+            "The upstream request failed",
+        ),
     }
 }
 

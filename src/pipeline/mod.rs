@@ -10,6 +10,7 @@
 
 pub mod access_log;
 pub mod auth;
+pub mod conn_pool;
 pub mod defaults;
 pub mod fallback;
 pub mod forward;

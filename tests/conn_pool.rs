@@ -29,6 +29,8 @@ struct Upstream {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    /// Connections open right now.
+    open: Arc<AtomicUsize>,
 }
 
 async fn upstream(mode: Mode) -> Upstream {
@@ -36,20 +38,27 @@ async fn upstream(mode: Mode) -> Upstream {
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
     let requests = Arc::new(AtomicUsize::new(0));
-    let (c, r) = (connections.clone(), requests.clone());
+    let open = Arc::new(AtomicUsize::new(0));
+    let (c, r, o) = (connections.clone(), requests.clone(), open.clone());
     tokio::spawn(async move {
         loop {
             let Ok((sock, _)) = listener.accept().await else {
                 return;
             };
             c.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(serve(sock, mode, r.clone()));
+            o.fetch_add(1, Ordering::SeqCst);
+            let (r, o) = (r.clone(), o.clone());
+            tokio::spawn(async move {
+                serve(sock, mode, r).await;
+                o.fetch_sub(1, Ordering::SeqCst);
+            });
         }
     });
     Upstream {
         addr,
         connections,
         requests,
+        open,
     }
 }
 
@@ -200,4 +209,15 @@ async fn idle_connections_expire_after_keepalive_timeout() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     ask(&env, 2).await;
     assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn expired_idle_connections_are_closed_without_new_traffic() {
+    let up = upstream(Mode::KeepAlive).await;
+    let env = gateway_for(&up, "keepalive_timeout: 0.2").await;
+    ask(&env, 0).await;
+    let open = up.open.clone();
+    assert_eq!(open.load(Ordering::SeqCst), 1);
+    // No request after this: only the sweeper can close it.
+    assert!(eventually(3.0, || open.load(Ordering::SeqCst) == 0).await);
 }

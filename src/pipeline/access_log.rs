@@ -34,7 +34,12 @@ impl AccessLog {
             client_ip: None,
             principal: None,
             method,
-            path: path.chars().take(256).collect(),
+            // Nothing to copy for a record that is never written.
+            path: if enabled {
+                path.chars().take(256).collect()
+            } else {
+                String::new()
+            },
             model: None,
             status: 0,
             stream: false,

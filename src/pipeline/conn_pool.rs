@@ -19,7 +19,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -109,6 +110,9 @@ pub struct ConnPool {
     idle_timeout: Duration,
     max_idle: usize,
     idle: Mutex<Vec<Idle>>,
+    /// Whether the task that closes expired idle connections runs (started on first use,
+    /// inside the runtime; it ends when the pool is dropped).
+    sweeper: AtomicBool,
 }
 
 impl std::fmt::Debug for ConnPool {
@@ -133,7 +137,43 @@ impl ConnPool {
             idle_timeout,
             max_idle: max_idle.unwrap_or(usize::MAX),
             idle: Mutex::new(Vec::new()),
+            sweeper: AtomicBool::new(false),
         }
+    }
+
+    /// Closes idle connections older than `idle_timeout`, so a burst's connections do not stay
+    /// open (or half-closed by the upstream) after traffic stops.
+    fn start_sweeper(self: &Arc<Self>) {
+        if self.sweeper.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pool: Weak<ConnPool> = Arc::downgrade(self);
+        let every = (self.idle_timeout / 2).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = pool.upgrade() else {
+                    return;
+                };
+                pool.drop_expired();
+            }
+        });
+    }
+
+    fn drop_expired(&self) {
+        let expired: Vec<Idle> = {
+            let Ok(mut list) = self.idle.lock() else {
+                return;
+            };
+            let now = Instant::now();
+            let n = list
+                .iter()
+                .take_while(|i| now.duration_since(i.since) >= self.idle_timeout)
+                .count();
+            list.drain(..n).collect()
+        };
+        // Closed outside the lock.
+        drop(expired);
     }
 
     /// The newest idle connection still fit for use; stale ones met on the way are dropped.
@@ -157,17 +197,14 @@ impl ConnPool {
         let Ok(mut list) = self.idle.lock() else {
             return;
         };
-        // Oldest first: expire from the front, make room from the front.
-        let now = Instant::now();
-        let expired = list
-            .iter()
-            .take_while(|i| now.duration_since(i.since) >= self.idle_timeout)
-            .count();
-        list.drain(..expired);
-        if list.len() >= self.max_idle {
-            list.remove(0);
-        }
-        list.push(Idle { conn, since: now });
+        // Oldest first: make room from the front.
+        let evicted = (list.len() >= self.max_idle).then(|| list.remove(0));
+        list.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+        drop(list);
+        drop(evicted);
     }
 
     async fn connect(&self) -> Result<Conn, PoolError> {
@@ -197,6 +234,7 @@ impl ConnPool {
         self: &Arc<Self>,
         mut req: Request<Full<Bytes>>,
     ) -> Result<Response<PooledBody>, PoolError> {
+        self.start_sweeper();
         loop {
             let (mut conn, reused) = match self.checkout() {
                 Some(c) => (c, true),

@@ -101,12 +101,13 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let rid = request_id(req.headers());
-    let mut log = Box::new(AccessLog::new(
+    // On the stack: boxed and attached to the body only when access logging is on.
+    let mut log = AccessLog::new(
         generation.config.logging.access_log,
         rid.clone(),
         req.method().clone(),
         req.uri().path(),
-    ));
+    );
     let mut resp = match run(&generation, peer, req, &rid, &mut log).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -124,7 +125,9 @@ where
     if let Ok(v) = HeaderValue::from_str(&rid) {
         resp.headers_mut().insert(REQUEST_ID, v);
     }
-    resp.body_mut().set_log(log);
+    if log.enabled {
+        resp.body_mut().set_log(Box::new(log));
+    }
     resp
 }
 

@@ -73,19 +73,32 @@ fn skip_request_header(name: &HeaderName) -> bool {
     )
 }
 
-/// Hop-by-hop headers; never copied upstream → client.
-fn skip_response_header(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+/// `headers` without hop-by-hop headers (fixed ones and those named in `Connection:`).
+fn strip_hop_by_hop(mut headers: HeaderMap) -> HeaderMap {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    const HOP_BY_HOP: [HeaderName; 8] = [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::PROXY_AUTHENTICATE,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ];
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers
 }
 
 /// Headers named in `Connection:` are hop-by-hop too (RFC 9110 §7.6.1).
@@ -101,13 +114,12 @@ fn connection_listed(headers: &HeaderMap, name: &HeaderName) -> bool {
 }
 
 pub fn is_event_stream(headers: &HeaderMap) -> bool {
+    const SSE: &[u8] = b"text/event-stream";
     headers
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|s| {
-            s.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
+        .map(|v| {
+            let b = v.as_bytes().trim_ascii_start();
+            b.len() >= SSE.len() && b[..SSE.len()].eq_ignore_ascii_case(SSE)
         })
         .unwrap_or(false)
 }
@@ -209,9 +221,13 @@ impl Upstream {
             None => None,
         };
 
-        let mut headers = HeaderMap::with_capacity(out.headers.len() + 2);
+        let mut headers = HeaderMap::with_capacity(out.headers.len() + 3);
+        // Most requests carry no `Connection` header: then nothing is listed in one.
+        let listing = out.headers.contains_key(header::CONNECTION);
         for (name, value) in out.headers {
-            if !skip_request_header(name) && !connection_listed(out.headers, name) {
+            let hop =
+                skip_request_header(name) || (listing && connection_listed(out.headers, name));
+            if !hop {
                 headers.append(name.clone(), value.clone());
             }
         }
@@ -267,13 +283,18 @@ impl Upstream {
         };
 
         let sse = is_event_stream(&upstream_headers);
+        let expected_len = if sse {
+            None
+        } else {
+            upstream_headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
         let mut builder = Response::builder().status(status);
         if let Some(h) = builder.headers_mut() {
-            for (name, value) in &upstream_headers {
-                if !skip_response_header(name) && !connection_listed(&upstream_headers, name) {
-                    h.append(name.clone(), value.clone());
-                }
-            }
+            // The upstream's own map, hop-by-hop headers removed in place (no copy).
+            *h = strip_hop_by_hop(upstream_headers);
             if sse {
                 h.remove(header::CONTENT_LENGTH);
                 h.insert(
@@ -283,14 +304,6 @@ impl Upstream {
                 h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             }
         }
-        let expected_len = if sse {
-            None
-        } else {
-            upstream_headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        };
         let mut relay = Relay::new(stream, sse, self.stream_idle_timeout)
             .with_total_timeout(self.total_timeout)
             .with_expected_len(expected_len);
@@ -424,6 +437,44 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_response_headers_are_removed_in_place() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Hop"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert("x-kept", HeaderValue::from_static("2"));
+        let out = strip_hop_by_hop(h);
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "x-kept"]);
+    }
+
+    #[test]
+    fn event_stream_detection_ignores_case_and_parameters() {
+        let ct = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(v));
+            is_event_stream(&h)
+        };
+        assert!(ct("text/event-stream"));
+        assert!(ct(" Text/Event-Stream; charset=utf-8"));
+        assert!(!ct("application/json"));
+        assert!(!ct("text/event"));
+        assert!(!is_event_stream(&HeaderMap::new()));
+    }
 
     #[tokio::test]
     async fn logged_upstream_errors_drop_the_query() {

@@ -98,7 +98,7 @@ impl Conn {
 }
 
 struct Idle {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -177,7 +177,7 @@ impl ConnPool {
     }
 
     /// The newest idle connection still fit for use; stale ones met on the way are dropped.
-    fn checkout(&self) -> Option<Conn> {
+    fn checkout(&self) -> Option<Box<Conn>> {
         loop {
             let idle = {
                 let mut list = self.idle.lock().ok()?;
@@ -190,7 +190,7 @@ impl ConnPool {
         }
     }
 
-    fn checkin(&self, mut conn: Conn) {
+    fn checkin(&self, mut conn: Box<Conn>) {
         if self.max_idle == 0 || !conn.reusable() {
             return;
         }
@@ -207,7 +207,7 @@ impl ConnPool {
         drop(evicted);
     }
 
-    async fn connect(&self) -> Result<Conn, PoolError> {
+    async fn connect(&self) -> Result<Box<Conn>, PoolError> {
         let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.addr))
             .await
         {
@@ -221,11 +221,12 @@ impl ConnPool {
             .handshake(TokioIo::new(tcp))
             .await
             .map_err(PoolError::Http)?;
-        Ok(Conn {
+        // Boxed once here: the pool and the bodies then move a pointer, not ~700 bytes.
+        Ok(Box::new(Conn {
             sender,
             driver,
             finished: false,
-        })
+        }))
     }
 
     /// Sends `req` (origin-form URI, `Host` set) and waits for the answer's head. The returned
@@ -238,7 +239,9 @@ impl ConnPool {
         loop {
             let (mut conn, reused) = match self.checkout() {
                 Some(c) => (c, true),
-                None => (self.connect().await?, false),
+                // Boxed: connecting is rare, and its large future would otherwise be part of
+                // (and moved with) every request's state.
+                None => (Box::pin(self.connect()).await?, false),
             };
             match exchange(&mut conn, req).await {
                 Ok(resp) => {
@@ -278,7 +281,7 @@ async fn exchange(
 pub struct PooledBody {
     body: Incoming,
     /// `None` once the body ended (the connection went back to the pool) or failed.
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     pool: Arc<ConnPool>,
 }
 

@@ -268,6 +268,9 @@ impl Upstream {
                     .headers(headers)
                     .body(out.body)
                     .send();
+                // Boxed: reqwest's future is large and would otherwise widen every caller's
+                // state (and the moves of it) on the pooled path too.
+                let request = Box::pin(request);
                 let mut resp = match tokio::time::timeout(self.first_byte_timeout, request).await {
                     Err(_) => return Err(self.first_byte_timeout_error()),
                     Ok(Err(e)) => return Err(map_send_error(&e)),

@@ -54,7 +54,9 @@ pub async fn serve(
                     let rt = rt.clone();
                     async move {
                         if req.uri().path().starts_with("/admin/") {
-                            return Ok::<_, Infallible>(crate::admin::handle(&rt, peer.ip(), req).await);
+                            // Boxed: rare, and its reload future would widen every request's.
+                            let admin = Box::pin(crate::admin::handle(&rt, peer.ip(), req));
+                            return Ok::<_, Infallible>(admin.await);
                         }
                         let generation = rt.current();
                         Ok::<_, Infallible>(pipeline::handle(generation, peer.ip(), req).await)

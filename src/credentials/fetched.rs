@@ -95,7 +95,9 @@ impl Fetched {
             }
             return Some((value, generation));
         }
-        self.fetch_cold().await
+        // Boxed: the fetch future is ~17 KB, and unboxed it would be part of every request's
+        // state (and of every connection's memory) even when the token comes from the cache.
+        Box::pin(self.fetch_cold()).await
     }
 
     /// Drops the cached token if it is still generation `generation`. True when it did.

@@ -305,7 +305,8 @@ where
     log.principal = Some(principal.label.clone());
 
     if route == Route::Models {
-        let body = models::list_for(generation, &principal).await?;
+        // Boxed: a rare route whose fetch future would otherwise widen every request's state.
+        let body = Box::pin(models::list_for(generation, &principal)).await?;
         return Ok(Step::Respond(json_response(http::StatusCode::OK, body)));
     }
 

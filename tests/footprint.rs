@@ -1,0 +1,25 @@
+//! Memory per connection: hyper keeps room for the request future of every connection for as
+//! long as the connection lives (also while it streams an answer, also while it idles), so a
+//! large future is paid per open connection. Rare, heavy paths (token fetches, model lists,
+//! admin reloads) are boxed to keep it small; this guards that.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::Full;
+use sophgate::mock::MockOptions;
+
+#[tokio::test]
+async fn the_request_future_stays_small() {
+    let extra = "credentials:\n  fetched:\n    type: command\n    command: [\"echo\", \"tok\"]\nupstreams:\n  other:\n    base_url: \"http://127.0.0.1:9/v1\"\n    credential: fetched\n";
+    let env = start(extra, MockOptions::default()).await;
+    let req = http::Request::post("/v1/chat/completions")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let fut = sophgate::pipeline::handle(env.runtime.current(), [127, 0, 0, 1].into(), req);
+    let size = std::mem::size_of_val(&fut);
+    // 20 KB before the heavy paths were boxed; ~4.4 KB after.
+    assert!(size < 8 * 1024, "request future is {size} bytes");
+}

@@ -147,8 +147,10 @@ impl Upstream {
             )
         })?;
         let origin = origin_of(&def.chat_url);
+        // Userinfo in the URL (`http://user:pass@host`) is left to reqwest: it must not end up
+        // in a `Host` header or a connect address.
         let pool = match (&def.proxy, origin.strip_prefix("http://")) {
-            (None, Some(authority)) if !authority.is_empty() => {
+            (None, Some(authority)) if !authority.is_empty() && !authority.contains('@') => {
                 let addr = if has_port(authority) {
                     authority.to_owned()
                 } else {
@@ -238,19 +240,20 @@ impl Upstream {
             headers.insert(HeaderName::from_static("x-request-id"), v);
         }
 
+        // A path the URI parser refuses (a script may build one with spaces, say) goes through
+        // reqwest, which percent-encodes it as before.
         let pooled = self.pool.as_ref().and_then(|(pool, host)| {
             let path = out.url.strip_prefix(self.origin.as_str())?;
             let path = if path.is_empty() { "/" } else { path };
-            Some((pool, host, path))
+            let uri: http::Uri = path.parse().ok()?;
+            Some((pool, host, uri))
         });
         let (status, upstream_headers, stream) = match pooled {
-            Some((pool, host, path)) => {
+            Some((pool, host, uri)) => {
                 headers.insert(header::HOST, host.clone());
                 let mut request = http::Request::new(http_body_util::Full::new(out.body));
                 *request.method_mut() = out.method;
-                *request.uri_mut() = path.parse().map_err(|_| {
-                    GatewayError::bad_request("invalid_path", "The request path is not valid")
-                })?;
+                *request.uri_mut() = uri;
                 *request.headers_mut() = headers;
                 let resp =
                     match tokio::time::timeout(self.first_byte_timeout, pool.send(request)).await {
@@ -440,6 +443,38 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn upstream_for(api_host: &str, extra: &str) -> Upstream {
+        let yaml = format!("api_host: \"{api_host}\"\n{extra}");
+        let cfg = crate::config::Config::from_yaml(&yaml, &|_| None).unwrap();
+        Upstream::new(&cfg.upstreams[0]).unwrap()
+    }
+
+    #[test]
+    fn only_plain_unproxied_upstreams_use_the_pool() {
+        let plain = upstream_for("http://127.0.0.1:8000", "");
+        let (_, host) = plain.pool.as_ref().unwrap();
+        assert_eq!(host, "127.0.0.1:8000");
+        let default_port = upstream_for("http://llm.internal", "");
+        assert_eq!(default_port.pool.as_ref().unwrap().1, "llm.internal");
+        assert!(upstream_for("https://api.sophnet.com", "").pool.is_none());
+        assert!(upstream_for("http://user:pass@127.0.0.1:8000", "")
+            .pool
+            .is_none());
+        assert!(
+            upstream_for("http://127.0.0.1:8000", "proxy: \"http://127.0.0.1:3128\"")
+                .pool
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn ports_are_found_in_v4_v6_and_names() {
+        assert!(has_port("127.0.0.1:80"));
+        assert!(has_port("[::1]:8080"));
+        assert!(!has_port("[::1]"));
+        assert!(!has_port("example.com"));
+    }
 
     #[test]
     fn hop_by_hop_response_headers_are_removed_in_place() {

@@ -1,6 +1,8 @@
 //! Test harness: a real mock upstream and a real gateway, both on loopback port 0.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod raw_upstream;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

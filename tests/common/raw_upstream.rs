@@ -1,0 +1,135 @@
+//! A raw HTTP/1.1 upstream for connection-level tests: counts the connections it accepted, the
+//! requests it read and the connections open now, and closes connections as told.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+use sophgate::mock::{self, MockOptions};
+
+#[derive(Clone, Copy, PartialEq)]
+pub enum Mode {
+    /// Keep-alive: many requests per connection.
+    KeepAlive,
+    /// Answers with `Connection: close`, then closes.
+    AnnouncedClose,
+    /// Answers as if keeping the connection, then closes it silently 50 ms later.
+    SilentClose,
+}
+
+/// A raw HTTP/1.1 upstream that counts the connections it accepted and the requests it read.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub requests: Arc<AtomicUsize>,
+    /// Connections open right now.
+    pub open: Arc<AtomicUsize>,
+}
+
+pub async fn upstream(mode: Mode) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(AtomicUsize::new(0));
+    let (c, r, o) = (connections.clone(), requests.clone(), open.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            c.fetch_add(1, Ordering::SeqCst);
+            o.fetch_add(1, Ordering::SeqCst);
+            let (r, o) = (r.clone(), o.clone());
+            tokio::spawn(async move {
+                serve(sock, mode, r).await;
+                o.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    Upstream {
+        addr,
+        connections,
+        requests,
+        open,
+    }
+}
+
+async fn serve(mut sock: TcpStream, mode: Mode, requests: Arc<AtomicUsize>) {
+    let mut buf = Vec::new();
+    loop {
+        // Head, then as many body bytes as Content-Length says.
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match sock.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0);
+        while buf.len() < head_end + len {
+            let mut chunk = [0u8; 4096];
+            match sock.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..head_end + len);
+        let n = requests.fetch_add(1, Ordering::SeqCst) + 1;
+        let body = format!(
+            "{{\"id\":\"r{n}\",\"object\":\"chat.completion\",\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":\"ok {n}\"}},\"finish_reason\":\"stop\"}}]}}"
+        );
+        let close = if mode == Mode::AnnouncedClose {
+            "connection: close\r\n"
+        } else {
+            ""
+        };
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{close}\r\n{body}",
+            body.len()
+        );
+        if sock.write_all(resp.as_bytes()).await.is_err() {
+            return;
+        }
+        match mode {
+            Mode::KeepAlive => {}
+            Mode::AnnouncedClose => return,
+            Mode::SilentClose => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return;
+            }
+        }
+    }
+}
+
+pub async fn gateway_for(up: &Upstream, extra: &str) -> Env {
+    let unused = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
+        .await
+        .unwrap();
+    let yaml = base_yaml(up.addr, extra);
+    start_gateway(unused, &yaml, "127.0.0.1:0".parse().unwrap()).await
+}
+
+pub async fn ask(env: &Env, i: usize) {
+    let resp = post_chat(env, CLIENT_KEY, chat_body("m", false)).await;
+    assert_eq!(resp.status(), 200, "request {i}");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert!(v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("ok "));
+}

@@ -363,7 +363,23 @@ where
             drop(peek);
             let aliases = !cfg.field_aliases.is_empty();
             // 4. defaults, field aliases, route renaming: parse only when something changes.
-            let value = if needs_defaults || rename || injected_usage || aliases || hooks {
+            // Aliases alone are renamed in the text, without a tree (unless a case needs one).
+            let text_only = aliases && !(needs_defaults || rename || injected_usage || hooks);
+            let renamed_text = if text_only {
+                match defaults::rename_keys_in_text(&bytes, &cfg.field_aliases) {
+                    defaults::TextRename::Unchanged => Some(None),
+                    defaults::TextRename::Renamed(v) => Some(Some(v)),
+                    defaults::TextRename::NeedsTree => None,
+                }
+            } else {
+                None
+            };
+            let value = if let Some(text) = renamed_text {
+                if let Some(v) = text {
+                    bytes = Bytes::from(v);
+                }
+                (None, false)
+            } else if needs_defaults || rename || injected_usage || aliases || hooks {
                 let mut value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
                     GatewayError::bad_request("invalid_json", format!("Invalid JSON body: {e}"))
                 })?;
@@ -393,10 +409,10 @@ where
             // Other endpoints (embeddings, …) name a model too: the key's globs and the routes
             // apply to it. Bodies that are not a JSON object have no model.
             let restricted = policy.is_some_and(|p| !p.models.is_empty());
-            let model = match request_body::peek_model(&bytes) {
-                Ok(m) => m,
+            let (model, valid_json) = match request_body::peek_model(&bytes) {
+                Ok(m) => (m, true),
                 Err(e) if restricted => return Err(e),
-                Err(_) => None,
+                Err(_) => (None, false),
             };
             if let (Some(pol), Some(m)) = (policy, model.as_deref()) {
                 pol.check_model(Some(m))?;
@@ -405,7 +421,20 @@ where
             log.model = model;
             // Scripts see a JSON body when there is one; other bodies pass untouched.
             let rename = plan.rename_to.is_some();
-            let mut value = if hooks || rename || !cfg.field_aliases.is_empty() {
+            let aliases = !cfg.field_aliases.is_empty();
+            // Aliases alone: renamed in the text when it is valid JSON (see the chat route).
+            let mut text_done = false;
+            if aliases && !hooks && !rename && valid_json {
+                match defaults::rename_keys_in_text(&bytes, &cfg.field_aliases) {
+                    defaults::TextRename::Unchanged => text_done = true,
+                    defaults::TextRename::Renamed(v) => {
+                        bytes = Bytes::from(v);
+                        text_done = true;
+                    }
+                    defaults::TextRename::NeedsTree => {}
+                }
+            }
+            let mut value = if !text_done && (hooks || rename || aliases) {
                 serde_json::from_slice::<serde_json::Value>(&bytes).ok()
             } else {
                 None

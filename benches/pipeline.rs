@@ -37,7 +37,7 @@ use serde_json::{json, Value};
 use sophgate::body::{Relay, ResponseBody, UpstreamStream};
 use sophgate::config::Config;
 use sophgate::pipeline::access_log::AccessLog;
-use sophgate::pipeline::defaults::rename_fields;
+use sophgate::pipeline::defaults::{rename_fields, rename_keys_in_text, TextRename};
 use sophgate::pipeline::ip_acl::IpAcl;
 use sophgate::pipeline::request_body::peek_chat;
 use sophgate::pipeline::scripts::ScriptEventFilter;
@@ -450,6 +450,22 @@ fn bench_field_aliases(c: &mut Criterion) -> BenchResult {
                     };
                     rename_fields(&mut v, &aliases);
                     serde_json::to_vec(&v).map(|o| o.len()).unwrap_or(0)
+                })
+            },
+        );
+
+        // What the stage costs a request now: the keys renamed in the text, no tree.
+        match rename_keys_in_text(&body, &aliases) {
+            TextRename::Renamed(_) => {}
+            _ => return Err("rename_keys_in_text did not rename model to model_id".into()),
+        }
+        group.bench_with_input(
+            BenchmarkId::new("native_text_rename", name),
+            &body,
+            |b, body| {
+                b.iter(|| match rename_keys_in_text(black_box(body), &aliases) {
+                    TextRename::Renamed(o) => o.len(),
+                    _ => 0,
                 })
             },
         );

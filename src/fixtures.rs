@@ -65,6 +65,7 @@
 //! `X-Forwarded-For` counts only if `trusted_proxies` holds `127.0.0.1`. Fixtures run one at a
 //! time, in the order given; one gateway is started per distinct config.
 
+use crate::pipeline::forward::error_chain;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -496,17 +497,6 @@ async fn send(
         headers,
         body,
     })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        s.push_str(": ");
-        s.push_str(&src.to_string());
-        cur = src.source();
-    }
-    s
 }
 
 async fn run_one(

@@ -52,15 +52,7 @@ impl std::fmt::Display for PoolError {
         match self {
             PoolError::Connect(e) => write!(f, "connect failed: {e}"),
             PoolError::ConnectTimeout => f.write_str("connect timed out"),
-            PoolError::Http(e) => {
-                write!(f, "{e}")?;
-                let mut cur = std::error::Error::source(e);
-                while let Some(s) = cur {
-                    write!(f, ": {s}")?;
-                    cur = s.source();
-                }
-                Ok(())
-            }
+            PoolError::Http(e) => f.write_str(&super::forward::error_chain(e)),
         }
     }
 }
@@ -144,7 +136,8 @@ impl ConnPool {
     /// Closes idle connections older than `idle_timeout`, so a burst's connections do not stay
     /// open (or half-closed by the upstream) after traffic stops.
     fn start_sweeper(self: &Arc<Self>) {
-        if self.sweeper.swap(true, Ordering::Relaxed) {
+        // A plain read on every request; the write happens once.
+        if self.sweeper.load(Ordering::Relaxed) || self.sweeper.swap(true, Ordering::Relaxed) {
             return;
         }
         let pool: Weak<ConnPool> = Arc::downgrade(self);

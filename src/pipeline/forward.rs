@@ -52,28 +52,29 @@ pub struct OutboundRequest<'a> {
     pub body: Bytes,
 }
 
-/// Hop-by-hop headers and those the gateway sets itself; never copied client → upstream.
-fn skip_request_header(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "host"
-            | "content-length"
-            | "authorization"
-            | "accept-encoding"
-            | "x-request-id"
-    )
+/// Headers the gateway sets itself (or must not pass on) towards the upstream, on top of the
+/// hop-by-hop ones.
+const GATEWAY_OWNED_REQUEST_HEADERS: [HeaderName; 6] = [
+    header::PROXY_AUTHORIZATION,
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::AUTHORIZATION,
+    header::ACCEPT_ENCODING,
+    HeaderName::from_static("x-request-id"),
+];
+
+/// What of the client's headers goes upstream: a copy (a retry sends them again) without
+/// hop-by-hop headers and those the gateway sets itself.
+fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
+    let mut headers = strip_hop_by_hop(client.clone());
+    for name in GATEWAY_OWNED_REQUEST_HEADERS {
+        headers.remove(name);
+    }
+    headers
 }
 
-/// `headers` without hop-by-hop headers (fixed ones and those named in `Connection:`).
+/// `headers` without hop-by-hop headers: the fixed ones and those named in `Connection:`
+/// (RFC 9110 §7.6.1). Used both ways, client → upstream and upstream → client.
 fn strip_hop_by_hop(mut headers: HeaderMap) -> HeaderMap {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -99,18 +100,6 @@ fn strip_hop_by_hop(mut headers: HeaderMap) -> HeaderMap {
         headers.remove(name);
     }
     headers
-}
-
-/// Headers named in `Connection:` are hop-by-hop too (RFC 9110 §7.6.1).
-fn connection_listed(headers: &HeaderMap, name: &HeaderName) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str()
-            .map(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
-            })
-            .unwrap_or(false)
-    })
 }
 
 pub fn is_event_stream(headers: &HeaderMap) -> bool {
@@ -223,16 +212,7 @@ impl Upstream {
             None => None,
         };
 
-        let mut headers = HeaderMap::with_capacity(out.headers.len() + 3);
-        // Most requests carry no `Connection` header: then nothing is listed in one.
-        let listing = out.headers.contains_key(header::CONNECTION);
-        for (name, value) in out.headers {
-            let hop =
-                skip_request_header(name) || (listing && connection_listed(out.headers, name));
-            if !hop {
-                headers.append(name.clone(), value.clone());
-            }
-        }
+        let mut headers = upstream_request_headers(out.headers);
         if let Some(auth) = out.authorization {
             headers.insert(header::AUTHORIZATION, auth.clone());
         }
@@ -498,6 +478,34 @@ mod tests {
         let out = strip_hop_by_hop(h);
         let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["content-type", "x-kept"]);
+    }
+
+    #[test]
+    fn client_headers_lose_hop_by_hop_and_gateway_owned_ones() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("X-Hop"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer client-key"),
+        );
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic x"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("gateway"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+        h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+        h.insert("x-request-id", HeaderValue::from_static("client-id"));
+        h.insert("x-kept", HeaderValue::from_static("2"));
+        let out = upstream_request_headers(&h);
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "x-kept"]);
+        assert_eq!(h.len(), 10, "the client's map is left as it was");
     }
 
     #[test]

@@ -97,3 +97,84 @@ async fn expired_idle_connections_are_closed_without_new_traffic() {
     // No request after this: only the sweeper can close it.
     assert!(eventually(3.0, || open.load(Ordering::SeqCst) == 0).await);
 }
+
+/// One chat request through the gateway: status and body text (`Err` if the body broke off).
+async fn ask_raw(env: &Env) -> (u16, Result<String, String>) {
+    let resp = post_chat(env, CLIENT_KEY, chat_body("m", false)).await;
+    let status = resp.status().as_u16();
+    (status, resp.text().await.map_err(|e| e.to_string()))
+}
+
+const COMPLETION: &str = r#"{"id":"x","object":"chat.completion","choices":[]}"#;
+
+#[tokio::test]
+async fn close_delimited_answer_is_relayed_whole_and_its_connection_not_reused() {
+    let up = upstream(Mode::Raw(
+        b"HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n{\"id\":\"x\",\"object\":\"chat.completion\",\"choices\":[]}",
+        true,
+    ))
+    .await;
+    let env = gateway_for(&up, "").await;
+    for _ in 0..3 {
+        assert_eq!(ask_raw(&env).await, (200, Ok(COMPLETION.to_owned())));
+    }
+    assert_eq!(up.connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn chunked_answer_after_an_interim_100_is_relayed_and_the_connection_reused() {
+    let up = upstream(Mode::Raw(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+          transfer-encoding: chunked\r\n\r\n9;note=x\r\n{\"id\":\"x\"\r\n\
+          29\r\n,\"object\":\"chat.completion\",\"choices\":[]}\r\n0\r\nx-trailer: t\r\n\r\n",
+        false,
+    ))
+    .await;
+    let env = gateway_for(&up, "").await;
+    for _ in 0..3 {
+        assert_eq!(ask_raw(&env).await, (200, Ok(COMPLETION.to_owned())));
+    }
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_answer_that_is_not_http_is_a_502_and_the_gateway_keeps_serving() {
+    let up = upstream(Mode::Raw(b"SSH-2.0-OpenSSH_9.6\r\n\r\n", true)).await;
+    let env = gateway_for(&up, "").await;
+    for _ in 0..2 {
+        let (status, body) = ask_raw(&env).await;
+        assert_eq!(status, 502);
+        let v: serde_json::Value = serde_json::from_str(&body.unwrap()).unwrap();
+        assert_eq!(v["error"]["code"], "upstream_error");
+    }
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_body_cut_short_reaches_the_client_as_a_broken_body_not_a_complete_one() {
+    let up = upstream(Mode::Raw(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"id\":\"x\"",
+        true,
+    ))
+    .await;
+    let env = gateway_for(&up, "").await;
+    // Whether the head got out before the body broke off is hyper's business; a complete
+    // looking answer is the one thing the client must not get.
+    for _ in 0..2 {
+        let sent = client()
+            .post(env.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .body(chat_body("m", false))
+            .send()
+            .await;
+        if let Ok(resp) = sent {
+            let body = resp.text().await;
+            assert!(
+                body.is_err(),
+                "a truncated body must not look complete: {body:?}"
+            );
+        }
+    }
+    // The broken connection is not reused: each request got a new one.
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+}

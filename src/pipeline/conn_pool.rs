@@ -1,50 +1,56 @@
 //! Pooled HTTP/1.1 connections to one plain-HTTP upstream origin, driven inline by the request
 //! that uses them.
 //!
-//! Why not reqwest here: a general client spawns a task per connection and hands the response
-//! body over through a channel. Every chunk then costs a wake-up of another task, and the end of
-//! a body is only seen after that task ran again, so the gateway writes the last chunk and the
-//! end of the response to the client in two separate writes. Profiled under load that was a
-//! third of the gateway's CPU (see README, Performance). Here the request's own task polls the
-//! connection while it waits for the answer and while it relays the body: a chunk and the end of
-//! the body arrive in the same poll, and nothing else is scheduled.
+//! Why not reqwest (or hyper's client) here: a general client spawns a task per connection and
+//! hands the answer over through channels. Every chunk then costs a wake-up of another task, the
+//! end of a body is only seen after that task ran again (so the gateway wrote the last chunk and
+//! the end of the response in two writes), and each connection carries fixed 8 KiB read and
+//! write buffers plus a channel block. Here the request's own task writes the request (head and
+//! body in one `writev`), reads the answer, and relays the body straight off the socket; the
+//! wire format is in [`super::http1`]. The read buffer starts small and grows only for answers
+//! that fill it.
 //!
 //! Scope: `http://` upstreams without a proxy. HTTPS and proxied upstreams keep using reqwest
 //! (rustls, HTTP/2 by ALPN, HTTP and SOCKS proxies), see [`super::forward`].
 //!
 //! Pool rules: idle connections are reused newest first; one idle longer than the upstream's
-//! `keepalive_timeout`, one the upstream closed, or one whose answer was not read to the end is
-//! dropped, never reused. A request is retried on a fresh connection only when a reused
-//! connection failed before the request was written (so nothing can reach the upstream twice).
+//! `keepalive_timeout`, one the upstream closed or sent unasked-for bytes on, one whose answer
+//! said `Connection: close` or was not read to the end is dropped, never reused. A request is
+//! retried on a fresh connection only when a reused connection failed before any of the request
+//! was written (so nothing can reach the upstream twice).
 
-use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body::Body;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-type Sender = http1::SendRequest<Full<Bytes>>;
-type Driver = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+use super::http1::{self, BodyDecoder, Decoded, ProtoError};
 
-/// Why a request got no answer.
+/// First read size of a fresh connection: enough for a usual answer head and a few SSE events.
+const FIRST_READ: usize = 2048;
+/// Reads grow (doubling) up to this for answers that keep filling the buffer.
+const MAX_READ: usize = 64 * 1024;
+/// A buffer that grew past this is not kept while its connection idles.
+const IDLE_KEEP: usize = 8 * 1024;
+
+/// Why a request got no answer, or its body broke off.
 #[derive(Debug)]
 pub enum PoolError {
     /// The TCP connection could not be made (refused, unreachable, DNS).
-    Connect(std::io::Error),
+    Connect(io::Error),
     /// The TCP connection was not made within `connect_timeout`.
     ConnectTimeout,
-    /// The connection failed while sending or waiting for the answer's head.
-    Http(hyper::Error),
+    /// Reading or writing the connection failed.
+    Io(io::Error),
+    /// The upstream's bytes were not a valid HTTP/1.x answer, or it closed mid-answer.
+    Protocol(ProtoError),
 }
 
 impl std::fmt::Display for PoolError {
@@ -52,46 +58,133 @@ impl std::fmt::Display for PoolError {
         match self {
             PoolError::Connect(e) => write!(f, "connect failed: {e}"),
             PoolError::ConnectTimeout => f.write_str("connect timed out"),
-            PoolError::Http(e) => f.write_str(&super::forward::error_chain(e)),
+            PoolError::Io(e) => write!(f, "connection error: {e}"),
+            PoolError::Protocol(e) => write!(f, "{e}"),
         }
     }
 }
 
-/// One HTTP/1.1 connection: the handle to send on and the state machine that does the I/O.
+/// One HTTP/1.1 connection and what was read off it but not used yet.
 struct Conn {
-    sender: Sender,
-    driver: Driver,
-    /// The driver finished (the connection is closed).
-    finished: bool,
+    tcp: TcpStream,
+    /// Bytes read and not yet consumed; answer bodies are handed out as slices of it.
+    buf: BytesMut,
+    /// How much the next read asks room for.
+    read_size: usize,
+    /// The request head being written (kept to reuse its allocation).
+    head: Vec<u8>,
 }
 
 impl Conn {
-    /// Lets the connection do whatever I/O is ready; `Err` once it failed.
-    fn drive(&mut self, cx: &mut Context<'_>) -> Result<(), hyper::Error> {
-        if !self.finished {
-            match Pin::new(&mut self.driver).poll(cx) {
-                Poll::Ready(Ok(())) => self.finished = true,
-                Poll::Ready(Err(e)) => {
-                    self.finished = true;
-                    return Err(e);
+    fn new(tcp: TcpStream) -> Self {
+        Conn {
+            tcp,
+            buf: BytesMut::new(),
+            read_size: FIRST_READ,
+            head: Vec::new(),
+        }
+    }
+
+    /// Reads what the socket has into `buf`; `Ok(0)` at the end of the connection.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < self.read_size / 4 {
+            self.buf.reserve(self.read_size);
+        }
+        let room = self.buf.capacity() - self.buf.len();
+        // `poll_read` (not `try_read`): a short read clears the socket's readiness, so the
+        // reuse check after the answer costs no `recv` that could only say "nothing there".
+        let n = std::task::ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.tcp),
+            cx,
+            &mut self.buf
+        ))?;
+        // A read that filled the room asks for more next time.
+        if n == room && self.read_size < MAX_READ {
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Ready for another request: nothing unread, and neither a close nor stray bytes from the
+    /// upstream since the last answer (checked without waiting).
+    fn reusable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        match self.tcp.try_read(&mut probe) {
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+            // 0: closed; more: bytes nobody asked for.
+            Ok(_) => false,
+        }
+    }
+
+    /// Writes head and body, in one `writev` when the socket takes it all. `Err(true)`: failed
+    /// before any byte was written.
+    async fn write_request(&mut self, body: &Bytes) -> Result<(), (bool, io::Error)> {
+        let total = self.head.len() + body.len();
+        let mut written = 0;
+        while written < total {
+            let (h, b) = if written < self.head.len() {
+                (&self.head[written..], &body[..])
+            } else {
+                (&[][..], &body[written - self.head.len()..])
+            };
+            let slices = [io::IoSlice::new(h), io::IoSlice::new(b)];
+            match self.tcp.write_vectored(&slices).await {
+                Ok(0) => {
+                    return Err((
+                        written == 0,
+                        io::Error::new(io::ErrorKind::WriteZero, "upstream took no bytes"),
+                    ))
                 }
-                Poll::Pending => {}
+                Ok(n) => written += n,
+                Err(e) => return Err((written == 0, e)),
             }
         }
         Ok(())
     }
 
-    /// Ready for another request: open, idle, and wanting one. Polls the driver once (without
-    /// a waker of interest) so a close the upstream sent meanwhile is noticed now.
-    fn reusable(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        self.drive(&mut cx).is_ok() && !self.finished && self.sender.is_ready()
+    /// Reads until the answer's head is in.
+    async fn read_head(&mut self, method: &Method) -> Result<http1::ResponseHead, PoolError> {
+        loop {
+            if let Some(head) =
+                http1::parse_response_head(&mut self.buf, method).map_err(PoolError::Protocol)?
+            {
+                return Ok(head);
+            }
+            let n = std::future::poll_fn(|cx| self.poll_fill(cx))
+                .await
+                .map_err(PoolError::Io)?;
+            if n == 0 {
+                return Err(PoolError::Protocol(ProtoError::Incomplete));
+            }
+        }
     }
 }
 
 struct Idle {
     conn: Box<Conn>,
     since: Instant,
+}
+
+/// The request [`ConnPool::send`] writes.
+pub struct PoolRequest<'a> {
+    pub method: &'a Method,
+    /// Origin-form target (path and query); see [`http1::is_plain_target`].
+    pub target: &'a str,
+    pub host: &'a HeaderValue,
+    /// Without `Host`, `Content-Length` or hop-by-hop headers (those are written from the
+    /// other fields).
+    pub headers: &'a HeaderMap,
+    pub body: &'a Bytes,
+}
+
+/// An answer's head, and its body still on the connection.
+pub struct PoolAnswer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: PooledBody,
 }
 
 /// The pool for one upstream origin.
@@ -187,6 +280,11 @@ impl ConnPool {
         if self.max_idle == 0 || !conn.reusable() {
             return;
         }
+        if conn.buf.capacity() > IDLE_KEEP {
+            // A large answer grew it; an idle connection should not hold on to that.
+            conn.buf = BytesMut::new();
+            conn.read_size = FIRST_READ;
+        }
         let Ok(mut list) = self.idle.lock() else {
             return;
         };
@@ -208,73 +306,70 @@ impl ConnPool {
             Ok(Err(e)) => return Err(PoolError::Connect(e)),
             Ok(Ok(s)) => s,
         };
-        // Small writes (request heads, SSE events) go out now, not after Nagle's delay.
+        // Small writes (request heads) go out now, not after Nagle's delay.
         let _ = tcp.set_nodelay(true);
-        let (sender, driver) = http1::Builder::new()
-            .handshake(TokioIo::new(tcp))
-            .await
-            .map_err(PoolError::Http)?;
-        // Boxed once here: the pool and the bodies then move a pointer, not ~700 bytes.
-        Ok(Box::new(Conn {
-            sender,
-            driver,
-            finished: false,
-        }))
+        // Boxed once here: the pool and the bodies then move a pointer.
+        Ok(Box::new(Conn::new(tcp)))
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) and waits for the answer's head. The returned
-    /// body owns the connection and gives it back to the pool once read to the end.
-    pub async fn send(
-        self: &Arc<Self>,
-        mut req: Request<Full<Bytes>>,
-    ) -> Result<Response<PooledBody>, PoolError> {
+    /// Sends the request and waits for the answer's head. The returned body owns the
+    /// connection and gives it back to the pool once read to the end.
+    pub async fn send(self: &Arc<Self>, req: PoolRequest<'_>) -> Result<PoolAnswer, PoolError> {
         self.start_sweeper();
+        let (mut conn, mut reused) = match self.checkout() {
+            Some(c) => (c, true),
+            None => (self.connect_boxed().await?, false),
+        };
         loop {
-            let (mut conn, reused) = match self.checkout() {
-                Some(c) => (c, true),
-                // Boxed: connecting is rare, and its large future would otherwise be part of
-                // (and moved with) every request's state.
-                None => (Box::pin(self.connect()).await?, false),
-            };
-            match exchange(&mut conn, req).await {
-                Ok(resp) => {
-                    let (parts, body) = resp.into_parts();
-                    let body = PooledBody {
-                        body,
-                        conn: Some(conn),
-                        pool: Arc::clone(self),
-                    };
-                    return Ok(Response::from_parts(parts, body));
+            http1::encode_request_head(
+                &mut conn.head,
+                req.method,
+                req.target,
+                req.host,
+                req.headers,
+                req.body.len(),
+            );
+            match conn.write_request(req.body).await {
+                Ok(()) => break,
+                // Never written on a reused connection (the upstream closed it meanwhile):
+                // safe to try again, on a new connection this time.
+                Err((true, _)) if reused => {
+                    conn = self.connect_boxed().await?;
+                    reused = false;
                 }
-                Err(mut e) => match e.take_message() {
-                    // Never written: safe to try again, on a new connection this time.
-                    Some(back) if reused => req = back,
-                    _ => return Err(PoolError::Http(e.into_error())),
-                },
+                Err((_, e)) => return Err(PoolError::Io(e)),
             }
         }
+        let head = conn.read_head(req.method).await?;
+        let mut body = PooledBody {
+            conn: Some(conn),
+            decoder: BodyDecoder::new(head.framing),
+            keep_alive: head.keep_alive,
+            pool: Arc::clone(self),
+        };
+        if body.decoder.is_done() {
+            body.finish();
+        }
+        Ok(PoolAnswer {
+            status: head.status,
+            headers: head.headers,
+            body,
+        })
     }
-}
 
-/// Sends the request and drives the connection until the answer's head is in.
-async fn exchange(
-    conn: &mut Conn,
-    req: Request<Full<Bytes>>,
-) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Full<Bytes>>>> {
-    let mut answer = std::pin::pin!(conn.sender.try_send_request(req));
-    std::future::poll_fn(|cx| {
-        // Errors of the driver reach `answer` too (with the request, if it was not written).
-        let _ = conn.drive(cx);
-        answer.as_mut().poll(cx)
-    })
-    .await
+    /// Boxed: connecting is rare, and its large future would otherwise be part of (and moved
+    /// with) every request's state.
+    async fn connect_boxed(&self) -> Result<Box<Conn>, PoolError> {
+        Box::pin(self.connect()).await
+    }
 }
 
 /// An answer's body read straight off its pooled connection.
 pub struct PooledBody {
-    body: Incoming,
     /// `None` once the body ended (the connection went back to the pool) or failed.
     conn: Option<Box<Conn>>,
+    decoder: BodyDecoder,
+    keep_alive: bool,
     pool: Arc<ConnPool>,
 }
 
@@ -282,43 +377,63 @@ impl PooledBody {
     /// The next chunk of the body; `None` at its end.
     pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, PoolError>>> {
         loop {
-            if let Some(conn) = self.conn.as_mut() {
-                if conn.drive(cx).is_err() {
-                    // The body sees the failure itself on the next poll.
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match self.decoder.decode(&mut conn.buf) {
+                Err(e) => {
                     self.conn = None;
+                    return Poll::Ready(Some(Err(PoolError::Protocol(e))));
                 }
-            }
-            match Pin::new(&mut self.body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) if !data.is_empty() => return Poll::Ready(Some(Ok(data))),
-                    // Empty chunks and trailers carry nothing to relay.
-                    _ => continue,
-                },
-                Poll::Ready(Some(Err(e))) => {
-                    self.conn = None;
-                    return Poll::Ready(Some(Err(PoolError::Http(e))));
-                }
-                Poll::Ready(None) => {
-                    if let Some(conn) = self.conn.take() {
-                        self.pool.checkin(conn);
+                Ok(Decoded::Data(data)) => {
+                    if self.decoder.is_done() {
+                        // Back to the pool with the last chunk, not one poll later: the client
+                        // side stops polling once it has sent `Content-Length` bytes.
+                        self.finish();
                     }
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Ok(Decoded::Done) => {
+                    self.finish();
                     return Poll::Ready(None);
                 }
-                Poll::Pending => return Poll::Pending,
+                Ok(Decoded::NeedMore) => match conn.poll_fill(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(0)) => {
+                        // The end of the connection: the end of a close-delimited body, or an
+                        // answer cut short. Either way the connection is done.
+                        self.conn = None;
+                        return match self.decoder.eof() {
+                            Ok(()) => Poll::Ready(None),
+                            Err(e) => Poll::Ready(Some(Err(PoolError::Protocol(e)))),
+                        };
+                    }
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(e)) => {
+                        self.conn = None;
+                        return Poll::Ready(Some(Err(PoolError::Io(e))));
+                    }
+                },
+            }
+        }
+    }
+
+    /// The body ended: the connection goes back to the pool if the answer allows it.
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive {
+                self.pool.checkin(conn);
             }
         }
     }
 }
 
 impl Drop for PooledBody {
-    /// The client side stops polling once it has sent `Content-Length` bytes, so a body can be
-    /// complete without its end ever being polled: such a connection is still fit for reuse.
-    /// One that is dropped part-way (client gone, error, timeout) is closed.
+    /// A body dropped part-way (client gone, error, timeout) closes its connection: the rest of
+    /// the answer is still on it.
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            if self.body.is_end_stream() {
-                self.pool.checkin(conn);
-            }
+        if self.decoder.is_done() {
+            self.finish();
         }
     }
 }

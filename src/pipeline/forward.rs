@@ -15,7 +15,8 @@ use crate::body::{Relay, ResponseBody, UpstreamStream};
 use crate::config::UpstreamDef;
 use crate::error::{ErrorKind, GatewayError};
 
-use super::conn_pool::{ConnPool, PoolError};
+use super::conn_pool::{ConnPool, PoolError, PoolRequest};
+use super::http1;
 
 /// One upstream as used by one generation: its pooled client and resolved URLs.
 #[derive(Debug)]
@@ -220,29 +221,33 @@ impl Upstream {
             headers.insert(HeaderName::from_static("x-request-id"), v);
         }
 
-        // A path the URI parser refuses (a script may build one with spaces, say) goes through
-        // reqwest, which percent-encodes it as before.
+        // A target that is not plain RFC 3986 text (a script may build a path with spaces, say)
+        // goes through reqwest, which percent-encodes it as before.
         let pooled = self.pool.as_ref().and_then(|(pool, host)| {
             let path = out.url.strip_prefix(self.origin.as_str())?;
             let path = if path.is_empty() { "/" } else { path };
-            let uri: http::Uri = path.parse().ok()?;
-            Some((pool, host, uri))
+            http1::is_plain_target(path).then_some((pool, host, path))
         });
         let (status, upstream_headers, stream) = match pooled {
-            Some((pool, host, uri)) => {
-                headers.insert(header::HOST, host.clone());
-                let mut request = http::Request::new(http_body_util::Full::new(out.body));
-                *request.method_mut() = out.method;
-                *request.uri_mut() = uri;
-                *request.headers_mut() = headers;
-                let resp =
+            Some((pool, host, target)) => {
+                let request = PoolRequest {
+                    method: &out.method,
+                    target,
+                    host,
+                    headers: &headers,
+                    body: &out.body,
+                };
+                let answer =
                     match tokio::time::timeout(self.first_byte_timeout, pool.send(request)).await {
                         Err(_) => return Err(self.first_byte_timeout_error()),
                         Ok(Err(e)) => return Err(map_pool_error(&e, &self.name)),
-                        Ok(Ok(r)) => r,
+                        Ok(Ok(a)) => a,
                     };
-                let (parts, body) = resp.into_parts();
-                (parts.status, parts.headers, UpstreamStream::Pooled(body))
+                (
+                    answer.status,
+                    answer.headers,
+                    UpstreamStream::Pooled(answer.body),
+                )
             }
             None => {
                 let request = self
@@ -338,7 +343,7 @@ fn map_pool_error(e: &PoolError, upstream: &str) -> GatewayError {
             "upstream_unreachable",
             "The upstream could not be reached",
         ),
-        PoolError::Http(_) => GatewayError::new(
+        PoolError::Io(_) | PoolError::Protocol(_) => GatewayError::new(
             ErrorKind::BadGateway,
             "upstream_error",
             "The upstream request failed",

@@ -14,6 +14,7 @@ pub mod conn_pool;
 pub mod defaults;
 pub mod fallback;
 pub mod forward;
+pub mod http1;
 pub mod ip_acl;
 pub mod models;
 pub mod policy;

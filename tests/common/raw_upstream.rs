@@ -21,6 +21,8 @@ pub enum Mode {
     AnnouncedClose,
     /// Answers as if keeping the connection, then closes it silently 50 ms later.
     SilentClose,
+    /// Answers every request with these exact bytes; closes after each answer if `true`.
+    Raw(&'static [u8], bool),
 }
 
 /// A raw HTTP/1.1 upstream that counts the connections it accepted and the requests it read.
@@ -90,6 +92,12 @@ async fn serve(mut sock: TcpStream, mode: Mode, requests: Arc<AtomicUsize>) {
         }
         buf.drain(..head_end + len);
         let n = requests.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Mode::Raw(answer, close) = mode {
+            if sock.write_all(answer).await.is_err() || close {
+                return;
+            }
+            continue;
+        }
         let body = format!(
             "{{\"id\":\"r{n}\",\"object\":\"chat.completion\",\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":\"ok {n}\"}},\"finish_reason\":\"stop\"}}]}}"
         );
@@ -106,7 +114,7 @@ async fn serve(mut sock: TcpStream, mode: Mode, requests: Arc<AtomicUsize>) {
             return;
         }
         match mode {
-            Mode::KeepAlive => {}
+            Mode::KeepAlive | Mode::Raw(..) => {}
             Mode::AnnouncedClose => return,
             Mode::SilentClose => {
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -1,0 +1,701 @@
+//! The HTTP/1.1 wire format of the pooled upstream client ([`super::conn_pool`]): request heads
+//! out, response heads and body framing (RFC 9112 §6) in.
+//!
+//! Pure functions over byte buffers, no I/O: the connection code reads into a buffer and asks
+//! this module what the bytes mean, so every way the network may split an answer can be tested
+//! without a socket. Response heads are parsed by `httparse` (the parser hyper uses).
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+
+/// Largest response head accepted (status line and headers).
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Most response headers accepted.
+const MAX_HEADERS: usize = 128;
+/// Longest chunk-size line (with extensions) or trailer line accepted.
+const MAX_LINE: usize = 4096;
+
+/// Why an upstream's bytes could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProtoError {
+    HeadTooLarge,
+    BadHead(&'static str),
+    BadHeader,
+    SwitchingProtocols,
+    BadContentLength,
+    BadChunk,
+    /// The connection ended before the answer did.
+    Incomplete,
+}
+
+impl std::fmt::Display for ProtoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProtoError::HeadTooLarge => write!(f, "response head larger than {MAX_HEAD} bytes"),
+            ProtoError::BadHead(why) => write!(f, "invalid response head: {why}"),
+            ProtoError::BadHeader => f.write_str("invalid response header"),
+            ProtoError::SwitchingProtocols => f.write_str("unexpected 101 Switching Protocols"),
+            ProtoError::BadContentLength => f.write_str("invalid Content-Length"),
+            ProtoError::BadChunk => f.write_str("invalid chunked encoding"),
+            ProtoError::Incomplete => f.write_str("connection closed before the answer ended"),
+        }
+    }
+}
+
+impl std::error::Error for ProtoError {}
+
+/// Whether `target` can be sent as an origin-form request target as it is: a path (and query)
+/// of RFC 3986 characters only. Anything else (a script may build a path with spaces, say) goes
+/// through reqwest, which percent-encodes it.
+pub fn is_plain_target(target: &str) -> bool {
+    target.starts_with('/')
+        && target.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b':'
+                        | b'@'
+                        | b'/'
+                        | b'?'
+                        | b'%'
+                )
+        })
+}
+
+/// Methods whose requests carry no body by convention: no `Content-Length: 0` is sent for them.
+fn bodiless_method(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// Writes a request head into `out` (cleared first). Framing is the gateway's: `Host` and
+/// `Content-Length` come from the arguments, and any framing header left in `headers` is
+/// skipped, so the head always agrees with the body that follows it.
+pub fn encode_request_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    host: &HeaderValue,
+    headers: &HeaderMap,
+    body_len: usize,
+) {
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(host.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        if name == header::HOST
+            || name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if body_len > 0 || !bodiless_method(method) {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa_usize(body_len, &mut [0u8; 20]));
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Decimal digits of `n`, written into the end of `buf`.
+fn itoa_usize(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// How the body of an answer is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 204, 304).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes the connection.
+    Close,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// The connection may carry another request after this answer's body.
+    pub keep_alive: bool,
+}
+
+/// Parses a response head from the front of `buf`, skipping interim (1xx) answers. `None`: the
+/// head is not complete yet, read more. The head's bytes are consumed; the body's stay.
+pub fn parse_response_head(
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<Option<ResponseHead>, ProtoError> {
+    loop {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut slots);
+        let len = match resp.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => {
+                return if buf.len() >= MAX_HEAD {
+                    Err(ProtoError::HeadTooLarge)
+                } else {
+                    Ok(None)
+                };
+            }
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(ProtoError::BadHead("too many headers"))
+            }
+            Err(_) => return Err(ProtoError::BadHead("not an HTTP/1.x response")),
+        };
+        if len > MAX_HEAD {
+            return Err(ProtoError::HeadTooLarge);
+        }
+        let code = resp.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code).map_err(|_| ProtoError::BadHead("status code"))?;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ProtoError::SwitchingProtocols);
+        }
+        if status.is_informational() {
+            // 100 Continue, 103 Early Hints …: the real answer follows.
+            buf.advance(len);
+            continue;
+        }
+        let http10 = resp.version == Some(0);
+        let mut headers = HeaderMap::with_capacity(resp.headers.len());
+        for h in resp.headers.iter() {
+            let name =
+                HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ProtoError::BadHeader)?;
+            let value = HeaderValue::from_bytes(h.value).map_err(|_| ProtoError::BadHeader)?;
+            headers.append(name, value);
+        }
+        buf.advance(len);
+
+        let mut keep_alive = if http10 {
+            has_token(&headers, header::CONNECTION, "keep-alive")
+        } else {
+            !has_token(&headers, header::CONNECTION, "close")
+        };
+        let framing = if *method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            Framing::Empty
+        } else if headers.contains_key(header::TRANSFER_ENCODING) {
+            // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3); an answer with both
+            // is suspect, so its connection is not reused, and the length is not passed on.
+            if headers.remove(header::CONTENT_LENGTH).is_some() {
+                keep_alive = false;
+            }
+            if last_coding_is_chunked(&headers) {
+                Framing::Chunked
+            } else {
+                Framing::Close
+            }
+        } else if headers.contains_key(header::CONTENT_LENGTH) {
+            Framing::Length(content_length(&headers)?)
+        } else {
+            Framing::Close
+        };
+        if framing == Framing::Close {
+            keep_alive = false;
+        }
+        return Ok(Some(ResponseHead {
+            status,
+            headers,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+/// Whether a comma-separated header lists `token` (case-insensitive).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"))
+}
+
+/// The one length all `Content-Length` values agree on (`5, 5` is allowed, `5, 6` is not).
+fn content_length(headers: &HeaderMap) -> Result<u64, ProtoError> {
+    let mut found: Option<u64> = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let text = value.to_str().map_err(|_| ProtoError::BadContentLength)?;
+        for part in text.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ProtoError::BadContentLength);
+            }
+            let n: u64 = part.parse().map_err(|_| ProtoError::BadContentLength)?;
+            if found.is_some_and(|f| f != n) {
+                return Err(ProtoError::BadContentLength);
+            }
+            found = Some(n);
+        }
+    }
+    found.ok_or(ProtoError::BadContentLength)
+}
+
+/// What the next bytes of a body are.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Data(Bytes),
+    /// Nothing decodable in the buffer yet: read more.
+    NeedMore,
+    /// The body ended.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Length(u64),
+    ChunkSize,
+    ChunkData(u64),
+    ChunkDataEnd,
+    /// After the last chunk: trailer lines (discarded) up to the empty line; the count is the
+    /// trailer bytes seen so far.
+    Trailers(usize),
+    Close,
+    Done,
+}
+
+/// Takes one body's bytes off the front of a connection's read buffer. Data comes out as
+/// slices of the buffer (no copy); bytes after the body stay in the buffer.
+#[derive(Debug)]
+pub struct BodyDecoder {
+    state: State,
+}
+
+impl BodyDecoder {
+    pub fn new(framing: Framing) -> Self {
+        let state = match framing {
+            Framing::Empty | Framing::Length(0) => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::ChunkSize,
+            Framing::Close => State::Close,
+        };
+        BodyDecoder { state }
+    }
+
+    /// The whole body has been taken (the connection is at the next answer's start).
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ProtoError> {
+        loop {
+            match self.state {
+                State::Done => return Ok(Decoded::Done),
+                State::Length(left) | State::ChunkData(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    let left = left - take as u64;
+                    self.state = match (self.state, left) {
+                        (State::Length(_), 0) => State::Done,
+                        (State::Length(_), n) => State::Length(n),
+                        (_, 0) => State::ChunkDataEnd,
+                        (_, n) => State::ChunkData(n),
+                    };
+                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                }
+                State::Close => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    return Ok(Decoded::Data(buf.split().freeze()));
+                }
+                State::ChunkSize => {
+                    let Some(line) = take_line(buf, MAX_LINE)? else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    let size = chunk_size(&line)?;
+                    self.state = if size == 0 {
+                        State::Trailers(0)
+                    } else {
+                        State::ChunkData(size)
+                    };
+                }
+                State::ChunkDataEnd => {
+                    match buf.first() {
+                        None => return Ok(Decoded::NeedMore),
+                        Some(b'\n') => buf.advance(1),
+                        Some(b'\r') => match buf.get(1) {
+                            None => return Ok(Decoded::NeedMore),
+                            Some(b'\n') => buf.advance(2),
+                            Some(_) => return Err(ProtoError::BadChunk),
+                        },
+                        Some(_) => return Err(ProtoError::BadChunk),
+                    }
+                    self.state = State::ChunkSize;
+                }
+                State::Trailers(seen) => {
+                    let Some(line) = take_line(buf, MAX_LINE)? else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    if line.iter().all(|&b| b == b'\r' || b == b'\n') {
+                        self.state = State::Done;
+                        return Ok(Decoded::Done);
+                    }
+                    let seen = seen + line.len();
+                    if seen > MAX_HEAD {
+                        return Err(ProtoError::BadChunk);
+                    }
+                    self.state = State::Trailers(seen);
+                }
+            }
+        }
+    }
+
+    /// The connection reached its end: fine for a close-delimited body (which ends here), an
+    /// error for any other body that has not ended yet.
+    pub fn eof(&mut self) -> Result<(), ProtoError> {
+        match self.state {
+            State::Close | State::Done => {
+                self.state = State::Done;
+                Ok(())
+            }
+            _ => Err(ProtoError::Incomplete),
+        }
+    }
+}
+
+/// Takes one line (through its `\n`) off the front of `buf`; `None` if it is not all there.
+fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, ProtoError> {
+    match buf.iter().take(max + 1).position(|&b| b == b'\n') {
+        Some(i) => Ok(Some(buf.split_to(i + 1))),
+        None if buf.len() > max => Err(ProtoError::BadChunk),
+        None => Ok(None),
+    }
+}
+
+/// The size of a chunk-size line (`1a;ext=1\r\n`), extensions ignored.
+fn chunk_size(line: &[u8]) -> Result<u64, ProtoError> {
+    let mut size: u64 = 0;
+    let mut digits = 0;
+    for &b in line {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            b';' | b' ' | b'\t' | b'\r' | b'\n' => break,
+            _ => return Err(ProtoError::BadChunk),
+        };
+        digits += 1;
+        if digits > 16 {
+            return Err(ProtoError::BadChunk);
+        }
+        size = size * 16 + u64::from(d);
+    }
+    if digits == 0 {
+        return Err(ProtoError::BadChunk);
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Feeds `wire` to a fresh decoder in pieces of `step` bytes; the body, or the first error.
+    fn decode_in_steps(
+        framing: Framing,
+        wire: &[u8],
+        step: usize,
+    ) -> Result<(Vec<u8>, Vec<u8>), ProtoError> {
+        let mut dec = BodyDecoder::new(framing);
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut fed = 0;
+        loop {
+            match dec.decode(&mut buf)? {
+                Decoded::Data(d) => body.extend_from_slice(&d),
+                Decoded::Done => return Ok((body, buf.to_vec())),
+                Decoded::NeedMore if fed < wire.len() => {
+                    let end = (fed + step).min(wire.len());
+                    buf.extend_from_slice(&wire[fed..end]);
+                    fed = end;
+                }
+                Decoded::NeedMore => {
+                    dec.eof()?;
+                    return Ok((body, buf.to_vec()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_body_decodes_the_same_at_every_split() {
+        let wire = b"5\r\nhello\r\n1;ext=\"x\"\r\n \r\n10\r\n0123456789abcdef\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+        for step in 1..wire.len() {
+            let (body, rest) = decode_in_steps(Framing::Chunked, wire, step).unwrap();
+            assert_eq!(body, b"hello 0123456789abcdef", "step {step}");
+            // Bytes after the body are not taken (they belong to whatever comes next).
+            assert!(b"NEXT".starts_with(&rest), "step {step}: {rest:?}");
+        }
+    }
+
+    #[test]
+    fn length_body_stops_at_its_length() {
+        for step in 1..12 {
+            let (body, rest) = decode_in_steps(Framing::Length(5), b"hello", step).unwrap();
+            assert_eq!(
+                (body.as_slice(), rest.as_slice()),
+                (&b"hello"[..], &b""[..])
+            );
+        }
+        let mut dec = BodyDecoder::new(Framing::Length(3));
+        let mut buf = BytesMut::from(&b"abcdef"[..]);
+        assert_eq!(
+            dec.decode(&mut buf).unwrap(),
+            Decoded::Data(Bytes::from_static(b"abc"))
+        );
+        assert!(dec.is_done(), "done as soon as the last byte is out");
+        assert_eq!(&buf[..], b"def");
+    }
+
+    #[test]
+    fn a_body_cut_short_is_an_error_but_a_close_delimited_one_ends() {
+        assert_eq!(
+            decode_in_steps(Framing::Length(10), b"hello", 2),
+            Err(ProtoError::Incomplete)
+        );
+        assert_eq!(
+            decode_in_steps(Framing::Chunked, b"5\r\nhel", 2),
+            Err(ProtoError::Incomplete)
+        );
+        let (body, _) = decode_in_steps(Framing::Close, b"all of it", 4).unwrap();
+        assert_eq!(body, b"all of it");
+    }
+
+    #[test]
+    fn malformed_chunks_are_refused() {
+        for wire in [
+            &b"zz\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"\r\nhello\r\n",
+            b"11111111111111111\r\n",
+        ] {
+            assert_eq!(
+                decode_in_steps(Framing::Chunked, wire, 3),
+                Err(ProtoError::BadChunk),
+                "{}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+        let endless = vec![b'1'; MAX_LINE + 10];
+        assert_eq!(
+            decode_in_steps(Framing::Chunked, &endless, 512),
+            Err(ProtoError::BadChunk)
+        );
+    }
+
+    fn head(wire: &str, method: Method) -> Result<Option<ResponseHead>, ProtoError> {
+        parse_response_head(&mut BytesMut::from(wire.as_bytes()), &method)
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let h = head(
+            "HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n",
+            Method::POST,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Framing::Length(12), true));
+        let h = head(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            Method::POST,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, true));
+        // Both: chunked wins, the length is dropped, the connection is not reused.
+        let h = head(
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            Method::POST,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, false));
+        assert!(!h.headers.contains_key(header::CONTENT_LENGTH));
+        let h = head("HTTP/1.1 200 OK\r\n\r\n", Method::POST)
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Framing::Close, false));
+        let h = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", Method::HEAD)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::Empty);
+        let h = head("HTTP/1.1 204 No Content\r\n\r\n", Method::POST)
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Framing::Empty, true));
+        let h = head(
+            "HTTP/1.1 200 OK\r\nconnection: Close\r\ncontent-length: 0\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!h.keep_alive);
+        let h = head("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", Method::GET)
+            .unwrap()
+            .unwrap();
+        assert!(!h.keep_alive, "HTTP/1.0 closes unless it says keep-alive");
+        let h = head(
+            "HTTP/1.1 200 OK\r\ncontent-length: 7, 7\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.framing, Framing::Length(7));
+    }
+
+    #[test]
+    fn interim_answers_are_skipped_and_partial_heads_wait() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nhi"[..],
+        );
+        let h = parse_response_head(&mut buf, &Method::POST)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.status, StatusCode::CREATED);
+        assert_eq!(&buf[..], b"hi");
+        assert!(head("HTTP/1.1 200 OK\r\ncontent-len", Method::GET)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn bad_heads_are_refused() {
+        assert_eq!(
+            head(
+                "HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\n",
+                Method::GET
+            )
+            .unwrap_err(),
+            ProtoError::BadContentLength
+        );
+        assert_eq!(
+            head("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n", Method::GET).unwrap_err(),
+            ProtoError::BadContentLength
+        );
+        assert_eq!(
+            head("HTTP/1.1 101 Switching Protocols\r\n\r\n", Method::GET).unwrap_err(),
+            ProtoError::SwitchingProtocols
+        );
+        assert!(matches!(
+            head("SSH-2.0-OpenSSH\r\n\r\n", Method::GET),
+            Err(ProtoError::BadHead(_))
+        ));
+        let huge = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD));
+        assert_eq!(
+            head(&huge, Method::GET).unwrap_err(),
+            ProtoError::HeadTooLarge
+        );
+    }
+
+    #[test]
+    fn request_head_sets_its_own_framing() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert(header::HOST, HeaderValue::from_static("client.example"));
+        let mut out = Vec::new();
+        let host = HeaderValue::from_static("127.0.0.1:8080");
+        encode_request_head(
+            &mut out,
+            &Method::POST,
+            "/v1/chat/completions?a=1",
+            &host,
+            &headers,
+            1234,
+        );
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "POST /v1/chat/completions?a=1 HTTP/1.1\r\nhost: 127.0.0.1:8080\r\n\
+             content-type: application/json\r\ncontent-length: 1234\r\n\r\n"
+        );
+        encode_request_head(
+            &mut out,
+            &Method::GET,
+            "/v1/models",
+            &host,
+            &HeaderMap::new(),
+            0,
+        );
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "GET /v1/models HTTP/1.1\r\nhost: 127.0.0.1:8080\r\n\r\n"
+        );
+        encode_request_head(&mut out, &Method::POST, "/", &host, &HeaderMap::new(), 0);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .ends_with("content-length: 0\r\n\r\n"));
+    }
+
+    #[test]
+    fn only_plain_targets_are_sent_as_they_are() {
+        assert!(is_plain_target("/v1/chat/completions?x=%20&y=a:b"));
+        assert!(!is_plain_target("/v1/a b"));
+        assert!(!is_plain_target("/v1/\"quoted\""));
+        assert!(!is_plain_target("v1/no-slash"));
+        assert!(!is_plain_target("/v1/\u{e9}"));
+        assert!(!is_plain_target("/v1/a#frag"));
+    }
+}

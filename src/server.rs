@@ -1,5 +1,5 @@
-//! The hyper-util accept loop: HTTP/1.1 and h2c on one port, `TCP_NODELAY` on every accepted
-//! socket, a header read timeout, and graceful shutdown (stop accepting, let in-flight
+//! The accept loop: HTTP/1.1 and h2c (prior knowledge) on one port, `TCP_NODELAY` on every
+//! accepted socket, a header read timeout, and graceful shutdown (stop accepting, let in-flight
 //! requests and streams finish within the grace period, then close what is left).
 
 use std::convert::Infallible;
@@ -8,11 +8,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -26,13 +26,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let limits = runtime.current().config.limits.clone();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new());
+    let builders = Arc::new((h1, h2));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
 
@@ -62,10 +62,21 @@ pub async fn serve(
                         Ok::<_, Infallible>(pipeline::handle(generation, peer.ip(), req).await)
                     }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
+                let watcher = graceful.watcher();
+                let builders = builders.clone();
+                let sniff_within = limits.header_read_timeout;
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let (h1, h2) = &*builders;
+                    let served = match sniff(&stream, sniff_within).await {
+                        None => return,
+                        Some(Protocol::Http1) => {
+                            watcher.watch(h1.serve_connection(TokioIo::new(stream), service)).await
+                        }
+                        Some(Protocol::Http2) => {
+                            watcher.watch(h2.serve_connection(TokioIo::new(stream), service)).await
+                        }
+                    };
+                    if let Err(e) = served {
                         tracing::debug!(error = %e, %peer, "connection ended with an error");
                     }
                 });
@@ -84,6 +95,40 @@ pub async fn serve(
         _ = graceful.shutdown() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the remaining connections"),
     }
+}
+
+/// What an HTTP/2 client with prior knowledge (h2c) sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Which protocol a new connection speaks, from its first bytes, peeked: they stay in the
+/// socket for hyper to read. Why not hyper-util's auto builder: it reads the first bytes and
+/// hands them back through a rewind wrapper, so hyper's first HTTP/1 read returns only those
+/// (up to 24) bytes and its read buffer grows to 16 KiB on the next read: 8 KiB more for every
+/// open connection. `None`: the client closed, failed, or sent nothing within `within`.
+async fn sniff(stream: &TcpStream, within: Duration) -> Option<Protocol> {
+    let look = async {
+        let mut first = [0u8; H2_PREFACE.len()];
+        loop {
+            let n = stream.peek(&mut first).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if !H2_PREFACE.starts_with(&first[..n]) {
+                return Some(Protocol::Http1);
+            }
+            if n == H2_PREFACE.len() {
+                return Some(Protocol::Http2);
+            }
+            // Part of the preface so far (rare): peeking at once would see the same bytes.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(within, look).await.ok().flatten()
 }
 
 /// A server running on a background task (tests, demo, benchmarks).

@@ -1,0 +1,104 @@
+//! The accept loop: HTTP/1.1 and h2c (prior knowledge) on one port, told apart by peeking at the
+//! first bytes; silent or stalled connections are closed after `header_read_timeout`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use sophgate::mock::MockOptions;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn http1_and_h2c_are_served_on_the_same_port() {
+    let env = start("", MockOptions::default()).await;
+    let h1 = post_chat(&env, CLIENT_KEY, chat_body("mock-model", false)).await;
+    assert_eq!(h1.status(), 200);
+    assert_eq!(h1.version(), reqwest::Version::HTTP_11);
+
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for stream in [false, true] {
+        let resp = h2
+            .post(env.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .header("content-type", "application/json")
+            .body(chat_body("mock-model", stream))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("chat.completion"), "{text}");
+    }
+}
+
+/// Connects, sends `first`, and returns how long the gateway took to close the connection.
+async fn closed_after(env: &Env, first: &[u8]) -> Duration {
+    let mut s = tokio::net::TcpStream::connect(env.gateway.addr)
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    s.write_all(first).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("the gateway kept a silent connection open")
+        .ok();
+    t0.elapsed()
+}
+
+#[tokio::test]
+async fn silent_and_stalled_connections_are_closed_after_the_header_timeout() {
+    let env = start(
+        "limits:\n  header_read_timeout: 0.3\n",
+        MockOptions::default(),
+    )
+    .await;
+    // Nothing at all; part of an HTTP/2 preface; part of an HTTP/1.1 head.
+    for first in [
+        &b""[..],
+        b"PRI * HTTP/2.0\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\n",
+    ] {
+        let took = closed_after(&env, first).await;
+        assert!(
+            took >= Duration::from_millis(250),
+            "closed too early ({took:?}) for {first:?}"
+        );
+    }
+    let ok = post_chat(&env, CLIENT_KEY, chat_body("mock-model", false)).await;
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn an_http1_head_sent_byte_by_byte_is_still_served() {
+    let env = start("", MockOptions::default()).await;
+    let body = chat_body("mock-model", false);
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {CLIENT_KEY}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(env.gateway.addr)
+        .await
+        .unwrap();
+    s.set_nodelay(true).unwrap();
+    for b in req.as_bytes().iter().take(40) {
+        s.write_all(&[*b]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    s.write_all(&req.as_bytes()[40..]).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}

@@ -59,7 +59,11 @@ pub async fn serve(
                             return Ok::<_, Infallible>(admin.await);
                         }
                         let generation = rt.current();
-                        Ok::<_, Infallible>(pipeline::handle(generation, peer.ip(), req).await)
+                        // Boxed: hyper keeps room for this future for every open connection,
+                        // idle or streaming; boxed, that is a pointer, and the request's ~4 KB
+                        // are allocated only while it runs (freed before its answer streams).
+                        let handled = Box::pin(pipeline::handle(generation, peer.ip(), req));
+                        Ok::<_, Infallible>(handled.await)
                     }
                 });
                 let watcher = graceful.watcher();

@@ -1,7 +1,7 @@
-//! Memory per connection: hyper keeps room for the request future of every connection for as
-//! long as the connection lives (also while it streams an answer, also while it idles), so a
-//! large future is paid per open connection. Rare, heavy paths (token fetches, model lists,
-//! admin reloads) are boxed to keep it small; this guards that.
+//! Memory per request: the server boxes the request future (hyper would otherwise keep room for
+//! it in every open connection, idle or streaming), so its size is allocated and moved once per
+//! request. Rare, heavy paths (token fetches, model lists, admin reloads) are boxed inside it to
+//! keep it small; this guards that.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

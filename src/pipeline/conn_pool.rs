@@ -33,8 +33,10 @@ use tokio::net::TcpStream;
 
 use super::http1::{self, BodyDecoder, Decoded, ProtoError};
 
-/// First read size of a fresh connection: enough for a usual answer head and a few SSE events.
-const FIRST_READ: usize = 2048;
+/// First read size of a fresh connection: a usual answer head, or a few SSE events. Small
+/// because a streaming answer holds its buffer for the whole stream; answers that fill it get
+/// larger reads.
+const FIRST_READ: usize = 1024;
 /// Reads grow (doubling) up to this for answers that keep filling the buffer.
 const MAX_READ: usize = 64 * 1024;
 /// A buffer that grew past this is not kept while its connection idles.
@@ -90,7 +92,6 @@ impl Conn {
         if self.buf.capacity() - self.buf.len() < self.read_size / 4 {
             self.buf.reserve(self.read_size);
         }
-        let room = self.buf.capacity() - self.buf.len();
         // `poll_read` (not `try_read`): a short read clears the socket's readiness, so the
         // reuse check after the answer costs no `recv` that could only say "nothing there".
         let n = std::task::ready!(tokio_util::io::poll_read_buf(
@@ -98,8 +99,9 @@ impl Conn {
             cx,
             &mut self.buf
         ))?;
-        // A read that filled the room asks for more next time.
-        if n == room && self.read_size < MAX_READ {
+        // A read as large as the nominal size asks for more next time (one that only filled
+        // the tail of a block says nothing about the answer's size).
+        if n >= self.read_size && self.read_size < MAX_READ {
             self.read_size *= 2;
         }
         Poll::Ready(Ok(n))

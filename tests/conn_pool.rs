@@ -178,3 +178,57 @@ async fn a_body_cut_short_reaches_the_client_as_a_broken_body_not_a_complete_one
     // The broken connection is not reused: each request got a new one.
     assert_eq!(up.connections.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn hop_by_hop_headers_stop_at_the_gateway_both_ways() {
+    let env = start("", sophgate::mock::MockOptions::default()).await;
+    let resp = client()
+        .post(env.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("content-type", "application/json")
+        .header("connection", "keep-alive, X-Hop")
+        .header("x-hop", "1")
+        .header("te", "trailers")
+        .header("proxy-authorization", "Basic c2VjcmV0")
+        .header("x-kept", "2")
+        .body(chat_body("mock-model", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = env.mock.stats.last_request().unwrap();
+    for gone in ["x-hop", "te", "proxy-authorization", "connection"] {
+        assert!(
+            seen.headers.get(gone).is_none(),
+            "{gone} reached the upstream"
+        );
+    }
+    assert_eq!(seen.headers.get("x-kept").unwrap(), "2");
+    assert_eq!(
+        seen.headers.get("authorization").unwrap(),
+        &format!("Bearer {UPSTREAM_KEY}")
+    );
+    assert_eq!(
+        seen.headers.get("host").unwrap(),
+        &env.mock.addr.to_string()
+    );
+
+    let up = upstream(Mode::Raw(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: x-up-hop\r\n\
+          x-up-hop: 1\r\nkeep-alive: timeout=5\r\nupgrade: h2c\r\nx-up-kept: 3\r\n\
+          content-length: 2\r\n\r\n{}",
+        false,
+    ))
+    .await;
+    let env = gateway_for(&up, "").await;
+    let resp = post_chat(&env, CLIENT_KEY, chat_body("m", false)).await;
+    assert_eq!(resp.status(), 200);
+    for gone in ["x-up-hop", "keep-alive", "upgrade"] {
+        assert!(
+            resp.headers().get(gone).is_none(),
+            "{gone} reached the client"
+        );
+    }
+    assert_eq!(resp.headers().get("x-up-kept").unwrap(), "3");
+    assert_eq!(resp.text().await.unwrap(), "{}");
+}

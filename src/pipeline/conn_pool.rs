@@ -27,7 +27,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -176,9 +176,9 @@ pub struct PoolRequest<'a> {
     /// Origin-form target (path and query); see [`http1::is_plain_target`].
     pub target: &'a str,
     pub host: &'a HeaderValue,
-    /// Without `Host`, `Content-Length` or hop-by-hop headers (those are written from the
-    /// other fields).
-    pub headers: &'a HeaderMap,
+    /// The header lines to send, already filtered (no hop-by-hop headers); `Host` and
+    /// `Content-Length` are written from the other fields.
+    pub headers: &'a [(&'a HeaderName, &'a HeaderValue)],
     pub body: &'a Bytes,
 }
 

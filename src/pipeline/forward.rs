@@ -55,7 +55,7 @@ pub struct OutboundRequest<'a> {
 
 /// Headers the gateway sets itself (or must not pass on) towards the upstream, on top of the
 /// hop-by-hop ones.
-const GATEWAY_OWNED_REQUEST_HEADERS: [HeaderName; 6] = [
+static GATEWAY_OWNED_REQUEST_HEADERS: [HeaderName; 6] = [
     header::PROXY_AUTHORIZATION,
     header::HOST,
     header::CONTENT_LENGTH,
@@ -64,40 +64,45 @@ const GATEWAY_OWNED_REQUEST_HEADERS: [HeaderName; 6] = [
     HeaderName::from_static("x-request-id"),
 ];
 
-/// What of the client's headers goes upstream: a copy (a retry sends them again) without
-/// hop-by-hop headers and those the gateway sets itself.
-fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
-    let mut headers = strip_hop_by_hop(client.clone());
-    for name in GATEWAY_OWNED_REQUEST_HEADERS {
-        headers.remove(name);
-    }
-    headers
+/// Whether a client header goes upstream: not hop-by-hop (by name, or named in the client's
+/// `Connection` header: `listed`), and not one the gateway sets itself.
+fn goes_upstream(name: &HeaderName, listed: &[HeaderName]) -> bool {
+    !http1::is_hop_by_hop(name)
+        && !GATEWAY_OWNED_REQUEST_HEADERS.contains(name)
+        && !listed.contains(name)
 }
 
-/// `headers` without hop-by-hop headers: the fixed ones and those named in `Connection:`
-/// (RFC 9110 §7.6.1). Used both ways, client → upstream and upstream → client.
-fn strip_hop_by_hop(mut headers: HeaderMap) -> HeaderMap {
-    let listed: Vec<HeaderName> = headers
+/// The header names a `Connection` header lists (RFC 9110 §7.6.1); no allocation without one.
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|s| s.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
+        .collect()
+}
+
+/// What of the client's headers goes upstream through reqwest, as a new map (a retry sends
+/// them again; the client's map is left as it is).
+fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
+    let listed = connection_listed(client);
+    let mut headers = HeaderMap::with_capacity(client.len() + 2);
+    for (name, value) in client {
+        if goes_upstream(name, &listed) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers
+}
+
+/// `headers` without hop-by-hop headers (reqwest's answers; the pooled client's parser leaves
+/// them out itself).
+fn strip_hop_by_hop(mut headers: HeaderMap) -> HeaderMap {
+    for name in connection_listed(&headers) {
         headers.remove(name);
     }
-    const HOP_BY_HOP: [HeaderName; 8] = [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::PROXY_AUTHENTICATE,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ];
-    for name in HOP_BY_HOP {
+    for name in &http1::HOP_BY_HOP {
         headers.remove(name);
     }
     headers
@@ -213,13 +218,13 @@ impl Upstream {
             None => None,
         };
 
-        let mut headers = upstream_request_headers(out.headers);
-        if let Some(auth) = out.authorization {
-            headers.insert(header::AUTHORIZATION, auth.clone());
-        }
-        if let Ok(v) = HeaderValue::from_str(out.request_id) {
-            headers.insert(HeaderName::from_static("x-request-id"), v);
-        }
+        let request_id = HeaderValue::from_str(out.request_id).ok();
+        let (authorization_name, request_id_name) = (
+            header::AUTHORIZATION,
+            HeaderName::from_static("x-request-id"),
+        );
+        // HEAD answers carry a Content-Length but no body.
+        let bodiless = out.method == Method::HEAD;
 
         // A target that is not plain RFC 3986 text (a script may build a path with spaces, say)
         // goes through reqwest, which percent-encodes it as before.
@@ -230,11 +235,26 @@ impl Upstream {
         });
         let (status, upstream_headers, stream) = match pooled {
             Some((pool, host, target)) => {
+                // The head is written straight from the client's headers: no map to copy.
+                let listed = connection_listed(out.headers);
+                let mut lines: Vec<(&HeaderName, &HeaderValue)> =
+                    Vec::with_capacity(out.headers.len() + 2);
+                lines.extend(
+                    out.headers
+                        .iter()
+                        .filter(|(n, _)| goes_upstream(n, &listed)),
+                );
+                if let Some(auth) = out.authorization {
+                    lines.push((&authorization_name, auth));
+                }
+                if let Some(id) = &request_id {
+                    lines.push((&request_id_name, id));
+                }
                 let request = PoolRequest {
                     method: &out.method,
                     target,
                     host,
-                    headers: &headers,
+                    headers: &lines,
                     body: &out.body,
                 };
                 let answer =
@@ -250,6 +270,13 @@ impl Upstream {
                 )
             }
             None => {
+                let mut headers = upstream_request_headers(out.headers);
+                if let Some(auth) = out.authorization {
+                    headers.insert(authorization_name, auth.clone());
+                }
+                if let Some(id) = request_id {
+                    headers.insert(request_id_name, id);
+                }
                 let request = self
                     .client
                     .request(out.method, &out.url)
@@ -264,7 +291,7 @@ impl Upstream {
                     Ok(Err(e)) => return Err(map_send_error(&e)),
                     Ok(Ok(r)) => r,
                 };
-                let headers = std::mem::take(resp.headers_mut());
+                let headers = strip_hop_by_hop(std::mem::take(resp.headers_mut()));
                 (
                     resp.status(),
                     headers,
@@ -274,7 +301,11 @@ impl Upstream {
         };
 
         let sse = is_event_stream(&upstream_headers);
-        let expected_len = if sse {
+        let expected_len = if sse
+            || bodiless
+            || status == http::StatusCode::NO_CONTENT
+            || status == http::StatusCode::NOT_MODIFIED
+        {
             None
         } else {
             upstream_headers
@@ -284,8 +315,8 @@ impl Upstream {
         };
         let mut builder = Response::builder().status(status);
         if let Some(h) = builder.headers_mut() {
-            // The upstream's own map, hop-by-hop headers removed in place (no copy).
-            *h = strip_hop_by_hop(upstream_headers);
+            // The upstream's own map (hop-by-hop headers already out), moved, not copied.
+            *h = upstream_headers;
             if sse {
                 h.remove(header::CONTENT_LENGTH);
                 h.insert(

@@ -45,6 +45,24 @@ impl std::fmt::Display for ProtoError {
 
 impl std::error::Error for ProtoError {}
 
+/// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection, so a proxy never passes
+/// them on (nor the headers a `Connection` header names).
+// A static, not a const: a const array would be built and dropped at every use.
+pub static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
 /// Whether `target` can be sent as an origin-form request target as it is: a path (and query)
 /// of RFC 3986 characters only. Anything else (a script may build a path with spaces, say) goes
 /// through reqwest, which percent-encodes it.
@@ -85,15 +103,16 @@ fn bodiless_method(method: &Method) -> bool {
     )
 }
 
-/// Writes a request head into `out` (cleared first). Framing is the gateway's: `Host` and
-/// `Content-Length` come from the arguments, and any framing header left in `headers` is
-/// skipped, so the head always agrees with the body that follows it.
+/// Writes a request head into `out` (cleared first). `headers` are the lines to send, already
+/// filtered by the caller; framing is this function's: `Host` and `Content-Length` come from the
+/// arguments and any framing header among `headers` is skipped, so the head always agrees with
+/// the body that follows it.
 pub fn encode_request_head(
     out: &mut Vec<u8>,
     method: &Method,
     target: &str,
     host: &HeaderValue,
-    headers: &HeaderMap,
+    headers: &[(&HeaderName, &HeaderValue)],
     body_len: usize,
 ) {
     out.clear();
@@ -103,11 +122,11 @@ pub fn encode_request_head(
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(host.as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
-        if name == header::HOST
-            || name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-            || name == header::CONNECTION
+    for &(name, value) in headers {
+        if *name == header::HOST
+            || *name == header::CONTENT_LENGTH
+            || *name == header::TRANSFER_ENCODING
+            || *name == header::CONNECTION
         {
             continue;
         }
@@ -165,9 +184,12 @@ pub fn parse_response_head(
     method: &Method,
 ) -> Result<Option<ResponseHead>, ProtoError> {
     loop {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut slots);
-        let len = match resp.parse(buf) {
+        // Left uninitialised: filling 128 empty slots for every answer costs more than the parse.
+        let mut slots = [std::mem::MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => {
                 return if buf.len() >= MAX_HEAD {
@@ -195,37 +217,68 @@ pub fn parse_response_head(
             continue;
         }
         let http10 = resp.version == Some(0);
-        let mut headers = HeaderMap::with_capacity(resp.headers.len());
-        for h in resp.headers.iter() {
+        let raw = &*resp.headers;
+        // Framing and connection handling come from the raw lines; the map gets only what
+        // passes a proxy (no hop-by-hop headers, none that `Connection` names).
+        let mut close = false;
+        let mut keep_alive_token = false;
+        let mut listed: Vec<&str> = Vec::new();
+        let mut chunked_last: Option<bool> = None;
+        let mut has_length = false;
+        for h in raw {
+            if h.name.eq_ignore_ascii_case("connection") {
+                let value = std::str::from_utf8(h.value).map_err(|_| ProtoError::BadHeader)?;
+                for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                    if token.eq_ignore_ascii_case("close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case("keep-alive") {
+                        keep_alive_token = true;
+                    } else {
+                        listed.push(token);
+                    }
+                }
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                let value = std::str::from_utf8(h.value).map_err(|_| ProtoError::BadHeader)?;
+                let last = value.rsplit(',').next().unwrap_or("").trim();
+                chunked_last = Some(last.eq_ignore_ascii_case("chunked"));
+            } else if h.name.eq_ignore_ascii_case("content-length") {
+                has_length = true;
+            }
+        }
+        let mut headers = HeaderMap::with_capacity(raw.len());
+        for h in raw {
             let name =
                 HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ProtoError::BadHeader)?;
+            if is_hop_by_hop(&name)
+                || listed.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
+                // With Transfer-Encoding the length does not describe the body (RFC 9112 §6.3).
+                || (chunked_last.is_some() && name == header::CONTENT_LENGTH)
+            {
+                continue;
+            }
             let value = HeaderValue::from_bytes(h.value).map_err(|_| ProtoError::BadHeader)?;
             headers.append(name, value);
         }
         buf.advance(len);
 
-        let mut keep_alive = if http10 {
-            has_token(&headers, header::CONNECTION, "keep-alive")
-        } else {
-            !has_token(&headers, header::CONNECTION, "close")
-        };
+        let mut keep_alive = if http10 { keep_alive_token } else { !close };
         let framing = if *method == Method::HEAD
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
         {
             Framing::Empty
-        } else if headers.contains_key(header::TRANSFER_ENCODING) {
-            // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3); an answer with both
-            // is suspect, so its connection is not reused, and the length is not passed on.
-            if headers.remove(header::CONTENT_LENGTH).is_some() {
+        } else if let Some(chunked) = chunked_last {
+            // Transfer-Encoding wins over Content-Length; an answer with both is suspect, so
+            // its connection is not reused.
+            if has_length {
                 keep_alive = false;
             }
-            if last_coding_is_chunked(&headers) {
+            if chunked {
                 Framing::Chunked
             } else {
                 Framing::Close
             }
-        } else if headers.contains_key(header::CONTENT_LENGTH) {
+        } else if has_length {
             Framing::Length(content_length(&headers)?)
         } else {
             Framing::Close
@@ -240,26 +293,6 @@ pub fn parse_response_head(
             keep_alive,
         }));
     }
-}
-
-/// Whether a comma-separated header lists `token` (case-insensitive).
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"))
 }
 
 /// The one length all `Content-Length` values agree on (`5, 5` is allowed, `5, 6` is not).
@@ -645,17 +678,24 @@ mod tests {
 
     #[test]
     fn request_head_sets_its_own_framing() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
+        let (ct, cl, te, host_name) = (
             header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
-        headers.insert(
+            header::CONTENT_LENGTH,
             header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
+            header::HOST,
         );
-        headers.insert(header::HOST, HeaderValue::from_static("client.example"));
+        let json = HeaderValue::from_static("application/json");
+        let (len, chunked, client_host) = (
+            HeaderValue::from_static("999"),
+            HeaderValue::from_static("chunked"),
+            HeaderValue::from_static("client.example"),
+        );
+        let lines = [
+            (&ct, &json),
+            (&cl, &len),
+            (&te, &chunked),
+            (&host_name, &client_host),
+        ];
         let mut out = Vec::new();
         let host = HeaderValue::from_static("127.0.0.1:8080");
         encode_request_head(
@@ -663,7 +703,7 @@ mod tests {
             &Method::POST,
             "/v1/chat/completions?a=1",
             &host,
-            &headers,
+            &lines,
             1234,
         );
         assert_eq!(
@@ -671,22 +711,30 @@ mod tests {
             "POST /v1/chat/completions?a=1 HTTP/1.1\r\nhost: 127.0.0.1:8080\r\n\
              content-type: application/json\r\ncontent-length: 1234\r\n\r\n"
         );
-        encode_request_head(
-            &mut out,
-            &Method::GET,
-            "/v1/models",
-            &host,
-            &HeaderMap::new(),
-            0,
-        );
+        encode_request_head(&mut out, &Method::GET, "/v1/models", &host, &[], 0);
         assert_eq!(
             String::from_utf8(out.clone()).unwrap(),
             "GET /v1/models HTTP/1.1\r\nhost: 127.0.0.1:8080\r\n\r\n"
         );
-        encode_request_head(&mut out, &Method::POST, "/", &host, &HeaderMap::new(), 0);
+        encode_request_head(&mut out, &Method::POST, "/", &host, &[], 0);
         assert!(String::from_utf8(out)
             .unwrap()
             .ends_with("content-length: 0\r\n\r\n"));
+    }
+
+    #[test]
+    fn response_map_has_no_hop_by_hop_headers() {
+        let h = head(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nConnection: keep-alive, X-Hop\r\n\
+             keep-alive: timeout=5\r\nx-hop: 1\r\ntransfer-encoding: chunked\r\nupgrade: h2c\r\n\
+             trailer: x-t\r\nx-kept: 2\r\n\r\n",
+            Method::POST,
+        )
+        .unwrap()
+        .unwrap();
+        let names: Vec<&str> = h.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "x-kept"]);
+        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, true));
     }
 
     #[test]

@@ -89,7 +89,10 @@ impl Conn {
 
     /// Reads what the socket has into `buf`; `Ok(0)` at the end of the connection.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < self.read_size / 4 {
+        // Every read gets the full size: a read into the tail of a block splits an answer over
+        // two `recv`s. Cheap: once the chunks handed out are gone (written to the client), the
+        // block is unique and `reserve` reuses it in place.
+        if self.buf.capacity() - self.buf.len() < self.read_size {
             self.buf.reserve(self.read_size);
         }
         // `poll_read` (not `try_read`): a short read clears the socket's readiness, so the

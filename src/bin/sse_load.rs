@@ -93,6 +93,11 @@ struct Args {
     /// Tokio worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Speak HTTP/2 without TLS (h2c, prior knowledge), this many streams per connection.
+    /// A way past the open-file limit: the proxy then holds one client socket per
+    /// connection instead of one per stream (HTTP/1.1, the default, needs one per stream).
+    #[arg(long)]
+    h2c_streams_per_connection: Option<usize>,
 }
 
 /// What one worker measured.
@@ -202,7 +207,10 @@ fn classify(event: &[u8]) -> EventKind {
 }
 
 struct Target {
-    client: reqwest::Client,
+    /// One client (HTTP/1.1), or one per h2c connection.
+    clients: Vec<reqwest::Client>,
+    /// Workers per client.
+    per_client: usize,
     url: reqwest::Url,
     key: Option<String>,
     body: Bytes,
@@ -211,10 +219,15 @@ struct Target {
 }
 
 /// One request; its samples go into `s`. Never fails: failures are counted by kind.
-async fn one_request(t: &Target, hard_deadline: tokio::time::Instant, s: &mut Samples) {
+async fn one_request(
+    t: &Target,
+    worker: usize,
+    hard_deadline: tokio::time::Instant,
+    s: &mut Samples,
+) {
     let deadline = (tokio::time::Instant::now() + t.timeout).min(hard_deadline);
-    let mut req = t
-        .client
+    let client = &t.clients[(worker / t.per_client).min(t.clients.len() - 1)];
+    let mut req = client
         .post(t.url.clone())
         .header("content-type", "application/json")
         .body(t.body.clone());
@@ -336,16 +349,32 @@ async fn run(args: Args) -> Result<Value, String> {
     let timeout = positive_secs("--timeout-s", args.timeout_s)?;
     let max_run = positive_secs("--max-run-s", args.max_run_s)?;
 
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .tcp_nodelay(true)
-        .http1_only()
-        .pool_max_idle_per_host(args.streams)
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .build()
-        .map_err(|e| format!("http client: {e}"))?;
+    let build = |h2c: bool| {
+        let b = reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .connect_timeout(timeout.min(Duration::from_secs(10)));
+        let b = if h2c {
+            b.http2_prior_knowledge()
+        } else {
+            b.http1_only().pool_max_idle_per_host(args.streams)
+        };
+        b.build().map_err(|e| format!("http client: {e}"))
+    };
+    let (clients, per_client) = match args.h2c_streams_per_connection {
+        Some(0) => return Err("--h2c-streams-per-connection must be at least 1".into()),
+        Some(k) => {
+            let n = args.streams.div_ceil(k);
+            (
+                (0..n).map(|_| build(true)).collect::<Result<Vec<_>, _>>()?,
+                k,
+            )
+        }
+        None => (vec![build(false)?], args.streams),
+    };
     let target = Arc::new(Target {
-        client,
+        clients,
+        per_client,
         url,
         key: args.key.clone(),
         body: load_body(&args)?,
@@ -374,7 +403,7 @@ async fn run(args: Args) -> Result<Value, String> {
                 if issued.fetch_add(1, Ordering::Relaxed) >= total {
                     break;
                 }
-                one_request(&target, hard_deadline, &mut s).await;
+                one_request(&target, i, hard_deadline, &mut s).await;
             }
             s
         }));
@@ -394,6 +423,7 @@ async fn run(args: Args) -> Result<Value, String> {
         "url": args.url,
         "mode": if args.no_stream { "plain" } else { "stream" },
         "streams": streams,
+        "h2c_streams_per_connection": args.h2c_streams_per_connection,
         "started": started,
         "completed": all.completed,
         "errors": errors,

@@ -24,7 +24,9 @@
 //!
 //! File descriptors: each concurrent stream holds one socket here, and two in a proxy in
 //! between. For 10,000 streams raise the limit in the shell first, e.g. `ulimit -n 65536`
-//! (this tool does not change limits itself: that needs `unsafe` libc calls).
+//! (this tool does not change limits itself: that needs `unsafe` libc calls). Where the limit
+//! cannot be raised, `--h2c-streams-per-connection 100` multiplexes the streams over HTTP/2
+//! without TLS: one socket per 100 streams here and in the proxy's client side.
 //!
 //! Example:
 //! ```text

@@ -102,8 +102,8 @@ impl Conn {
             cx,
             &mut self.buf
         ))?;
-        // A read as large as the nominal size asks for more next time (one that only filled
-        // the tail of a block says nothing about the answer's size).
+        // A read that filled the nominal size asks for more next time: a large answer is read
+        // in fewer, larger calls.
         if n >= self.read_size && self.read_size < MAX_READ {
             self.read_size *= 2;
         }

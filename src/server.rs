@@ -113,7 +113,9 @@ enum Protocol {
 /// socket for hyper to read. Why not hyper-util's auto builder: it reads the first bytes and
 /// hands them back through a rewind wrapper, so hyper's first HTTP/1 read returns only those
 /// (up to 24) bytes and its read buffer grows to 16 KiB on the next read: 8 KiB more for every
-/// open connection. `None`: the client closed, failed, or sent nothing within `within`.
+/// open connection. `None`: the client closed, failed, or sent nothing within `within`
+/// (hyper's own header timeout then starts with the first byte, so a first head may take up to
+/// twice `header_read_timeout`; auto's version read had no limit at all).
 async fn sniff(stream: &TcpStream, within: Duration) -> Option<Protocol> {
     let look = async {
         let mut first = [0u8; H2_PREFACE.len()];

@@ -117,11 +117,12 @@ pub fn rename_keys_in_text(src: &[u8], aliases: &[(String, String)]) -> TextRena
     }
 }
 
-/// One JSON object being scanned: its keys so far, and the renames found in it.
-struct ObjectScan<'a> {
-    keys: Vec<std::borrow::Cow<'a, str>>,
-    /// (start, end) of the key's string token, and the alias pair.
-    renames: Vec<(usize, usize, usize)>,
+/// One JSON object being scanned: where its keys and renames start in the scan's shared lists
+/// (an object's entries are the tail of each list while it is open; one list for all objects
+/// instead of two per object saves an allocation per object).
+struct ObjectScan {
+    keys_from: usize,
+    renames_from: usize,
 }
 
 /// The byte ranges of the key tokens to rename, in order, with their new names; `None` when
@@ -130,12 +131,16 @@ fn scan_keys<'a, 'k>(
     src: &'a [u8],
     aliases: &'k [(String, String)],
 ) -> Option<Vec<(usize, usize, &'k str)>> {
-    enum Frame<'a> {
-        Object(ObjectScan<'a>),
+    enum Frame {
+        Object(ObjectScan),
         Array,
     }
     let mut edits: Vec<(usize, usize, &'k str)> = Vec::new();
-    let mut stack: Vec<Frame<'a>> = Vec::new();
+    let mut stack: Vec<Frame> = Vec::with_capacity(8);
+    // The keys of every open object, innermost last.
+    let mut keys: Vec<std::borrow::Cow<'a, str>> = Vec::with_capacity(16);
+    // (start, end) of a key's string token and its alias pair, for every open object.
+    let mut renames: Vec<(usize, usize, usize)> = Vec::new();
     let mut i = skip_ws(src, 0);
     // Expecting a value (true) or, inside an object, a key (false).
     let mut want_value = true;
@@ -148,8 +153,8 @@ fn scan_keys<'a, 'k>(
                         i += 1;
                     } else {
                         stack.push(Frame::Object(ObjectScan {
-                            keys: Vec::new(),
-                            renames: Vec::new(),
+                            keys_from: keys.len(),
+                            renames_from: renames.len(),
                         }));
                         want_value = false;
                         continue;
@@ -203,14 +208,17 @@ fn scan_keys<'a, 'k>(
                         b'}' => {
                             i += 1;
                             if let Some(Frame::Object(obj)) = stack.pop() {
-                                for (start, end, a) in obj.renames {
+                                let own_keys = &keys[obj.keys_from..];
+                                for &(start, end, a) in &renames[obj.renames_from..] {
                                     let (from, to) = &aliases[a];
-                                    let dupes = obj.keys.iter().filter(|k| *k == from).count();
-                                    if dupes > 1 || obj.keys.iter().any(|k| k == to) {
+                                    let dupes = own_keys.iter().filter(|k| *k == from).count();
+                                    if dupes > 1 || own_keys.iter().any(|k| k == to) {
                                         return None;
                                     }
                                     edits.push((start, end, to.as_str()));
                                 }
+                                keys.truncate(obj.keys_from);
+                                renames.truncate(obj.renames_from);
                             }
                         }
                         _ => return None,
@@ -230,11 +238,11 @@ fn scan_keys<'a, 'k>(
             } else {
                 std::borrow::Cow::Borrowed(std::str::from_utf8(raw).ok()?)
             };
-            if let Some(Frame::Object(obj)) = stack.last_mut() {
+            if let Some(Frame::Object(_)) = stack.last() {
                 if let Some(a) = aliases.iter().position(|(from, _)| *from == *key) {
-                    obj.renames.push((start, end, a));
+                    renames.push((start, end, a));
                 }
-                obj.keys.push(key);
+                keys.push(key);
             }
             i = skip_ws(src, end);
             if src.get(i) != Some(&b':') {

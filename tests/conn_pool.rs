@@ -232,3 +232,19 @@ async fn hop_by_hop_headers_stop_at_the_gateway_both_ways() {
     assert_eq!(resp.headers().get("x-up-kept").unwrap(), "3");
     assert_eq!(resp.text().await.unwrap(), "{}");
 }
+
+#[tokio::test]
+async fn bytes_after_an_answer_retire_its_connection() {
+    // Whatever follows a complete answer was never asked for: that connection is not trusted
+    // with another request.
+    let up = upstream(Mode::Raw(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}HTTP/1.1 200 OK\r\n",
+        false,
+    ))
+    .await;
+    let env = gateway_for(&up, "").await;
+    for _ in 0..3 {
+        assert_eq!(ask_raw(&env).await, (200, Ok("{}".to_owned())));
+    }
+    assert_eq!(up.connections.load(Ordering::SeqCst), 3);
+}

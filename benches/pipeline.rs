@@ -18,7 +18,9 @@
 //!
 //! Groups: `ip_acl`, `auth`, `json`, `plugin` (the fixed cost of a do-nothing `on_request`),
 //! `field_aliases` (the native walk next to the bundled plugin the config key now loads),
-//! `sse_relay` (framing, and the relay with and without a do-nothing `on_event`), `pipeline`
+//! `sse_relay` (framing, and the relay with and without a do-nothing `on_event`),
+//! `upstream_http1` (the pooled client's wire format: request head, answer head, chunked body),
+//! `pipeline`
 //! (`prepare`: every stage before the upstream call, plugins included).
 
 use std::hint::black_box;
@@ -60,13 +62,14 @@ fn main() -> ExitCode {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
-    let stages: [(&str, Stage); 7] = [
+    let stages: [(&str, Stage); 8] = [
         ("ip_acl", bench_ip_acl),
         ("auth", bench_auth),
         ("json", bench_json),
         ("plugin", bench_plugin),
         ("field_aliases", bench_field_aliases),
         ("sse_relay", bench_sse_relay),
+        ("upstream_http1", bench_upstream_http1),
         ("pipeline", bench_pipeline),
     ];
     let mut failed = false;
@@ -529,6 +532,126 @@ fn sse_events() -> Vec<Bytes> {
     out.push(chunk(json!({}), Some("stop")));
     out.push(Bytes::from_static(b"data: [DONE]\n\n"));
     out
+}
+
+/// An answer head with `n` end-to-end headers (plus framing), like an OpenAI-compatible API's.
+fn answer_head(n: usize) -> Vec<u8> {
+    let mut head = String::from(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n",
+    );
+    for i in 0..n.saturating_sub(1) {
+        head.push_str(&format!("x-ratelimit-field-{i}: {}\r\n", 1000 + i));
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
+}
+
+fn bench_upstream_http1(c: &mut Criterion) -> BenchResult {
+    use sophgate::pipeline::http1::{
+        encode_request_head, parse_response_head, BodyDecoder, Decoded, Framing,
+    };
+    let mut group = c.benchmark_group("upstream_http1");
+
+    // The request head the gateway writes: method, target, host, 5 client headers,
+    // authorization, request id, content length.
+    let names: Vec<http::HeaderName> = [
+        "content-type",
+        "accept",
+        "user-agent",
+        "x-stainless-lang",
+        "openai-beta",
+        "authorization",
+        "x-request-id",
+    ]
+    .iter()
+    .map(|n| http::HeaderName::from_static(n))
+    .collect();
+    let value = HeaderValue::from_static("application/json; a-typical-value");
+    let lines: Vec<(&http::HeaderName, &HeaderValue)> = names.iter().map(|n| (n, &value)).collect();
+    let host = HeaderValue::from_static("127.0.0.1:8000");
+    let mut out = Vec::new();
+    encode_request_head(
+        &mut out,
+        &http::Method::POST,
+        "/v1/chat/completions",
+        &host,
+        &lines,
+        1024,
+    );
+    if !out.ends_with(b"content-length: 1024\r\n\r\n") {
+        return Err("request head not as expected".into());
+    }
+    group.bench_function("request_head/7_headers", |b| {
+        b.iter(|| {
+            encode_request_head(
+                &mut out,
+                &http::Method::POST,
+                black_box("/v1/chat/completions"),
+                &host,
+                black_box(&lines),
+                1024,
+            );
+            black_box(out.len())
+        })
+    });
+
+    // Answer heads of 3 and 20 headers, parsed into the map the client gets.
+    for n in [3usize, 20] {
+        let wire = answer_head(n);
+        let parsed =
+            parse_response_head(&mut bytes::BytesMut::from(&wire[..]), &http::Method::POST)
+                .map_err(|e| e.to_string())?
+                .ok_or("answer head incomplete")?;
+        if parsed.headers.len() != n || parsed.framing != Framing::Chunked {
+            return Err(format!("answer head of {n} parsed as {:?}", parsed.headers));
+        }
+        group.bench_function(
+            BenchmarkId::new("answer_head", format!("{n}_headers")),
+            |b| {
+                b.iter_batched(
+                    || bytes::BytesMut::from(&wire[..]),
+                    |mut buf| black_box(parse_response_head(&mut buf, &http::Method::POST)),
+                    BatchSize::SmallInput,
+                )
+            },
+        );
+    }
+
+    // A 67-event SSE answer in chunked encoding, one chunk per event, decoded off the
+    // connection's buffer (what each streamed event costs on the upstream side).
+    let events = sse_events();
+    let mut wire = Vec::new();
+    for e in &events {
+        wire.extend_from_slice(format!("{:x}\r\n", e.len()).as_bytes());
+        wire.extend_from_slice(e);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    let decode_all = |mut buf: bytes::BytesMut| -> Result<usize, String> {
+        let mut dec = BodyDecoder::new(Framing::Chunked);
+        let mut n = 0;
+        loop {
+            match dec.decode(&mut buf).map_err(|e| e.to_string())? {
+                Decoded::Data(d) => n += d.len(),
+                Decoded::Done => return Ok(n),
+                Decoded::NeedMore => return Err("body cut short".into()),
+            }
+        }
+    };
+    let expected: usize = events.iter().map(|e| e.len()).sum();
+    if decode_all(bytes::BytesMut::from(&wire[..]))? != expected {
+        return Err("chunked body decoded to the wrong length".into());
+    }
+    group.throughput(Throughput::Elements(events.len() as u64));
+    group.bench_function("chunked_body/67_events", |b| {
+        b.iter_batched(
+            || bytes::BytesMut::from(&wire[..]),
+            |buf| black_box(decode_all(buf)),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+    Ok(())
 }
 
 fn bench_sse_relay(c: &mut Criterion) -> BenchResult {

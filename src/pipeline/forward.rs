@@ -72,28 +72,37 @@ fn goes_upstream(name: &HeaderName, listed: &[HeaderName]) -> bool {
         && !listed.contains(name)
 }
 
-/// The header names a `Connection` header lists (RFC 9110 §7.6.1); no allocation without one.
+/// The header names a `Connection` header lists (RFC 9110 §7.6.1). `close` names no header
+/// and `keep-alive` is hop-by-hop anyway, so the usual `Connection: keep-alive` costs no
+/// allocation.
 fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .flat_map(http1::connection_tokens)
+        .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect()
 }
 
-/// What of the client's headers goes upstream through reqwest, as a new map (a retry sends
-/// them again; the client's map is left as it is).
-fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
+static AUTHORIZATION: HeaderName = header::AUTHORIZATION;
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The header lines that go upstream, for either client: the client's headers minus
+/// hop-by-hop and gateway-owned ones (borrowed, not copied; a retry sends them again), then the
+/// upstream credential and the request id.
+fn upstream_header_lines<'a>(
+    client: &'a HeaderMap,
+    authorization: Option<&'a HeaderValue>,
+    request_id: Option<&'a HeaderValue>,
+) -> Vec<(&'a HeaderName, &'a HeaderValue)> {
     let listed = connection_listed(client);
-    let mut headers = HeaderMap::with_capacity(client.len() + 2);
-    for (name, value) in client {
-        if goes_upstream(name, &listed) {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-    headers
+    let mut lines = Vec::with_capacity(client.len() + 2);
+    lines.extend(client.iter().filter(|(n, _)| goes_upstream(n, &listed)));
+    lines.extend(authorization.map(|v| (&AUTHORIZATION, v)));
+    lines.extend(request_id.map(|v| (&X_REQUEST_ID, v)));
+    lines
 }
 
 /// `headers` without hop-by-hop headers (reqwest's answers; the pooled client's parser leaves
@@ -219,10 +228,7 @@ impl Upstream {
         };
 
         let request_id = HeaderValue::from_str(out.request_id).ok();
-        let (authorization_name, request_id_name) = (
-            header::AUTHORIZATION,
-            HeaderName::from_static("x-request-id"),
-        );
+        let lines = upstream_header_lines(out.headers, out.authorization, request_id.as_ref());
         // HEAD answers carry a Content-Length but no body.
         let bodiless = out.method == Method::HEAD;
 
@@ -236,20 +242,6 @@ impl Upstream {
         let (status, upstream_headers, stream) = match pooled {
             Some((pool, host, target)) => {
                 // The head is written straight from the client's headers: no map to copy.
-                let listed = connection_listed(out.headers);
-                let mut lines: Vec<(&HeaderName, &HeaderValue)> =
-                    Vec::with_capacity(out.headers.len() + 2);
-                lines.extend(
-                    out.headers
-                        .iter()
-                        .filter(|(n, _)| goes_upstream(n, &listed)),
-                );
-                if let Some(auth) = out.authorization {
-                    lines.push((&authorization_name, auth));
-                }
-                if let Some(id) = &request_id {
-                    lines.push((&request_id_name, id));
-                }
                 let request = PoolRequest {
                     method: &out.method,
                     target,
@@ -270,13 +262,8 @@ impl Upstream {
                 )
             }
             None => {
-                let mut headers = upstream_request_headers(out.headers);
-                if let Some(auth) = out.authorization {
-                    headers.insert(authorization_name, auth.clone());
-                }
-                if let Some(id) = request_id {
-                    headers.insert(request_id_name, id);
-                }
+                let headers: HeaderMap =
+                    lines.iter().map(|&(n, v)| (n.clone(), v.clone())).collect();
                 let request = self
                     .client
                     .request(out.method, &out.url)
@@ -538,8 +525,8 @@ mod tests {
         h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
         h.insert("x-request-id", HeaderValue::from_static("client-id"));
         h.insert("x-kept", HeaderValue::from_static("2"));
-        let out = upstream_request_headers(&h);
-        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        let out = upstream_header_lines(&h, None, None);
+        let names: Vec<&str> = out.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, ["content-type", "x-kept"]);
         assert_eq!(h.len(), 10, "the client's map is left as it was");
     }

@@ -63,6 +63,11 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
 }
 
+/// The comma-separated tokens of a `Connection` header value.
+pub fn connection_tokens(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|t| !t.is_empty())
+}
+
 /// Whether `target` can be sent as an origin-form request target as it is: a path (and query)
 /// of RFC 3986 characters only. Anything else (a script may build a path with spaces, say) goes
 /// through reqwest, which percent-encodes it.
@@ -228,7 +233,7 @@ pub fn parse_response_head(
         for h in raw {
             if h.name.eq_ignore_ascii_case("connection") {
                 let value = std::str::from_utf8(h.value).map_err(|_| ProtoError::BadHeader)?;
-                for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                for token in connection_tokens(value) {
                     if token.eq_ignore_ascii_case("close") {
                         close = true;
                     } else if token.eq_ignore_ascii_case("keep-alive") {

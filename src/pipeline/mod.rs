@@ -366,19 +366,7 @@ where
             // 4. defaults, field aliases, route renaming: parse only when something changes.
             // Aliases alone are renamed in the text, without a tree (unless a case needs one).
             let text_only = aliases && !(needs_defaults || rename || injected_usage || hooks);
-            let renamed_text = if text_only {
-                match defaults::rename_keys_in_text(&bytes, &cfg.field_aliases) {
-                    defaults::TextRename::Unchanged => Some(None),
-                    defaults::TextRename::Renamed(v) => Some(Some(v)),
-                    defaults::TextRename::NeedsTree => None,
-                }
-            } else {
-                None
-            };
-            let value = if let Some(text) = renamed_text {
-                if let Some(v) = text {
-                    bytes = Bytes::from(v);
-                }
+            let value = if text_only && rename_in_text(&mut bytes, &cfg.field_aliases) {
                 (None, false)
             } else if needs_defaults || rename || injected_usage || aliases || hooks {
                 let mut value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
@@ -424,17 +412,11 @@ where
             let rename = plan.rename_to.is_some();
             let aliases = !cfg.field_aliases.is_empty();
             // Aliases alone: renamed in the text when it is valid JSON (see the chat route).
-            let mut text_done = false;
-            if aliases && !hooks && !rename && valid_json {
-                match defaults::rename_keys_in_text(&bytes, &cfg.field_aliases) {
-                    defaults::TextRename::Unchanged => text_done = true,
-                    defaults::TextRename::Renamed(v) => {
-                        bytes = Bytes::from(v);
-                        text_done = true;
-                    }
-                    defaults::TextRename::NeedsTree => {}
-                }
-            }
+            let text_done = aliases
+                && !hooks
+                && !rename
+                && valid_json
+                && rename_in_text(&mut bytes, &cfg.field_aliases);
             let mut value = if !text_done && (hooks || rename || aliases) {
                 serde_json::from_slice::<serde_json::Value>(&bytes).ok()
             } else {
@@ -513,6 +495,19 @@ where
         }),
         plan,
     ))
+}
+
+/// Applies `field_aliases` to the body's text when that needs no tree; `false` leaves the body
+/// as it was for the tree path (see [`defaults::rename_keys_in_text`]).
+fn rename_in_text(bytes: &mut Bytes, aliases: &[(String, String)]) -> bool {
+    match defaults::rename_keys_in_text(bytes, aliases) {
+        defaults::TextRename::Unchanged => true,
+        defaults::TextRename::Renamed(v) => {
+            *bytes = Bytes::from(v);
+            true
+        }
+        defaults::TextRename::NeedsTree => false,
+    }
 }
 
 #[cfg(test)]

@@ -96,7 +96,7 @@ impl Fetched {
             return Some((value, generation));
         }
         // Boxed: the fetch future is ~17 KB, and unboxed it would be part of every request's
-        // state (and of every connection's memory) even when the token comes from the cache.
+        // state (allocated and moved per request) even when the token comes from the cache.
         Box::pin(self.fetch_cold()).await
     }
 

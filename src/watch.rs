@@ -2,10 +2,15 @@
 //! (editors often replace a file by renaming a new one over it, which only the folder sees),
 //! waits for a burst of writes to settle, then reloads. The watched set follows the current
 //! generation, so a plugin added by a reload is watched from then on.
+//!
+//! Events for other files in those folders (a log file written next to `config.yml`, an
+//! editor's swap file) are dropped on the watcher's own thread, by file name, so they never
+//! wake the request workers.
 
 use std::collections::HashSet;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
@@ -26,10 +31,19 @@ fn absolute(p: &Path) -> PathBuf {
 /// watcher cannot start (reload by SIGHUP or the admin endpoint still works).
 pub fn spawn(runtime: Arc<Runtime>) -> Result<tokio::task::JoinHandle<()>, String> {
     let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
+    // The file names of the watched files: a cheap first filter (no system call) before the
+    // exact comparison of canonical paths on the runtime.
+    let names: Arc<Mutex<HashSet<OsString>>> = Arc::default();
+    let wanted_names = names.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(event) = res {
+            let Ok(names) = wanted_names.lock() else {
+                return;
+            };
             for p in event.paths {
-                let _ = tx.send(p);
+                if p.file_name().is_some_and(|n| names.contains(n)) {
+                    let _ = tx.send(p);
+                }
             }
         }
     })
@@ -46,6 +60,12 @@ pub fn spawn(runtime: Arc<Runtime>) -> Result<tokio::task::JoinHandle<()>, Strin
                 .iter()
                 .map(|f| absolute(f))
                 .collect();
+            if let Ok(mut names) = names.lock() {
+                *names = files
+                    .iter()
+                    .filter_map(|f| f.file_name().map(OsString::from))
+                    .collect();
+            }
             let wanted: HashSet<PathBuf> = files
                 .iter()
                 .filter_map(|f| f.parent().map(Path::to_path_buf))

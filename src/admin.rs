@@ -62,7 +62,7 @@ pub async fn handle<B>(
         Err(e) => e.into_response(),
     };
     if let Ok(v) = HeaderValue::from_str(&rid) {
-        resp.headers_mut().insert(REQUEST_ID, v);
+        resp.headers_mut().insert(&REQUEST_ID, v);
     }
     tracing::info!(
         target: crate::pipeline::access_log::TARGET,

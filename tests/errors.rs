@@ -83,6 +83,36 @@ async fn oversized_bodies_are_413() {
 }
 
 #[tokio::test]
+async fn a_body_sent_in_chunks_reaches_the_upstream_whole() {
+    let env = start("", MockOptions::default()).await;
+    let body = format!(
+        "{{\"model\":\"mock-model\",\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}]}}",
+        "y".repeat(3000)
+    );
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body
+        .as_bytes()
+        .chunks(700)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
+    let resp = client()
+        .post(env.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = env.mock.stats.last_request().unwrap();
+    let sent: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let got: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(got["messages"], sent["messages"]);
+    assert_eq!(got["model"], "mock-model");
+}
+
+#[tokio::test]
 async fn unreachable_upstream_is_502() {
     let env = start_with_dead_upstream().await;
     let resp = post_chat(&env, CLIENT_KEY, chat_body("mock-model", false)).await;

@@ -97,17 +97,18 @@ pub fn rename_keys_in_text(src: &[u8], aliases: &[(String, String)]) -> TextRena
     match scan_keys(src, aliases) {
         None => TextRename::NeedsTree,
         Some(edits) if edits.is_empty() => TextRename::Unchanged,
-        Some(mut edits) => {
-            // Inner objects close (and report) before outer ones: put edits in text order.
-            edits.sort_unstable_by_key(|e| e.0);
+        Some(edits) => {
             let mut out = Vec::with_capacity(src.len() + 16 * edits.len());
             let mut at = 0;
             for (start, end, to) in edits {
                 out.extend_from_slice(&src[at..start]);
-                // `to` as a JSON string literal (quotes and escapes).
-                match serde_json::to_writer(&mut out, to) {
-                    Ok(()) => {}
-                    Err(_) => return TextRename::NeedsTree,
+                // `to` as a JSON string literal; most names need no escaping.
+                if to.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+                    out.push(b'"');
+                    out.extend_from_slice(to.as_bytes());
+                    out.push(b'"');
+                } else if serde_json::to_writer(&mut out, to).is_err() {
+                    return TextRename::NeedsTree;
                 }
                 at = end;
             }
@@ -117,30 +118,77 @@ pub fn rename_keys_in_text(src: &[u8], aliases: &[(String, String)]) -> TextRena
     }
 }
 
-/// One JSON object being scanned: where its keys and renames start in the scan's shared lists
-/// (an object's entries are the tail of each list while it is open; one list for all objects
-/// instead of two per object saves an allocation per object).
-struct ObjectScan {
-    keys_from: usize,
-    renames_from: usize,
+/// Deeper than this, leave the body to the tree path (serde_json's own limit is 128 too).
+const MAX_DEPTH: usize = 128;
+
+/// Which alias names one open object has shown so far, one bit per alias pair: its keys
+/// themselves are not kept. A second `from`, or a `from` and its `to` in one object, is a case
+/// for the tree path (which keeps the last duplicate and overwrites the target).
+#[derive(Clone, Copy)]
+enum Frame {
+    Object { from_seen: u64, to_seen: u64 },
+    Array,
 }
 
-/// The byte ranges of the key tokens to rename, in order, with their new names; `None` when
-/// the text is not plain valid JSON or a rename would meet its target or a duplicate.
-fn scan_keys<'a, 'k>(
-    src: &'a [u8],
+/// The open arrays and objects, innermost last: the first levels in place (a request rarely
+/// nests deeper; an array of `MAX_DEPTH` would cost more to fill than the scan), deeper ones
+/// in a list allocated only then.
+struct Frames {
+    inline: [Frame; 16],
+    deeper: Vec<Frame>,
+    len: usize,
+}
+
+impl Frames {
+    fn new() -> Self {
+        Frames {
+            inline: [Frame::Array; 16],
+            deeper: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// `None` past `MAX_DEPTH`.
+    fn push(&mut self, frame: Frame) -> Option<()> {
+        if self.len >= MAX_DEPTH {
+            return None;
+        }
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = frame,
+            None => self.deeper.push(frame),
+        }
+        self.len += 1;
+        Some(())
+    }
+
+    fn pop(&mut self) {
+        if self.len > self.inline.len() {
+            self.deeper.pop();
+        }
+        self.len = self.len.saturating_sub(1);
+    }
+
+    fn last_mut(&mut self) -> Option<&mut Frame> {
+        let i = self.len.checked_sub(1)?;
+        match i.checked_sub(self.inline.len()) {
+            None => self.inline.get_mut(i),
+            Some(d) => self.deeper.get_mut(d),
+        }
+    }
+}
+
+/// The byte ranges of the key tokens to rename, in text order, with their new names; `None`
+/// when the text is not plain valid JSON, a rename would meet its target or a duplicate, or
+/// the case is too big for this scan (more than 64 aliases, nesting deeper than `MAX_DEPTH`).
+fn scan_keys<'k>(
+    src: &[u8],
     aliases: &'k [(String, String)],
 ) -> Option<Vec<(usize, usize, &'k str)>> {
-    enum Frame {
-        Object(ObjectScan),
-        Array,
+    if aliases.len() > 64 {
+        return None;
     }
     let mut edits: Vec<(usize, usize, &'k str)> = Vec::new();
-    let mut stack: Vec<Frame> = Vec::with_capacity(8);
-    // The keys of every open object, innermost last.
-    let mut keys: Vec<std::borrow::Cow<'a, str>> = Vec::with_capacity(16);
-    // (start, end) of a key's string token and its alias pair, for every open object.
-    let mut renames: Vec<(usize, usize, usize)> = Vec::new();
+    let mut stack = Frames::new();
     let mut i = skip_ws(src, 0);
     // Expecting a value (true) or, inside an object, a key (false).
     let mut want_value = true;
@@ -152,10 +200,10 @@ fn scan_keys<'a, 'k>(
                     if src.get(i) == Some(&b'}') {
                         i += 1;
                     } else {
-                        stack.push(Frame::Object(ObjectScan {
-                            keys_from: keys.len(),
-                            renames_from: renames.len(),
-                        }));
+                        stack.push(Frame::Object {
+                            from_seen: 0,
+                            to_seen: 0,
+                        })?;
                         want_value = false;
                         continue;
                     }
@@ -165,7 +213,7 @@ fn scan_keys<'a, 'k>(
                     if src.get(i) == Some(&b']') {
                         i += 1;
                     } else {
-                        stack.push(Frame::Array);
+                        stack.push(Frame::Array)?;
                         continue;
                     }
                 }
@@ -186,43 +234,31 @@ fn scan_keys<'a, 'k>(
             // After a value: a separator, a closing bracket, or the end.
             loop {
                 i = skip_ws(src, i);
-                match stack.last_mut() {
-                    None => return (i == src.len()).then_some(edits),
-                    Some(Frame::Array) => match *src.get(i)? {
-                        b',' => {
-                            i = skip_ws(src, i + 1);
-                            break;
+                let Some(&mut top) = stack.last_mut() else {
+                    return (i == src.len()).then_some(edits);
+                };
+                match (top, *src.get(i)?) {
+                    (Frame::Array, b',') => {
+                        i = skip_ws(src, i + 1);
+                        break;
+                    }
+                    (Frame::Object { .. }, b',') => {
+                        i = skip_ws(src, i + 1);
+                        want_value = false;
+                        break;
+                    }
+                    (Frame::Array, b']') => {
+                        i += 1;
+                        stack.pop();
+                    }
+                    (Frame::Object { from_seen, to_seen }, b'}') => {
+                        if from_seen & to_seen != 0 {
+                            return None;
                         }
-                        b']' => {
-                            i += 1;
-                            stack.pop();
-                        }
-                        _ => return None,
-                    },
-                    Some(Frame::Object(_)) => match *src.get(i)? {
-                        b',' => {
-                            i = skip_ws(src, i + 1);
-                            want_value = false;
-                            break;
-                        }
-                        b'}' => {
-                            i += 1;
-                            if let Some(Frame::Object(obj)) = stack.pop() {
-                                let own_keys = &keys[obj.keys_from..];
-                                for &(start, end, a) in &renames[obj.renames_from..] {
-                                    let (from, to) = &aliases[a];
-                                    let dupes = own_keys.iter().filter(|k| *k == from).count();
-                                    if dupes > 1 || own_keys.iter().any(|k| k == to) {
-                                        return None;
-                                    }
-                                    edits.push((start, end, to.as_str()));
-                                }
-                                keys.truncate(obj.keys_from);
-                                renames.truncate(obj.renames_from);
-                            }
-                        }
-                        _ => return None,
-                    },
+                        i += 1;
+                        stack.pop();
+                    }
+                    _ => return None,
                 }
             }
         } else {
@@ -233,16 +269,32 @@ fn scan_keys<'a, 'k>(
             let start = i;
             let end = string_end(src, i)?;
             let raw = &src[start + 1..end - 1];
-            let key: std::borrow::Cow<'a, str> = if raw.contains(&b'\\') {
-                std::borrow::Cow::Owned(serde_json::from_slice::<String>(&src[start..end]).ok()?)
+            let decoded;
+            let key: &[u8] = if raw.contains(&b'\\') {
+                decoded = serde_json::from_slice::<String>(&src[start..end]).ok()?;
+                decoded.as_bytes()
             } else {
-                std::borrow::Cow::Borrowed(std::str::from_utf8(raw).ok()?)
-            };
-            if let Some(Frame::Object(_)) = stack.last() {
-                if let Some(a) = aliases.iter().position(|(from, _)| *from == *key) {
-                    renames.push((start, end, a));
+                if !raw.is_ascii() {
+                    std::str::from_utf8(raw).ok()?;
                 }
-                keys.push(key);
+                raw
+            };
+            if let Some(Frame::Object { from_seen, to_seen }) = stack.last_mut() {
+                // The first pair with this `from` renames it (as in the tree path).
+                let mut renamed = false;
+                for (a, (from, to)) in aliases.iter().enumerate() {
+                    let bit = 1u64 << a;
+                    if !renamed && key == from.as_bytes() {
+                        if *from_seen & bit != 0 {
+                            return None;
+                        }
+                        *from_seen |= bit;
+                        edits.push((start, end, to.as_str()));
+                        renamed = true;
+                    } else if key == to.as_bytes() {
+                        *to_seen |= bit;
+                    }
+                }
             }
             i = skip_ws(src, end);
             if src.get(i) != Some(&b':') {
@@ -361,6 +413,59 @@ mod tests {
         assert_eq!(
             rename_keys_in_text(br#"{"b":1}"#, &[]),
             TextRename::Unchanged
+        );
+    }
+
+    #[test]
+    fn text_rename_edge_cases() {
+        // Two pairs with one `from`: the first renames it, as in the tree path.
+        let twice = aliases(&[("model", "a"), ("model", "b")]);
+        same_as_tree(r#"{"model":1,"x":{"model":2}}"#, &twice);
+        // A target in a sibling or nested object is no conflict; an escaped key still matches.
+        let al = aliases(&[("model", "model_id")]);
+        let out = same_as_tree(
+            r#"{"mod\u0065l":1,"o":{"model_id":2},"p":[{"model":3,"q":{"model_id":4}}]}"#,
+            &al,
+        );
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .starts_with(r#"{"model_id":1,"#));
+        // Names that need escaping are written as JSON strings.
+        let quoted = aliases(&[("model", "mo\"del")]);
+        same_as_tree(r#"{"model":1}"#, &quoted);
+        // Not the text path's cases: a key that is not UTF-8, nesting past serde_json's limit,
+        // more aliases than the scan tracks.
+        assert_eq!(
+            rename_keys_in_text(b"{\"k\xff\":1,\"model\":2}", &al),
+            TextRename::NeedsTree
+        );
+        let deep = format!(
+            "{}1{}",
+            "[".repeat(MAX_DEPTH + 1),
+            "]".repeat(MAX_DEPTH + 1)
+        );
+        assert_eq!(
+            rename_keys_in_text(deep.as_bytes(), &al),
+            TextRename::NeedsTree
+        );
+        let ok_depth = format!("{}1{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert_eq!(
+            rename_keys_in_text(ok_depth.as_bytes(), &al),
+            TextRename::Unchanged
+        );
+        // Past the in-place levels: a rename 40 objects deep, and its siblings after it.
+        let nested = format!(
+            "{}{{\"model\":1}}{},\"model\":2}}",
+            "{\"a\":[".repeat(40),
+            "]}".repeat(39) + "]"
+        );
+        same_as_tree(&nested, &al);
+        let many: Vec<(String, String)> = (0..65)
+            .map(|n| (format!("k{n}"), format!("v{n}")))
+            .collect();
+        assert_eq!(
+            rename_keys_in_text(br#"{"k1":1}"#, &many),
+            TextRename::NeedsTree
         );
     }
 

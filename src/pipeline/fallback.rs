@@ -58,7 +58,7 @@ pub async fn send(
     generation: &Generation,
     p: Prepared,
     plan: &Plan,
-    rid: &str,
+    rid: &super::RequestId,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let n = plan.upstreams.len().max(1);
     let mut last_err: Option<GatewayError> = None;
@@ -93,7 +93,7 @@ pub async fn send(
                 url,
                 headers: &p.headers,
                 authorization,
-                request_id: rid,
+                request_id: rid.header.as_ref(),
                 body: p.body.clone(),
             })
             .await;

@@ -30,7 +30,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Request, Response};
 
 use crate::body::ResponseBody;
@@ -42,7 +42,8 @@ use access_log::AccessLog;
 use auth::Principal;
 use routing::Plan;
 
-pub const REQUEST_ID: &str = "x-request-id";
+/// A static name: inserting a `&str` name builds (and allocates) a `HeaderName` every time.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// How much of a request body a DEBUG log line shows.
 const DEBUG_BODY_BYTES: usize = 2048;
@@ -62,7 +63,7 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A request id: the client's own `x-request-id` when it is short and plain, else a new one.
 pub fn request_id(headers: &http::HeaderMap) -> Arc<str> {
-    if let Some(v) = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
+    if let Some(v) = headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok()) {
         if (1..=128).contains(&v.len())
             && v.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
@@ -87,6 +88,27 @@ pub fn request_id(headers: &http::HeaderMap) -> Arc<str> {
     hex_into(&mut id[4..12], u64::from(prefix));
     hex_into(&mut id[12..], n);
     Arc::from(std::str::from_utf8(&id).unwrap_or("req-unknown"))
+}
+
+/// A request's id, as text (logs, the access log) and as the header value that goes upstream
+/// and back to the client: built once per request instead of once per use.
+pub struct RequestId {
+    pub text: Arc<str>,
+    pub header: Option<HeaderValue>,
+}
+
+impl RequestId {
+    pub fn of(headers: &http::HeaderMap) -> Self {
+        let text = request_id(headers);
+        let header = HeaderValue::from_str(&text).ok();
+        RequestId { text, header }
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 /// Writes the low `out.len()` hex digits of `v` into `out`.
@@ -116,11 +138,11 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let rid = request_id(req.headers());
+    let rid = RequestId::of(req.headers());
     // On the stack: boxed and attached to the body only when access logging is on.
     let mut log = AccessLog::new(
         generation.config.logging.access_log,
-        rid.clone(),
+        rid.text.clone(),
         req.method().clone(),
         req.uri().path(),
     );
@@ -138,8 +160,8 @@ where
     };
     log.status = resp.status().as_u16();
     log.stream = resp.body().is_event_stream();
-    if let Ok(v) = HeaderValue::from_str(&rid) {
-        resp.headers_mut().insert(REQUEST_ID, v);
+    if let Some(v) = rid.header {
+        resp.headers_mut().insert(&REQUEST_ID, v);
     }
     if log.enabled {
         resp.body_mut().set_log(Box::new(log));
@@ -206,14 +228,14 @@ async fn run<B>(
     generation: &Generation,
     peer: IpAddr,
     req: Request<B>,
-    rid: &str,
+    rid: &RequestId,
     log: &mut AccessLog,
 ) -> Result<Response<ResponseBody>, GatewayError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match prepare(generation, peer, req, rid, log).await? {
+    match prepare(generation, peer, req, &rid.text, log).await? {
         Step::Respond(resp) => Ok(resp),
         Step::Forward(p, plan) => {
             // 6. forward (with fallback across the plan's upstreams)
@@ -532,9 +554,9 @@ mod tests {
     #[test]
     fn a_plain_client_request_id_is_kept() {
         let mut h = http::HeaderMap::new();
-        h.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
+        h.insert(&REQUEST_ID, HeaderValue::from_static("abc-123"));
         assert_eq!(&*request_id(&h), "abc-123");
-        h.insert(REQUEST_ID, HeaderValue::from_static("bad id"));
+        h.insert(&REQUEST_ID, HeaderValue::from_static("bad id"));
         assert!(request_id(&h).starts_with("req-"));
     }
 }

@@ -5,8 +5,11 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use std::future::Future;
+use std::task::Poll;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
@@ -21,6 +24,8 @@ fn too_large(limit: usize) -> GatewayError {
 }
 
 /// Reads the whole body, failing with 413 past `limit` bytes and 408-like 400 on a stall.
+/// Most bodies have arrived with the request head: the first poll runs without a timer, and a
+/// body of one chunk is kept as it came (no copy).
 pub async fn read<B>(
     body: B,
     content_length: Option<u64>,
@@ -34,29 +39,68 @@ where
     if content_length.is_some_and(|n| n > limit as u64) {
         return Err(too_large(limit));
     }
-    let collect = Limited::new(body, limit).collect();
-    match tokio::time::timeout(timeout, collect).await {
-        Err(_) => Err(GatewayError::bad_request(
-            "body_timeout",
-            format!(
-                "The request body did not arrive within {} s",
-                timeout.as_secs_f64()
-            ),
-        )),
-        Ok(Err(e)) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                Err(too_large(limit))
-            } else {
-                Err(GatewayError::bad_request(
-                    "body_read_error",
-                    "The request body could not be read",
-                ))
-            }
-        }
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    let mut collect = std::pin::pin!(collect(body, content_length, limit));
+    let first = std::future::poll_fn(|cx| Poll::Ready(collect.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(result) => result,
+        Poll::Pending => match tokio::time::timeout(timeout, collect).await {
+            Ok(result) => result,
+            Err(_) => Err(GatewayError::bad_request(
+                "body_timeout",
+                format!(
+                    "The request body did not arrive within {} s",
+                    timeout.as_secs_f64()
+                ),
+            )),
+        },
     }
+}
+
+/// The body's data frames joined, at most `limit` bytes (trailers are dropped).
+async fn collect<B>(
+    body: B,
+    content_length: Option<u64>,
+    limit: usize,
+) -> Result<Bytes, GatewayError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut body = std::pin::pin!(body);
+    // The first chunk as it came; later ones joined in `joined`.
+    let mut only: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    let mut total = 0usize;
+    while let Some(frame) = body.as_mut().frame().await {
+        let frame = frame.map_err(|_| {
+            GatewayError::bad_request("body_read_error", "The request body could not be read")
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len();
+        if total > limit {
+            return Err(too_large(limit));
+        }
+        if let Some(buf) = joined.as_mut() {
+            buf.extend_from_slice(&data);
+        } else if let Some(first) = only.take() {
+            let hint = content_length
+                .map_or(total, |n| n as usize)
+                .clamp(total, limit);
+            let mut buf = BytesMut::with_capacity(hint);
+            buf.extend_from_slice(&first);
+            buf.extend_from_slice(&data);
+            joined = Some(buf);
+        } else {
+            only = Some(data);
+        }
+    }
+    Ok(match (joined, only) {
+        (Some(buf), _) => buf.freeze(),
+        (None, Some(first)) => first,
+        (None, None) => Bytes::new(),
+    })
 }
 
 /// What the pipeline needs to know about a chat request, read in one validating pass.

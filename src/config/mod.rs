@@ -116,6 +116,9 @@ pub struct UpstreamConfig {
     pub connection_limit_per_host: usize,
     pub keepalive_timeout: Duration,
     pub force_close: bool,
+    /// DER certificates from `api_ca_file`, trusted for this upstream's TLS on top of the
+    /// public roots.
+    pub ca_certs: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]
@@ -215,6 +218,8 @@ pub struct UpstreamDef {
     pub keepalive_timeout: Duration,
     /// Idle connections kept; `None` = the client's default.
     pub pool_max_idle: Option<usize>,
+    /// DER certificates from `ca_file`, trusted on top of the public roots.
+    pub ca_certs: Vec<Vec<u8>>,
 }
 
 /// `routes:` entry: requests whose model matches go to these upstreams, in order.

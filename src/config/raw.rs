@@ -36,6 +36,9 @@ pub struct RawConfig {
     // --- sophgate additions ---
     pub listen: Option<String>,
     pub forward_base_path: Option<String>,
+    /// PEM file of CA certificates the `api_host` upstream's TLS certificate may chain to,
+    /// trusted on top of the public roots (a private CA).
+    pub api_ca_file: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
     pub passthrough_unknown_keys: Option<bool>,
     pub models: Option<Vec<RawModel>>,
@@ -102,6 +105,8 @@ pub struct RawUpstream {
     pub models_path: Option<String>,
     pub credential: Option<String>,
     pub proxy: Option<String>,
+    /// As the flat `api_ca_file`, for this upstream.
+    pub ca_file: Option<String>,
     pub timeouts: Option<RawTimeouts>,
     pub max_concurrent: Option<u32>,
 }

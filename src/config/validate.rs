@@ -55,6 +55,27 @@ fn resolve_plugin(path: &str, base_dir: &std::path::Path) -> Option<PluginSource
     crate::scripting::bundled(stem).map(|_| PluginSource::Bundled(stem.to_owned()))
 }
 
+/// The certificates of a `ca_file` (PEM), as DER; relative paths start at the config's
+/// folder. Errors name the file, not its content.
+fn load_ca_file(path: &str, base_dir: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+    let p = std::path::Path::new(path.trim());
+    let full = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base_dir.join(p)
+    };
+    let pem = std::fs::read(&full).map_err(|e| format!("cannot read {}: {e}", full.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate file: {e}", full.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", full.display()));
+    }
+    Ok(certs)
+}
+
 /// `sha256:<64 hex>` or a plain key.
 pub fn parse_key_id(key: &str) -> Result<KeyId, String> {
     if key.trim().is_empty() {
@@ -346,7 +367,15 @@ pub fn validate(
     };
     let connect_timeout = c.seconds(&[k("timeout")], raw.timeout, 30.0);
     let keepalive_timeout = c.seconds(&[k("keepalive_timeout")], raw.keepalive_timeout, 30.0);
+    let api_ca_certs = match raw.api_ca_file.as_deref() {
+        Some(f) => load_ca_file(f, base_dir).unwrap_or_else(|e| {
+            c.err(&[k("api_ca_file")], e);
+            Vec::new()
+        }),
+        None => Vec::new(),
+    };
     let upstream = UpstreamConfig {
+        ca_certs: api_ca_certs,
         api_host,
         chat_path,
         base_path,
@@ -406,6 +435,7 @@ pub fn validate(
         models_url: format!("{}{}/models", upstream.api_host, upstream.base_path),
         credential: None,
         proxy: upstream.proxy.clone(),
+        ca_certs: upstream.ca_certs.clone(),
         connect_timeout: upstream.connect_timeout,
         first_byte_timeout: Duration::ZERO, // filled from limits below
         idle_timeout: Duration::ZERO,
@@ -469,6 +499,13 @@ pub fn validate(
                 );
             }
         }
+        let ca_certs = match u.ca_file.as_deref() {
+            Some(f) => load_ca_file(f, base_dir).unwrap_or_else(|e| {
+                c.err(&at("ca_file"), e);
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
         let t = u.timeouts.unwrap_or_default();
         let tp = |f: &str| {
             let mut p = at("timeouts");
@@ -496,6 +533,7 @@ pub fn validate(
             max_concurrent: u.max_concurrent.unwrap_or(0) as usize,
             keepalive_timeout: Duration::from_secs(90),
             pool_max_idle: None,
+            ca_certs,
         };
         upstreams.push(def);
     }

@@ -1,5 +1,5 @@
-//! Pooled HTTP/1.1 connections to one plain-HTTP upstream origin, driven inline by the request
-//! that uses them.
+//! Pooled HTTP/1.1 connections to one upstream origin (plain TCP or TLS), driven inline by the
+//! request that uses them.
 //!
 //! Why not reqwest (or hyper's client) here: a general client spawns a task per connection and
 //! hands the answer over through channels. Every chunk then costs a wake-up of another task, the
@@ -10,8 +10,8 @@
 //! wire format is in [`super::http1`]. The read buffer starts small and grows only for answers
 //! that fill it.
 //!
-//! Scope: `http://` upstreams without a proxy. HTTPS and proxied upstreams keep using reqwest
-//! (rustls, HTTP/2 by ALPN, HTTP and SOCKS proxies), see [`super::forward`].
+//! Scope: `http://` and `https://` upstreams without a proxy (TLS in [`super::transport`]).
+//! Proxied upstreams keep using reqwest (HTTP and SOCKS proxies), see [`super::forward`].
 //!
 //! Pool rules: idle connections are reused newest first; one idle longer than the upstream's
 //! `keepalive_timeout`, one the upstream closed or sent unasked-for bytes on, one whose answer
@@ -30,6 +30,8 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+use super::transport::{TlsSetup, Transport};
 
 use super::http1::{self, BodyDecoder, Decoded, ProtoError};
 
@@ -68,7 +70,7 @@ impl std::fmt::Display for PoolError {
 
 /// One HTTP/1.1 connection and what was read off it but not used yet.
 struct Conn {
-    tcp: TcpStream,
+    io: Transport,
     /// Bytes read and not yet consumed; answer bodies are handed out as slices of it.
     buf: BytesMut,
     /// How much the next read asks room for.
@@ -78,9 +80,9 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(tcp: TcpStream) -> Self {
+    fn new(io: Transport) -> Self {
         Conn {
-            tcp,
+            io,
             buf: BytesMut::new(),
             read_size: FIRST_READ,
             head: Vec::new(),
@@ -98,7 +100,7 @@ impl Conn {
         // `poll_read` (not `try_read`): a short read clears the socket's readiness, so the
         // reuse check after the answer costs no `recv` that could only say "nothing there".
         let n = std::task::ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.tcp),
+            Pin::new(&mut self.io),
             cx,
             &mut self.buf
         ))?;
@@ -113,15 +115,7 @@ impl Conn {
     /// Ready for another request: nothing unread, and neither a close nor stray bytes from the
     /// upstream since the last answer (checked without waiting).
     fn reusable(&mut self) -> bool {
-        if !self.buf.is_empty() {
-            return false;
-        }
-        let mut probe = [0u8; 1];
-        match self.tcp.try_read(&mut probe) {
-            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
-            // 0: closed; more: bytes nobody asked for.
-            Ok(_) => false,
-        }
+        self.buf.is_empty() && self.io.idle_and_open()
     }
 
     /// Writes head and body, in one `writev` when the socket takes it all. `Err(true)`: failed
@@ -136,7 +130,7 @@ impl Conn {
                 (&[][..], &body[written - self.head.len()..])
             };
             let slices = [io::IoSlice::new(h), io::IoSlice::new(b)];
-            match self.tcp.write_vectored(&slices).await {
+            match self.io.write_vectored(&slices).await {
                 Ok(0) => {
                     return Err((
                         written == 0,
@@ -147,7 +141,8 @@ impl Conn {
                 Err(e) => return Err((written == 0, e)),
             }
         }
-        Ok(())
+        // TLS keeps what the socket did not take yet; plain TCP has nothing to flush.
+        self.io.flush().await.map_err(|e| (false, e))
     }
 
     /// Reads until the answer's head is in.
@@ -196,6 +191,8 @@ pub struct PoolAnswer {
 pub struct ConnPool {
     /// `host:port` to connect to.
     addr: String,
+    /// For `https://` upstreams.
+    tls: Option<TlsSetup>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
@@ -214,15 +211,17 @@ impl std::fmt::Debug for ConnPool {
 }
 
 impl ConnPool {
-    /// `addr` is `host:port`.
+    /// `addr` is `host:port`; `tls` set: every connection speaks TLS.
     pub fn new(
         addr: String,
+        tls: Option<TlsSetup>,
         connect_timeout: Duration,
         idle_timeout: Duration,
         max_idle: Option<usize>,
     ) -> Self {
         ConnPool {
             addr,
+            tls,
             connect_timeout,
             idle_timeout,
             max_idle: max_idle.unwrap_or(usize::MAX),
@@ -303,18 +302,24 @@ impl ConnPool {
         drop(evicted);
     }
 
+    /// TCP connect, and the TLS handshake for `https://`, within `connect_timeout` together.
     async fn connect(&self) -> Result<Box<Conn>, PoolError> {
-        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.addr))
-            .await
-        {
+        let open = async {
+            let tcp = TcpStream::connect(&self.addr).await?;
+            // Small writes (request heads) go out now, not after Nagle's delay.
+            let _ = tcp.set_nodelay(true);
+            match &self.tls {
+                None => Ok(Transport::Plain(tcp)),
+                Some(tls) => tls.connect(tcp).await,
+            }
+        };
+        let io = match tokio::time::timeout(self.connect_timeout, open).await {
             Err(_) => return Err(PoolError::ConnectTimeout),
             Ok(Err(e)) => return Err(PoolError::Connect(e)),
-            Ok(Ok(s)) => s,
+            Ok(Ok(io)) => io,
         };
-        // Small writes (request heads) go out now, not after Nagle's delay.
-        let _ = tcp.set_nodelay(true);
         // Boxed once here: the pool and the bodies then move a pointer.
-        Ok(Box::new(Conn::new(tcp)))
+        Ok(Box::new(Conn::new(io)))
     }
 
     /// Sends the request and waits for the answer's head. The returned body owns the

@@ -17,6 +17,7 @@ use crate::error::{ErrorKind, GatewayError};
 
 use super::conn_pool::{ConnPool, PoolError, PoolRequest};
 use super::http1;
+use super::transport::TlsSetup;
 
 /// One upstream as used by one generation: its pooled client and resolved URLs.
 #[derive(Debug)]
@@ -145,6 +146,11 @@ impl Upstream {
         if let Some(n) = def.pool_max_idle {
             builder = builder.pool_max_idle_per_host(n);
         }
+        for der in &def.ca_certs {
+            let cert = reqwest::Certificate::from_der(der)
+                .map_err(|e| format!("upstream {}: a ca_file certificate: {e}", def.name))?;
+            builder = builder.add_root_certificate(cert);
+        }
         if let Some(proxy) = &def.proxy {
             let p = reqwest::Proxy::all(proxy.expose())
                 .map_err(|_| format!("upstream {}: not a usable proxy URL", def.name))?;
@@ -159,18 +165,32 @@ impl Upstream {
         let origin = origin_of(&def.chat_url);
         // Userinfo in the URL (`http://user:pass@host`) is left to reqwest: it must not end up
         // in a `Host` header or a connect address.
-        let pool = match (&def.proxy, origin.strip_prefix("http://")) {
-            (None, Some(authority)) if !authority.is_empty() && !authority.contains('@') => {
+        let scheme_and_authority = origin
+            .strip_prefix("http://")
+            .map(|a| (false, a))
+            .or_else(|| origin.strip_prefix("https://").map(|a| (true, a)));
+        let pool = match (&def.proxy, scheme_and_authority) {
+            (None, Some((tls, authority))) if !authority.is_empty() && !authority.contains('@') => {
                 let addr = if has_port(authority) {
                     authority.to_owned()
                 } else {
-                    format!("{authority}:80")
+                    format!("{authority}:{}", if tls { 443 } else { 80 })
                 };
                 let host = HeaderValue::from_str(authority).map_err(|_| {
                     format!("upstream {}: `{authority}` is not a usable host", def.name)
                 })?;
+                let tls = if tls {
+                    let name = host_of(authority);
+                    Some(
+                        TlsSetup::new(name, &def.ca_certs)
+                            .map_err(|e| format!("upstream {}: {e}", def.name))?,
+                    )
+                } else {
+                    None
+                };
                 let pool = ConnPool::new(
                     addr,
+                    tls,
                     def.connect_timeout,
                     def.keepalive_timeout,
                     def.pool_max_idle,
@@ -345,6 +365,15 @@ impl Upstream {
 }
 
 /// Whether an authority (`host`, `host:port`, `[v6]`, `[v6]:port`) names a port.
+/// The host of `host[:port]` (an IPv6 literal keeps its brackets).
+fn host_of(authority: &str) -> &str {
+    if has_port(authority) {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    } else {
+        authority
+    }
+}
+
 fn has_port(authority: &str) -> bool {
     match authority.rfind(']') {
         Some(close) => authority[close..].contains(':'),
@@ -459,13 +488,18 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_unproxied_upstreams_use_the_pool() {
+    fn unproxied_upstreams_use_the_pool() {
         let plain = upstream_for("http://127.0.0.1:8000", "");
         let (_, host) = plain.pool.as_ref().unwrap();
         assert_eq!(host, "127.0.0.1:8000");
         let default_port = upstream_for("http://llm.internal", "");
         assert_eq!(default_port.pool.as_ref().unwrap().1, "llm.internal");
-        assert!(upstream_for("https://api.sophnet.com", "").pool.is_none());
+        let tls = upstream_for("https://api.sophnet.com", "");
+        let (pool, host) = tls.pool.as_ref().unwrap();
+        assert_eq!(host, "api.sophnet.com");
+        assert!(format!("{pool:?}").contains("api.sophnet.com:443"));
+        let v6 = upstream_for("https://[::1]:8443", "");
+        assert_eq!(v6.pool.as_ref().unwrap().1, "[::1]:8443");
         assert!(upstream_for("http://user:pass@127.0.0.1:8000", "")
             .pool
             .is_none());
@@ -474,6 +508,14 @@ mod tests {
                 .pool
                 .is_none()
         );
+    }
+
+    #[test]
+    fn hosts_lose_only_their_port() {
+        assert_eq!(host_of("llm.internal"), "llm.internal");
+        assert_eq!(host_of("llm.internal:8443"), "llm.internal");
+        assert_eq!(host_of("[::1]:8443"), "[::1]");
+        assert_eq!(host_of("[::1]"), "[::1]");
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod request_body;
 pub mod routing;
 pub mod scripts;
 pub mod sse;
+pub mod transport;
 pub mod usage;
 
 use std::net::IpAddr;

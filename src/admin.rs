@@ -161,6 +161,7 @@ pub fn status(runtime: &Runtime) -> serde_json::Value {
             "succeeded": runtime.reloads_ok.load(Ordering::Relaxed),
             "failed": runtime.reloads_failed.load(Ordering::Relaxed),
         },
+        "log": { "dropped_lines": crate::logging::dropped_lines() },
     })
 }
 

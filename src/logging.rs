@@ -2,7 +2,9 @@
 //! rotated file (daily by default, 10 files kept — the Python forwarder's retention).
 //! `SOPHGATE_LOG` (a tracing filter) overrides `log_level` when set.
 
-use tracing_appender::non_blocking::WorkerGuard;
+use std::sync::OnceLock;
+
+use tracing_appender::non_blocking::{ErrorCounter, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LoggingConfig, Rotation};
@@ -44,6 +46,9 @@ pub fn init(cfg: &LoggingConfig) -> Result<Option<WorkerGuard>, String> {
         }
         None => tracing_appender::non_blocking(std::io::stderr()),
     };
+    // The writer never blocks a request: when its buffer (128k lines) is full it drops lines.
+    // Counted, shown in /admin/status and reported by `report_dropped_lines`.
+    let _ = DROPPED.set(writer.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
@@ -54,4 +59,31 @@ pub fn init(cfg: &LoggingConfig) -> Result<Option<WorkerGuard>, String> {
     };
     result.map_err(|e| format!("cannot install the logger: {e}"))?;
     Ok(Some(guard))
+}
+
+static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Log lines dropped so far because the writer could not keep up (0 before `init`).
+pub fn dropped_lines() -> u64 {
+    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
+}
+
+/// Logs, every `every`, how many lines were dropped since the last report (the report itself
+/// goes through once the burst is over). Runs until the runtime stops.
+pub fn report_dropped_lines(every: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut reported = dropped_lines();
+        loop {
+            tokio::time::sleep(every).await;
+            let now = dropped_lines();
+            if now > reported {
+                tracing::warn!(
+                    dropped = now - reported,
+                    total = now,
+                    "log lines dropped: the log writer could not keep up"
+                );
+                reported = now;
+            }
+        }
+    });
 }

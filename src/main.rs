@@ -253,6 +253,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
             "sophgate serving"
         );
         spawn_reload_on_sighup(runtime.clone());
+        sophgate::logging::report_dropped_lines(std::time::Duration::from_secs(10));
         if let Err(e) = sophgate::watch::spawn(runtime.clone()) {
             tracing::warn!("{e}; reload with SIGHUP or POST /admin/reload instead");
         }

@@ -226,6 +226,7 @@ async fn admin_reload_and_status() {
     assert!(v["last_reload_error"].is_null());
     assert_eq!(v["reloads"]["failed"], 1);
     assert_eq!(v["reloads"]["succeeded"], 1);
+    assert!(v["log"]["dropped_lines"].is_u64(), "{v}");
 
     assert_eq!(
         c.get(env.url("/admin/reload"))

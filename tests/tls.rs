@@ -24,8 +24,7 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A TLS server on loopback that passes the plain bytes on to `backend`; counts handshakes.
-async fn tls_front(backend: SocketAddr) -> (SocketAddr, Arc<AtomicU64>) {
+fn server_config() -> Arc<ServerConfig> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(fixture("server.pem"))
         .unwrap()
         .collect::<Result<_, _>>()
@@ -40,7 +39,17 @@ async fn tls_front(backend: SocketAddr) -> (SocketAddr, Arc<AtomicU64>) {
         .unwrap();
     // The server would take HTTP/2: the gateway must ask for HTTP/1.1.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    Arc::new(config)
+}
+
+/// A TLS server on loopback that passes the plain bytes on to `backend`; counts handshakes.
+/// With `close_after`, each connection is closed (TLS close_notify, then FIN) that long after
+/// it was accepted, as an upstream that ends idle keep-alive connections does.
+async fn tls_front(
+    backend: SocketAddr,
+    close_after: Option<std::time::Duration>,
+) -> (SocketAddr, Arc<AtomicU64>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let handshakes = Arc::new(AtomicU64::new(0));
@@ -57,18 +66,30 @@ async fn tls_front(backend: SocketAddr) -> (SocketAddr, Arc<AtomicU64>) {
                 assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]), "ALPN");
                 counted.fetch_add(1, Ordering::SeqCst);
                 let mut plain = tokio::net::TcpStream::connect(backend).await.unwrap();
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                let relay = tokio::io::copy_bidirectional(&mut tls, &mut plain);
+                match close_after {
+                    None => {
+                        let _ = relay.await;
+                    }
+                    Some(after) => {
+                        let _ = tokio::time::timeout(after, relay).await;
+                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+                    }
+                }
             });
         }
     });
     (addr, handshakes)
 }
 
-async fn start_tls(ca: Option<&str>) -> (Env, Arc<AtomicU64>, SocketAddr) {
+async fn start_tls(
+    ca: Option<&str>,
+    close_after: Option<std::time::Duration>,
+) -> (Env, Arc<AtomicU64>, SocketAddr) {
     let mock = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
         .await
         .unwrap();
-    let (front, handshakes) = tls_front(mock.addr).await;
+    let (front, handshakes) = tls_front(mock.addr, close_after).await;
     let ca_line = ca
         .map(|c| format!("api_ca_file: \"{c}\"\n"))
         .unwrap_or_default();
@@ -83,7 +104,7 @@ async fn start_tls(ca: Option<&str>) -> (Env, Arc<AtomicU64>, SocketAddr) {
 #[tokio::test]
 async fn https_upstream_answers_and_streams_over_one_pooled_connection() {
     let ca = fixture("ca.pem");
-    let (env, handshakes, front) = start_tls(Some(ca.to_str().unwrap())).await;
+    let (env, handshakes, front) = start_tls(Some(ca.to_str().unwrap()), None).await;
     for _ in 0..3 {
         let resp = post_chat(&env, CLIENT_KEY, chat_body("mock-model", false)).await;
         assert_eq!(resp.status(), 200);
@@ -114,13 +135,58 @@ async fn https_upstream_answers_and_streams_over_one_pooled_connection() {
 
 #[tokio::test]
 async fn an_untrusted_upstream_certificate_is_502_and_the_gateway_keeps_serving() {
-    let (env, handshakes, _) = start_tls(None).await;
+    let (env, handshakes, _) = start_tls(None, None).await;
     let resp = post_chat(&env, CLIENT_KEY, chat_body("mock-model", false)).await;
     assert_eq!(error_code(resp, 502).await, "upstream_unreachable");
     assert_eq!(handshakes.load(Ordering::SeqCst), 0);
     assert_eq!(env.mock.stats.get(&env.mock.stats.requests), 0);
     let health = client().get(env.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
+async fn a_tls_connection_the_upstream_closed_while_idle_never_surfaces_as_an_error() {
+    let ca = fixture("ca.pem");
+    let close_after = std::time::Duration::from_millis(300);
+    let (env, handshakes, _) = start_tls(Some(ca.to_str().unwrap()), Some(close_after)).await;
+    for round in 1..=3u64 {
+        let resp = post_chat(&env, CLIENT_KEY, chat_body("mock-model", false)).await;
+        assert_eq!(resp.status(), 200, "request {round}");
+        assert_eq!(handshakes.load(Ordering::SeqCst), round);
+        // The upstream closes the idle connection (close_notify) before the next request.
+        tokio::time::sleep(close_after * 2).await;
+    }
+}
+
+/// The pool's reuse check through TLS: an idle connection (session tickets read, no data) is
+/// fit for reuse; one with stray bytes, or one the server closed (close_notify), is not.
+#[tokio::test]
+async fn the_reuse_check_reads_through_tls() {
+    use sophgate::pipeline::transport::TlsSetup;
+    use tokio::io::AsyncWriteExt;
+    let ca: Vec<Vec<u8>> = CertificateDer::pem_file_iter(fixture("ca.pem"))
+        .unwrap()
+        .map(|c| c.unwrap().to_vec())
+        .collect();
+    let setup = TlsSetup::new("localhost", &ca).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    for case in ["idle", "stray bytes", "close_notify"] {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let (client, server) = tokio::join!(setup.connect(tcp), acceptor.accept(accepted));
+        let (mut client, mut server) = (client.unwrap(), server.unwrap());
+        match case {
+            "stray bytes" => server.write_all(b"x").await.unwrap(),
+            "close_notify" => server.shutdown().await.unwrap(),
+            _ => server.flush().await.unwrap(),
+        }
+        // Let the bytes (tickets, data or the alert) arrive.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(client.idle_and_open(), case == "idle", "{case}");
+        drop(server);
+    }
 }
 
 #[test]

@@ -76,6 +76,24 @@ fn load_ca_file(path: &str, base_dir: &std::path::Path) -> Result<Vec<Vec<u8>>, 
     Ok(certs)
 }
 
+/// The certificates of an optional `ca_file` key at `path`; a file that cannot be used is a
+/// config error there (and no certificates).
+fn ca_file_certs(
+    c: &mut Collector<'_>,
+    path: &[Segment],
+    file: Option<&str>,
+    base_dir: &std::path::Path,
+) -> Vec<Vec<u8>> {
+    match file.map(|f| load_ca_file(f, base_dir)) {
+        None => Vec::new(),
+        Some(Ok(certs)) => certs,
+        Some(Err(e)) => {
+            c.err(path, e);
+            Vec::new()
+        }
+    }
+}
+
 /// `sha256:<64 hex>` or a plain key.
 pub fn parse_key_id(key: &str) -> Result<KeyId, String> {
     if key.trim().is_empty() {
@@ -367,15 +385,13 @@ pub fn validate(
     };
     let connect_timeout = c.seconds(&[k("timeout")], raw.timeout, 30.0);
     let keepalive_timeout = c.seconds(&[k("keepalive_timeout")], raw.keepalive_timeout, 30.0);
-    let api_ca_certs = match raw.api_ca_file.as_deref() {
-        Some(f) => load_ca_file(f, base_dir).unwrap_or_else(|e| {
-            c.err(&[k("api_ca_file")], e);
-            Vec::new()
-        }),
-        None => Vec::new(),
-    };
+    let ca_certs = ca_file_certs(
+        &mut c,
+        &[k("api_ca_file")],
+        raw.api_ca_file.as_deref(),
+        base_dir,
+    );
     let upstream = UpstreamConfig {
-        ca_certs: api_ca_certs,
         api_host,
         chat_path,
         base_path,
@@ -385,6 +401,7 @@ pub fn validate(
         connection_limit_per_host: raw.connection_limit_per_host.unwrap_or(0) as usize,
         keepalive_timeout,
         force_close: raw.force_close.unwrap_or(false),
+        ca_certs,
     };
 
     // --- credentials (names now; each entry is typed by raw_credentials) ---
@@ -499,13 +516,7 @@ pub fn validate(
                 );
             }
         }
-        let ca_certs = match u.ca_file.as_deref() {
-            Some(f) => load_ca_file(f, base_dir).unwrap_or_else(|e| {
-                c.err(&at("ca_file"), e);
-                Vec::new()
-            }),
-            None => Vec::new(),
-        };
+        let ca_certs = ca_file_certs(&mut c, &at("ca_file"), u.ca_file.as_deref(), base_dir);
         let t = u.timeouts.unwrap_or_default();
         let tp = |f: &str| {
             let mut p = at("timeouts");

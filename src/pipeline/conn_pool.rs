@@ -31,9 +31,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::transport::{TlsSetup, Transport};
-
 use super::http1::{self, BodyDecoder, Decoded, ProtoError};
+use super::transport::{TlsSetup, Transport};
 
 /// First read size of a fresh connection: a usual answer head, or a few SSE events. Small
 /// because a streaming answer holds its buffer for the whole stream; answers that fill it get
@@ -47,9 +46,10 @@ const IDLE_KEEP: usize = 8 * 1024;
 /// Why a request got no answer, or its body broke off.
 #[derive(Debug)]
 pub enum PoolError {
-    /// The TCP connection could not be made (refused, unreachable, DNS).
+    /// The connection could not be made (refused, unreachable, DNS, TLS handshake or
+    /// certificate).
     Connect(io::Error),
-    /// The TCP connection was not made within `connect_timeout`.
+    /// The connection (TCP and, for `https://`, TLS) was not made within `connect_timeout`.
     ConnectTimeout,
     /// Reading or writing the connection failed.
     Io(io::Error),

@@ -364,7 +364,6 @@ impl Upstream {
     }
 }
 
-/// Whether an authority (`host`, `host:port`, `[v6]`, `[v6]:port`) names a port.
 /// The host of `host[:port]` (an IPv6 literal keeps its brackets).
 fn host_of(authority: &str) -> &str {
     if has_port(authority) {
@@ -374,6 +373,7 @@ fn host_of(authority: &str) -> &str {
     }
 }
 
+/// Whether an authority (`host`, `host:port`, `[v6]`, `[v6]:port`) names a port.
 fn has_port(authority: &str) -> bool {
     match authority.rfind(']') {
         Some(close) => authority[close..].contains(':'),

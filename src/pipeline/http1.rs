@@ -59,7 +59,7 @@ pub static HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
 }
 

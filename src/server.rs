@@ -1,23 +1,56 @@
-//! The accept loop: HTTP/1.1 and h2c (prior knowledge) on one port, `TCP_NODELAY` on every
-//! accepted socket, a header read timeout, and graceful shutdown (stop accepting, let in-flight
-//! requests and streams finish within the grace period, then close what is left).
+//! The accept loop: HTTP/1.1 (our own, [`http1`]) and h2c (prior knowledge, hyper) on one
+//! port, `TCP_NODELAY` on every accepted socket, a header read timeout, and graceful shutdown
+//! (stop accepting, let in-flight requests and streams finish within the grace period, then
+//! close what is left).
+
+pub mod http1;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::body::ResponseBody;
 use crate::pipeline;
 use crate::runtime::Runtime;
+
+/// Runs a request: `/admin/*` on the admin endpoint, everything else through the pipeline.
+struct Gateway {
+    runtime: Arc<Runtime>,
+    peer: IpAddr,
+}
+
+impl http1::Handler for Gateway {
+    fn handle<'c>(&self, req: http::Request<http1::RequestBody<'c>>) -> http1::Handled<'c> {
+        // Boxed: the request's ~4 KB are allocated only while it runs (freed before its answer
+        // streams), not kept for every open connection.
+        Box::pin(dispatch(self.runtime.clone(), self.peer, req))
+    }
+}
+
+async fn dispatch<B>(
+    runtime: Arc<Runtime>,
+    peer: IpAddr,
+    req: http::Request<B>,
+) -> http::Response<ResponseBody>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if req.uri().path().starts_with("/admin/") {
+        // Boxed: rare, and its reload future would widen every request's.
+        return Box::pin(crate::admin::handle(&runtime, peer, req)).await;
+    }
+    pipeline::handle(runtime.current(), peer, req).await
+}
 
 /// Serves until `shutdown` resolves, then drains for at most the configured grace period.
 pub async fn serve(
@@ -26,14 +59,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let limits = runtime.current().config.limits.clone();
-    let mut h1 = http1::Builder::new();
-    h1.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .keep_alive(true);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new());
-    let builders = Arc::new((h1, h2));
-    let graceful = GracefulShutdown::new();
+    let h2 = Arc::new(h2);
+    // `true` once shutting down; every connection holds a receiver, so the drain is over when
+    // the last one is dropped.
+    let (draining, _) = watch::channel(false);
     tokio::pin!(shutdown);
 
     loop {
@@ -49,39 +80,39 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let rt = runtime.clone();
-                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let rt = rt.clone();
-                    async move {
-                        if req.uri().path().starts_with("/admin/") {
-                            // Boxed: rare, and its reload future would widen every request's.
-                            let admin = Box::pin(crate::admin::handle(&rt, peer.ip(), req));
-                            return Ok::<_, Infallible>(admin.await);
-                        }
-                        let generation = rt.current();
-                        // Boxed: hyper keeps room for this future for every open connection,
-                        // idle or streaming; boxed, that is a pointer, and the request's ~4 KB
-                        // are allocated only while it runs (freed before its answer streams).
-                        let handled = Box::pin(pipeline::handle(generation, peer.ip(), req));
-                        Ok::<_, Infallible>(handled.await)
-                    }
-                });
-                let watcher = graceful.watcher();
-                let builders = builders.clone();
-                let sniff_within = limits.header_read_timeout;
+                let runtime = runtime.clone();
+                let mut stop = draining.subscribe();
+                let h2 = h2.clone();
+                let within = limits.header_read_timeout;
                 tokio::spawn(async move {
-                    let (h1, h2) = &*builders;
-                    let served = match sniff(&stream, sniff_within).await {
-                        None => return,
+                    match sniff(&stream, within).await {
+                        None => {}
                         Some(Protocol::Http1) => {
-                            watcher.watch(h1.serve_connection(TokioIo::new(stream), service)).await
+                            let gateway = Gateway { runtime, peer: peer.ip() };
+                            http1::serve(stream, within, stop, gateway).await;
                         }
                         Some(Protocol::Http2) => {
-                            watcher.watch(h2.serve_connection(TokioIo::new(stream), service)).await
+                            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                                let runtime = runtime.clone();
+                                // Boxed: hyper keeps room for this future in every stream.
+                                async move {
+                                    let handled = Box::pin(dispatch(runtime, peer.ip(), req)).await;
+                                    Ok::<_, Infallible>(handled)
+                                }
+                            });
+                            let conn = h2.serve_connection(TokioIo::new(stream), service);
+                            tokio::pin!(conn);
+                            let served = tokio::select! {
+                                served = conn.as_mut() => served,
+                                _ = async { stop.wait_for(|&s| s).await.is_ok() } => {
+                                    conn.as_mut().graceful_shutdown();
+                                    conn.await
+                                }
+                            };
+                            if let Err(e) = served {
+                                tracing::debug!(error = %e, %peer, "connection ended with an error");
+                            }
                         }
-                    };
-                    if let Err(e) = served {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
                     }
                 });
             }
@@ -95,8 +126,9 @@ pub async fn serve(
         grace_s = grace.as_secs_f64(),
         "shutting down: draining in-flight requests"
     );
+    let _ = draining.send(true);
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections drained"),
+        _ = draining.closed() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the remaining connections"),
     }
 }
@@ -110,12 +142,10 @@ enum Protocol {
 }
 
 /// Which protocol a new connection speaks, from its first bytes, peeked: they stay in the
-/// socket for hyper to read. Why not hyper-util's auto builder: it reads the first bytes and
-/// hands them back through a rewind wrapper, so hyper's first HTTP/1 read returns only those
-/// (up to 24) bytes and its read buffer grows to 16 KiB on the next read: 8 KiB more for every
-/// open connection. `None`: the client closed, failed, or sent nothing within `within`
-/// (hyper's own header timeout then starts with the first byte, so a first head may take up to
-/// twice `header_read_timeout`; auto's version read had no limit at all).
+/// socket for the protocol's reader (hyper's h2, or [`http1::serve`]), which reads them into
+/// its own buffer; no rewind wrapper. `None`: the client closed, failed, or sent nothing within
+/// `within` (the head's own timeout starts when its first read leaves it incomplete, so a
+/// first head may take up to twice `header_read_timeout`).
 async fn sniff(stream: &TcpStream, within: Duration) -> Option<Protocol> {
     let look = async {
         let mut first = [0u8; H2_PREFACE.len()];

@@ -1,5 +1,6 @@
 //! The HTTP/1.1 wire format of the pooled upstream client ([`super::conn_pool`]): request heads
-//! out, response heads and body framing (RFC 9112 §6) in.
+//! out, response heads and body framing (RFC 9112 §6) in. The server side
+//! ([`crate::server::http1`]) decodes request bodies with the same [`BodyDecoder`].
 //!
 //! Pure functions over byte buffers, no I/O: the connection code reads into a buffer and asks
 //! this module what the bytes mean, so every way the network may split an answer can be tested
@@ -142,14 +143,14 @@ pub fn encode_request_head(
     }
     if body_len > 0 || !bodiless_method(method) {
         out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa_usize(body_len, &mut [0u8; 20]));
+        out.extend_from_slice(decimal(body_len as u64, &mut [0u8; 20]));
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }
 
 /// Decimal digits of `n`, written into the end of `buf`.
-fn itoa_usize(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
+pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -318,7 +319,7 @@ pub fn parse_response_head(
 }
 
 /// The one length all `Content-Length` values agree on (`5, 5` is allowed, `5, 6` is not).
-fn content_length(headers: &HeaderMap) -> Result<u64, ProtoError> {
+pub fn content_length(headers: &HeaderMap) -> Result<u64, ProtoError> {
     let mut found: Option<u64> = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         let text = value.to_str().map_err(|_| ProtoError::BadContentLength)?;

@@ -58,6 +58,8 @@ const READ_AHEAD_LIMIT: usize = 64 * 1024;
 const WRITE_BATCH: usize = 64 * 1024;
 /// A write buffer that grew past this is not kept for the next request.
 const KEEP_WRITE_BUFFER: usize = 16 * 1024;
+/// Nor a read buffer (a large request body grows it).
+const KEEP_READ_BUFFER: usize = 16 * 1024;
 /// After an answer that left part of the request body unread, how long (and how much) the
 /// rest is read and dropped before closing, so the client sees the answer instead of a reset.
 const LINGER_TIME: Duration = Duration::from_secs(1);
@@ -531,6 +533,11 @@ pub async fn serve<H: Handler>(
         if out.capacity() > KEEP_WRITE_BUFFER {
             out = Vec::new();
         }
+        let mut s = lock(&side);
+        if s.buf.is_empty() && s.buf.capacity() > KEEP_READ_BUFFER {
+            // A large body grew it: an idle connection keeps only a head-sized buffer.
+            s.buf = BytesMut::new();
+        }
     }
 }
 
@@ -682,6 +689,14 @@ async fn write_body(
         Failed,
         Flush,
         ClientGone,
+    }
+    if framing == Out::Chunked {
+        // A stream may last minutes: its connection needs no read buffer meanwhile (the
+        // client-gone watch makes a small one if the client sends anything).
+        let mut s = lock(side);
+        if s.buf.is_empty() {
+            s.buf = BytesMut::new();
+        }
     }
     let mut body = pin!(body);
     let mut sent: u64 = 0;

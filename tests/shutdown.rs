@@ -42,3 +42,89 @@ async fn in_flight_stream_finishes_and_new_connections_are_refused() {
         .unwrap();
     drop(mock);
 }
+
+/// Reads until `done` says the bytes so far are enough, or EOF; at most 5 s.
+async fn read_until(sock: &mut tokio::net::TcpStream, done: impl Fn(&str) -> bool) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !done(&text) {
+        match tokio::time::timeout_at(deadline, sock.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(_) => panic!("nothing more within 5 s; so far: {text:?}"),
+        }
+    }
+    text
+}
+
+/// HTTP/1.1 keep-alive connections: an idle one is closed as soon as the drain begins (it
+/// does not hold the drain for the grace period), and a request still running when it began
+/// is answered with `connection: close`, then its connection closes.
+#[tokio::test]
+async fn idle_connections_close_at_once_and_running_requests_answer_with_close() {
+    use tokio::io::AsyncWriteExt;
+    let opts = MockOptions {
+        ttft: Duration::from_millis(400),
+        ..MockOptions::default()
+    };
+    let env = start("", opts).await;
+    let addr = env.gateway.addr;
+
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_until(&mut idle, |t| t.contains("\r\n\r\n")).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first:?}");
+    assert!(!first.to_ascii_lowercase().contains("connection: close"));
+
+    let body = chat_body("mock-model", false);
+    let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+    busy.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {CLIENT_KEY}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // The mock holds its answer for 400 ms: the drain begins while the request runs.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let Env { gateway, mock, .. } = env;
+    let started = std::time::Instant::now();
+    let shutdown = tokio::spawn(gateway.shutdown());
+
+    let rest = read_until(&mut idle, |_| false).await;
+    assert_eq!(rest, "", "the idle connection got bytes instead of a close");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "idle connection closed only after {:?}",
+        started.elapsed()
+    );
+
+    let answer = read_until(&mut busy, |_| false).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{answer:?}"
+    );
+    assert!(answer.contains("chat.completion"), "{answer:?}");
+
+    tokio::time::timeout(Duration::from_secs(5), shutdown)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the drain took {:?}",
+        started.elapsed()
+    );
+    drop(mock);
+}

@@ -440,8 +440,7 @@ pub async fn serve<H: Handler>(
             NextHead::Head(head) => head,
             NextHead::Refused(e) => {
                 tracing::debug!(error = %e, "refused a request head");
-                let resp = e.into_response::<ResponseBody>();
-                let mut resp = resp;
+                let mut resp = e.into_response::<ResponseBody>();
                 if let Ok(v) =
                     HeaderValue::from_str(&crate::pipeline::request_id(&HeaderMap::new()))
                 {

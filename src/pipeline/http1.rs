@@ -277,7 +277,9 @@ pub fn parse_response_head(
             kept.push((name, start, start + h.value.len()));
         }
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(kept.len());
+        // One spare slot: the gateway adds `x-request-id`, which would otherwise grow (and
+        // reallocate) the map on every answer.
+        let mut headers = HeaderMap::with_capacity(kept.len() + 1);
         for (name, start, end) in kept {
             let value = HeaderValue::from_maybe_shared(head.slice(start..end))
                 .map_err(|_| ProtoError::BadHeader)?;

@@ -905,6 +905,23 @@ mod tests {
         );
     }
 
+    /// Whatever the bytes, the parser answers (a head, "more", or an error) and never panics:
+    /// every prefix of a real request, and every single-byte change of it.
+    #[test]
+    fn any_bytes_get_an_answer() {
+        let sample = b"POST /v1/chat/completions?a=b HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer k\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, Upgrade\r\nExpect: 100-continue\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        for end in 0..=sample.len() {
+            let _ = parse_head(&mut BytesMut::from(&sample[..end]));
+        }
+        for at in 0..sample.len() {
+            for byte in [0u8, b'\r', b'\n', b':', b' ', 0x7f, 0xff, b'a'] {
+                let mut changed = sample.to_vec();
+                changed[at] = byte;
+                let _ = parse_head(&mut BytesMut::from(&changed[..]));
+            }
+        }
+    }
+
     #[test]
     fn expect_continue_only_on_http_1_1() {
         let e = |t: &str| parse(t).unwrap().unwrap().expect_continue;

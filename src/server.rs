@@ -126,7 +126,7 @@ pub async fn serve(
         grace_s = grace.as_secs_f64(),
         "shutting down: draining in-flight requests"
     );
-    let _ = draining.send(true);
+    draining.send_replace(true);
     tokio::select! {
         _ = draining.closed() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the remaining connections"),

@@ -20,7 +20,7 @@
 //! `field_aliases` (the native walk next to the bundled plugin the config key now loads),
 //! `sse_relay` (framing, and the relay with and without a do-nothing `on_event`),
 //! `upstream_http1` (the pooled client's wire format: request head, answer head, chunked body),
-//! `pipeline`
+//! `server_http1` (a client's request head into the request the pipeline gets), `pipeline`
 //! (`prepare`: every stage before the upstream call, plugins included).
 
 use std::hint::black_box;
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
-    let stages: [(&str, Stage); 8] = [
+    let stages: [(&str, Stage); 9] = [
         ("ip_acl", bench_ip_acl),
         ("auth", bench_auth),
         ("json", bench_json),
@@ -70,6 +70,7 @@ fn main() -> ExitCode {
         ("field_aliases", bench_field_aliases),
         ("sse_relay", bench_sse_relay),
         ("upstream_http1", bench_upstream_http1),
+        ("server_http1", bench_server_http1),
         ("pipeline", bench_pipeline),
     ];
     let mut failed = false;
@@ -647,6 +648,55 @@ fn bench_upstream_http1(c: &mut Criterion) -> BenchResult {
         b.iter_batched(
             || bytes::BytesMut::from(&wire[..]),
             |buf| black_box(decode_all(buf)),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+    Ok(())
+}
+
+/// A chat request head as the openai Python SDK sends it (14 header lines).
+fn sdk_request_head() -> Vec<u8> {
+    let mut head = String::from("POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:8000\r\n");
+    for (name, value) in [
+        ("accept-encoding", "gzip, deflate"),
+        ("connection", "keep-alive"),
+        ("accept", "application/json"),
+        ("content-type", "application/json"),
+        ("user-agent", "OpenAI/Python 1.54.0"),
+        ("x-stainless-lang", "python"),
+        ("x-stainless-package-version", "1.54.0"),
+        ("x-stainless-os", "Linux"),
+        ("x-stainless-arch", "x64"),
+        ("x-stainless-runtime", "CPython"),
+        ("x-stainless-runtime-version", "3.12.3"),
+        (
+            "authorization",
+            "Bearer sk-bench-0123456789abcdef0123456789abcdef",
+        ),
+        ("x-stainless-retry-count", "0"),
+        ("content-length", "68"),
+    ] {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
+}
+
+fn bench_server_http1(c: &mut Criterion) -> BenchResult {
+    use sophgate::server::http1::parse_request_head;
+    let mut group = c.benchmark_group("server_http1");
+    let wire = sdk_request_head();
+    let parsed = parse_request_head(&mut bytes::BytesMut::from(&wire[..]))
+        .map_err(|e| e.to_string())?
+        .ok_or("request head not complete")?;
+    if parsed.headers().len() != 15 || parsed.uri().path() != "/v1/chat/completions" {
+        return Err(format!("request head not as expected: {parsed:?}"));
+    }
+    group.bench_function("request_head/sdk_15_headers", |b| {
+        b.iter_batched(
+            || bytes::BytesMut::from(&wire[..]),
+            |mut buf| black_box(parse_request_head(&mut buf)),
             BatchSize::SmallInput,
         )
     });

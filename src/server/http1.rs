@@ -344,6 +344,11 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, GatewayError> {
     }))
 }
 
+/// [`parse_head`] for the criterion benches: the request as the pipeline gets it.
+pub fn parse_request_head(buf: &mut BytesMut) -> Result<Option<Request<()>>, GatewayError> {
+    parse_head(buf).map(|head| head.map(|h| h.request))
+}
+
 fn head_too_large() -> GatewayError {
     GatewayError::new(
         ErrorKind::HeaderTooLarge,

@@ -58,7 +58,6 @@ pub async fn serve(
     runtime: Arc<Runtime>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let limits = runtime.current().config.limits.clone();
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new());
     let h2 = Arc::new(h2);
@@ -83,13 +82,19 @@ pub async fn serve(
                 let runtime = runtime.clone();
                 let mut stop = draining.subscribe();
                 let h2 = h2.clone();
+                // Read per connection, so a reload changes them for new connections.
+                let limits = runtime.current().config.limits.clone();
                 let within = limits.header_read_timeout;
                 tokio::spawn(async move {
                     match sniff(&stream, within).await {
                         None => {}
                         Some(Protocol::Http1) => {
                             let gateway = Gateway { runtime, peer: peer.ip() };
-                            http1::serve(stream, within, stop, gateway).await;
+                            let timeouts = http1::Timeouts {
+                                header_read: limits.header_read_timeout,
+                                keep_alive: limits.keep_alive_timeout,
+                            };
+                            http1::serve(stream, timeouts, stop, gateway).await;
                         }
                         Some(Protocol::Http2) => {
                             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {

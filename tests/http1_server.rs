@@ -887,3 +887,36 @@ async fn a_client_reset_mid_stream_leaves_the_gateway_serving() {
     .await;
     assert_chat_completion(&c.response().await);
 }
+
+// 15. `limits.keep_alive_timeout`: an idle keep-alive connection is closed after it; a stream
+// that lasts longer than it is not cut, and the connection serves again right after.
+#[tokio::test]
+async fn idle_connections_close_after_the_keep_alive_timeout_but_streams_outlast_it() {
+    let opts = MockOptions {
+        itl: Duration::from_millis(150),
+        tokens: 6,
+        ..MockOptions::default()
+    };
+    let env = start("limits:\n  keep_alive_timeout: 0.4\n", opts).await;
+    let mut c = Conn::open(&env).await;
+    c.send(get("/health")).await;
+    assert_health(&c.response().await);
+    // ~0.9 s of stream: more than twice the idle timeout.
+    let started = Instant::now();
+    c.send(chat_request(CLIENT_KEY, &chat_body("mock-model", true), ""))
+        .await;
+    let stream = c.response().await;
+    assert_eq!(stream.status, 200, "{stream:?}");
+    assert!(stream.text().contains("data: [DONE]"), "{stream:?}");
+    assert!(started.elapsed() > Duration::from_millis(600));
+    c.send(get("/health")).await;
+    assert_health(&c.response().await);
+
+    let idle_since = Instant::now();
+    c.expect_closed().await;
+    let idle = idle_since.elapsed();
+    assert!(
+        idle >= Duration::from_millis(300) && idle < Duration::from_secs(3),
+        "closed after {idle:?} idle (timeout 0.4 s)"
+    );
+}

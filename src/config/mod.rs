@@ -280,6 +280,8 @@ pub struct LoggingConfig {
 pub struct Limits {
     pub max_body_bytes: usize,
     pub header_read_timeout: Duration,
+    /// How long an HTTP/1.1 connection may sit idle between requests.
+    pub keep_alive_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub stream_idle_timeout: Duration,
     pub shutdown_grace: Duration,

@@ -788,6 +788,11 @@ pub fn validate(
             rl.header_read_timeout,
             30.0,
         ),
+        keep_alive_timeout: c.seconds(
+            &[k("limits"), k("keep_alive_timeout")],
+            rl.keep_alive_timeout,
+            75.0,
+        ),
         first_byte_timeout: c.seconds(
             &[k("limits"), k("first_byte_timeout")],
             rl.first_byte_timeout,

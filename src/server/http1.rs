@@ -10,7 +10,9 @@
 //!
 //! - a request whose body came with its head (the usual chat request) reaches the pipeline
 //!   with the body as a slice of the read buffer: no channel, no copy, no timer;
-//! - a head that did not arrive whole within one read gets `limits.header_read_timeout`;
+//! - a head that did not arrive whole within one read gets `limits.header_read_timeout`, an
+//!   idle keep-alive connection `limits.keep_alive_timeout` (a coarse timer, not reset after
+//!   every answer);
 //! - heads over [`MAX_HEAD_BYTES`] or [`MAX_HEADERS`] lines are 431, malformed heads and
 //!   ambiguous framing (`Content-Length` with `Transfer-Encoding`, differing lengths) are 400,
 //!   both in the OpenAI error shape, and the connection closes after them;
@@ -64,6 +66,45 @@ const KEEP_READ_BUFFER: usize = 16 * 1024;
 /// rest is read and dropped before closing, so the client sees the answer instead of a reset.
 const LINGER_TIME: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 1024 * 1024;
+
+/// The connection's time limits (`limits.header_read_timeout`, `limits.keep_alive_timeout`).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// For a request head to arrive whole once its first bytes came.
+    pub header_read: Duration,
+    /// For the next request to begin on an idle keep-alive connection.
+    pub keep_alive: Duration,
+}
+
+/// The idle deadline of a keep-alive connection. Moved forward only when it would otherwise
+/// end more than a little early (1/8 of the timeout, at most 1 s): a reset is a timer-wheel
+/// update, and doing one after every answer costs more than the precision is worth. Idle
+/// connections close between `timeout - slack` and `timeout` after their last answer.
+#[derive(Default)]
+struct IdleTimer {
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl IdleTimer {
+    /// Whether the connection has been idle for `timeout`. `idle_began`: the first poll of
+    /// this idle wait, which sets the deadline (later polls of the same wait keep it).
+    fn poll_expired(&mut self, cx: &mut Context<'_>, timeout: Duration, idle_began: bool) -> bool {
+        if idle_began || self.sleep.is_none() {
+            let deadline = tokio::time::Instant::now() + timeout;
+            let slack = (timeout / 8).min(Duration::from_secs(1));
+            match &mut self.sleep {
+                Some(sleep) if sleep.deadline() + slack < deadline => {
+                    sleep.as_mut().reset(deadline)
+                }
+                Some(_) => {}
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        self.sleep
+            .as_mut()
+            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
+    }
+}
 
 /// The gateway's answer to one request.
 pub type Handled<'c> = Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send + 'c>>;
@@ -374,12 +415,13 @@ enum NextHead {
     Close,
 }
 
-/// Waits for the next request head. An idle connection waits without a deadline (until the
+/// Waits for the next request head. An idle connection waits up to `keep_alive` (or until the
 /// client closes it or the server shuts down); once a head has begun, it must be complete
-/// within `header_read_timeout`.
+/// within `header_read`.
 async fn read_head(
     side: &Mutex<ReadSide>,
-    header_read_timeout: Duration,
+    timeouts: Timeouts,
+    idle: &mut IdleTimer,
     shutdown: &mut watch::Receiver<bool>,
 ) -> NextHead {
     let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
@@ -397,7 +439,7 @@ async fn read_head(
         };
         let read = if started {
             let sleep =
-                deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(header_read_timeout)));
+                deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeouts.header_read)));
             poll_fn(|cx| {
                 if sleep.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(None);
@@ -410,10 +452,19 @@ async fn read_head(
                 return NextHead::Close;
             }
             let mut changed = pin!(shutdown.changed());
-            poll_fn(|cx| match lock(side).poll_fill(cx, HEAD_READ) {
-                Poll::Ready(r) => Poll::Ready(Some(r)),
-                // The server is shutting down (or gone): an idle connection just closes.
-                Poll::Pending => changed.as_mut().poll(cx).map(|_| None),
+            let mut idle_began = true;
+            poll_fn(|cx| {
+                if let Poll::Ready(r) = lock(side).poll_fill(cx, HEAD_READ) {
+                    return Poll::Ready(Some(r));
+                }
+                // The server is shutting down (or gone), or the connection sat idle too long:
+                // it just closes.
+                let expired = idle.poll_expired(cx, timeouts.keep_alive, idle_began);
+                idle_began = false;
+                if changed.as_mut().poll(cx).is_ready() || expired {
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
             })
             .await
         };
@@ -428,7 +479,7 @@ async fn read_head(
 /// shuts down (the request in progress finishes first; its answer says `connection: close`).
 pub async fn serve<H: Handler>(
     stream: TcpStream,
-    header_read_timeout: Duration,
+    timeouts: Timeouts,
     mut shutdown: watch::Receiver<bool>,
     handler: H,
 ) {
@@ -440,8 +491,9 @@ pub async fn serve<H: Handler>(
         body_failed: false,
     });
     let mut out: Vec<u8> = Vec::new();
+    let mut idle = IdleTimer::default();
     loop {
-        let head = match read_head(&side, header_read_timeout, &mut shutdown).await {
+        let head = match read_head(&side, timeouts, &mut idle, &mut shutdown).await {
             NextHead::Head(head) => head,
             NextHead::Refused(e) => {
                 tracing::debug!(error = %e, "refused a request head");

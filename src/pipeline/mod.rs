@@ -368,22 +368,21 @@ where
     let (mut target, plan, body_value, mut body_changed) = match route {
         Route::ChatCompletions => {
             let peek = request_body::peek_chat(&bytes)?;
-            let model = peek
-                .model
-                .as_deref()
-                .map(str::to_owned)
-                .or_else(|| cfg.defaults.model.clone());
+            // Borrowed from the body: an owned copy is made only for the access log.
+            let model = peek.model.as_deref().or(cfg.defaults.model.as_deref());
             if let Some(pol) = policy {
-                pol.check_model(model.as_deref())?;
+                pol.check_model(model)?;
             }
-            let plan = routing::plan(generation, &principal, model.as_deref())?;
+            let plan = routing::plan(generation, &principal, model)?;
             let needs_defaults = defaults::needed(&cfg.defaults, &peek);
             // tpm counts real usage: make sure a stream reports it.
             injected_usage = policy.is_some_and(|p| p.tpm.is_some())
                 && peek.stream == Some(true)
                 && !peek.include_usage();
             let rename = plan.rename_to.is_some();
-            log.model = model;
+            if log.enabled {
+                log.model = model.map(str::to_owned);
+            }
             drop(peek);
             let aliases = !cfg.field_aliases.is_empty();
             // 4. defaults, field aliases, route renaming: parse only when something changes.

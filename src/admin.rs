@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::body::ResponseBody;
 use crate::error::GatewayError;
-use crate::pipeline::{auth::bearer_token, request_id, REQUEST_ID};
+use crate::pipeline::{auth::bearer_token, RequestId, REQUEST_ID};
 use crate::runtime::Runtime;
 
 /// RFC 3339 (UTC, seconds) without a date-time crate.
@@ -56,12 +56,12 @@ pub async fn handle<B>(
     peer: IpAddr,
     req: Request<B>,
 ) -> Response<ResponseBody> {
-    let rid = request_id(req.headers());
+    let mut rid = RequestId::of(req.headers());
     let mut resp = match run(runtime, peer, &req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
-    if let Ok(v) = HeaderValue::from_str(&rid) {
+    if let Some(v) = rid.header.take() {
         resp.headers_mut().insert(&REQUEST_ID, v);
     }
     tracing::info!(

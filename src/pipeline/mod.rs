@@ -113,7 +113,7 @@ impl std::fmt::Display for RequestId {
 }
 
 /// Writes the low `out.len()` hex digits of `v` into `out`.
-fn hex_into(out: &mut [u8], mut v: u64) {
+pub(crate) fn hex_into(out: &mut [u8], mut v: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in out.iter_mut().rev() {
         *b = DIGITS[(v & 0xf) as usize];

@@ -44,6 +44,7 @@ use tokio::sync::watch;
 use crate::body::ResponseBody;
 use crate::error::{ErrorKind, GatewayError};
 use crate::pipeline::http1::{self as wire, BodyDecoder, Decoded, Framing};
+use crate::pipeline::{hex_into, RequestId, REQUEST_ID};
 
 /// Most header lines a request may have (hyper's default too).
 pub const MAX_HEADERS: usize = 100;
@@ -89,7 +90,7 @@ impl IdleTimer {
     /// Whether the connection has been idle for `timeout`. `idle_began`: the first poll of
     /// this idle wait, which sets the deadline (later polls of the same wait keep it).
     fn poll_expired(&mut self, cx: &mut Context<'_>, timeout: Duration, idle_began: bool) -> bool {
-        if idle_began || self.sleep.is_none() {
+        if idle_began {
             let deadline = tokio::time::Instant::now() + timeout;
             let slack = (timeout / 8).min(Duration::from_secs(1));
             match &mut self.sleep {
@@ -498,10 +499,8 @@ pub async fn serve<H: Handler>(
             NextHead::Refused(e) => {
                 tracing::debug!(error = %e, "refused a request head");
                 let mut resp = e.into_response::<ResponseBody>();
-                if let Ok(v) =
-                    HeaderValue::from_str(&crate::pipeline::request_id(&HeaderMap::new()))
-                {
-                    resp.headers_mut().insert(&crate::pipeline::REQUEST_ID, v);
+                if let Some(v) = RequestId::of(&HeaderMap::new()).header {
+                    resp.headers_mut().insert(&REQUEST_ID, v);
                 }
                 out.clear();
                 let _ = respond(
@@ -580,7 +579,16 @@ pub async fn serve<H: Handler>(
             linger(&side, &mut wr).await;
             return;
         }
-        if !lock(&side).skip_buffered_body() {
+        let at_next_request = {
+            let mut s = lock(&side);
+            let skipped = s.skip_buffered_body();
+            if s.buf.is_empty() && s.buf.capacity() > KEEP_READ_BUFFER {
+                // A large body grew it: an idle connection keeps only a head-sized buffer.
+                s.buf = BytesMut::new();
+            }
+            skipped
+        };
+        if !at_next_request {
             // Part of the body is still on its way: the connection cannot carry another
             // request (reading it all might take long); close once the client saw the answer.
             linger(&side, &mut wr).await;
@@ -588,11 +596,6 @@ pub async fn serve<H: Handler>(
         }
         if out.capacity() > KEEP_WRITE_BUFFER {
             out = Vec::new();
-        }
-        let mut s = lock(&side);
-        if s.buf.is_empty() && s.buf.capacity() > KEEP_READ_BUFFER {
-            // A large body grew it: an idle connection keeps only a head-sized buffer.
-            s.buf = BytesMut::new();
         }
     }
 }
@@ -647,9 +650,9 @@ async fn respond(
     let status = parts.status;
     let given_length = parts
         .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+        .contains_key(header::CONTENT_LENGTH)
+        .then(|| wire::content_length(&parts.headers).ok())
+        .flatten();
     let framing = if status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -830,18 +833,12 @@ async fn flush(wr: &mut OwnedWriteHalf, out: &mut Vec<u8>) -> io::Result<()> {
     written
 }
 
-/// `n` in lower-case hex, written into the end of `buf`.
-fn hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = DIGITS[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
+/// `n` in lower-case hex without leading zeros, written into the end of `buf`.
+fn hex(n: usize, buf: &mut [u8; 16]) -> &[u8] {
+    let digits = ((usize::BITS - n.leading_zeros()).div_ceil(4).max(1)) as usize;
+    let start = buf.len() - digits;
+    hex_into(&mut buf[start..], n as u64);
+    &buf[start..]
 }
 
 /// Calls `f` with the current time as an HTTP date (`Thu, 26 Nov 2026 23:12:05 GMT`),

@@ -749,16 +749,9 @@ async fn write_body(
         Flush,
         ClientGone,
     }
-    if framing == Out::Chunked {
-        // A stream may last minutes: its connection needs no read buffer meanwhile (the
-        // client-gone watch makes a small one if the client sends anything).
-        let mut s = lock(side);
-        if s.buf.is_empty() {
-            s.buf = BytesMut::new();
-        }
-    }
     let mut body = pin!(body);
     let mut sent: u64 = 0;
+    let mut waited = false;
     loop {
         let pending_out = !out.is_empty();
         let next = poll_fn(|cx| match body.as_mut().poll_frame(cx) {
@@ -770,8 +763,24 @@ async fn write_body(
             Poll::Ready(Some(Err(_))) => Poll::Ready(Next::Failed),
             Poll::Ready(None) => Poll::Ready(Next::End),
             Poll::Pending if pending_out => Poll::Ready(Next::Flush),
-            Poll::Pending if lock(side).poll_client_gone(cx) => Poll::Ready(Next::ClientGone),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let mut s = lock(side);
+                if !waited {
+                    waited = true;
+                    // The answer waits for the upstream (a stream may last minutes): the
+                    // connection needs no read buffer meanwhile; the client-gone watch makes
+                    // a small one. An answer that is all there never gets here, so the next
+                    // request reuses the buffer instead of allocating one.
+                    if s.buf.is_empty() {
+                        s.buf = BytesMut::new();
+                    }
+                }
+                if s.poll_client_gone(cx) {
+                    Poll::Ready(Next::ClientGone)
+                } else {
+                    Poll::Pending
+                }
+            }
         })
         .await;
         match next {

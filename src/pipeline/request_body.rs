@@ -106,7 +106,7 @@ where
 /// What the pipeline needs to know about a chat request, read in one validating pass.
 #[derive(Debug, Default, Deserialize)]
 pub struct ChatPeek<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed_str")]
     pub model: Option<Cow<'a, str>>,
     #[serde(default)]
     pub temperature: Option<IgnoredAny>,
@@ -137,8 +137,43 @@ impl ChatPeek<'_> {
 /// Just the `model` of a JSON object body (other endpoints: embeddings, …).
 #[derive(Debug, Default, Deserialize)]
 pub struct ModelPeek<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed_str")]
     pub model: Option<Cow<'a, str>>,
+}
+
+/// An optional JSON string, borrowed from the body unless it has escapes. serde's own
+/// `Option<Cow<str>>` always copies (its borrowing applies to a bare `Cow` only): one
+/// allocation per chat request.
+fn borrowed_str<'de, D>(d: D) -> Result<Option<Cow<'de, str>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Str;
+    impl<'de> serde::de::Visitor<'de> for Str {
+        type Value = Option<Cow<'de, str>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Borrowed(v)))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v.to_owned())))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v)))
+        }
+    }
+    d.deserialize_option(Str)
 }
 
 /// The `model` of a body that looks like a JSON object. `Ok(None)` for other bodies; an
@@ -188,5 +223,23 @@ mod tests {
         assert!(peek_chat(b"{\"model\":").is_err());
         assert!(peek_chat(b"").is_err());
         assert_eq!(peek_chat(b"nope").unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn model_is_borrowed_unless_escaped() {
+        let p = peek_chat(br#"{"model":"gpt-4o"}"#).unwrap();
+        assert!(matches!(p.model, Some(Cow::Borrowed("gpt-4o"))));
+        let p = peek_chat(br#"{"model":"gpt\u002d4o"}"#).unwrap();
+        assert!(matches!(p.model, Some(Cow::Owned(ref m)) if m == "gpt-4o"));
+        assert!(peek_chat(br#"{"model":null}"#).unwrap().model.is_none());
+        assert!(peek_chat(br#"{"messages":[]}"#).unwrap().model.is_none());
+        let e = peek_chat(br#"{"model":5}"#).unwrap_err();
+        assert_eq!(e.code, "invalid_json");
+        assert!(e.message.contains("expected a string"), "{}", e.message);
+        assert_eq!(
+            peek_model(br#"{"model":"m\n"}"#).unwrap().as_deref(),
+            Some("m\n")
+        );
+        assert!(peek_model(br#"{"model":[]}"#).is_err());
     }
 }

@@ -12,7 +12,8 @@ pub const TARGET: &str = "sophgate::access";
 pub struct AccessLog {
     pub enabled: bool,
     pub request_id: Arc<str>,
-    pub start: Instant,
+    /// When the request began; read only for a record that is written.
+    pub start: Option<Instant>,
     pub client_ip: Option<IpAddr>,
     pub principal: Option<Arc<str>>,
     pub method: http::Method,
@@ -30,7 +31,7 @@ impl AccessLog {
         AccessLog {
             enabled,
             request_id,
-            start: Instant::now(),
+            start: enabled.then(Instant::now),
             client_ip: None,
             principal: None,
             method,
@@ -52,7 +53,7 @@ impl AccessLog {
     /// Called for every body frame sent to the client.
     pub fn on_bytes(&mut self, n: usize) {
         if self.first_byte.is_none() {
-            self.first_byte = Some(self.start.elapsed());
+            self.first_byte = self.start.map(|s| s.elapsed());
         }
         self.bytes += n as u64;
     }
@@ -62,7 +63,9 @@ impl AccessLog {
             return;
         }
         self.enabled = false;
-        let latency_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        let latency_ms = self
+            .start
+            .map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0);
         let ttfb_ms = self.first_byte.map(|d| d.as_secs_f64() * 1000.0);
         tracing::info!(
             target: TARGET,

@@ -6,8 +6,10 @@
 //! this module what the bytes mean, so every way the network may split an answer can be tested
 //! without a socket. Response heads are parsed by `httparse` (the parser hyper uses).
 
+use std::cell::RefCell;
+
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue, InvalidHeaderName};
 use http::{Method, StatusCode};
 
 /// Largest response head accepted (status line and headers).
@@ -73,33 +75,43 @@ pub fn connection_tokens(value: &str) -> impl Iterator<Item = &str> {
 /// of RFC 3986 characters only. Anything else (a script may build a path with spaces, say) goes
 /// through reqwest, which percent-encodes it.
 pub fn is_plain_target(target: &str) -> bool {
-    target.starts_with('/')
-        && target.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'-' | b'.'
-                        | b'_'
-                        | b'~'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b','
-                        | b';'
-                        | b'='
-                        | b':'
-                        | b'@'
-                        | b'/'
-                        | b'?'
-                        | b'%'
-                )
-        })
+    target.starts_with('/') && target.bytes().all(|b| TARGET_BYTES[usize::from(b)])
 }
+
+/// The bytes [`is_plain_target`] lets through, as a table (one load per byte instead of a
+/// chain of comparisons).
+const TARGET_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'/'
+                    | b'?'
+                    | b'%'
+            );
+        i += 1;
+    }
+    table
+};
 
 /// Methods whose requests carry no body by convention: no `Content-Length: 0` is sent for them.
 fn bodiless_method(method: &Method) -> bool {
@@ -256,8 +268,7 @@ pub fn parse_response_head(
         let base = buf.as_ptr() as usize;
         let mut kept: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(raw.len());
         for h in raw {
-            let name =
-                HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ProtoError::BadHeader)?;
+            let name = header_name(h.name.as_bytes()).map_err(|_| ProtoError::BadHeader)?;
             if is_hop_by_hop(&name)
                 || listed.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
                 // With Transfer-Encoding the length does not describe the body (RFC 9112 §6.3).
@@ -338,6 +349,62 @@ pub fn content_length(headers: &HeaderMap) -> Result<u64, ProtoError> {
         }
     }
     found.ok_or(ProtoError::BadContentLength)
+}
+
+/// Slots in a worker thread's header-name cache (a power of two).
+const NAME_SLOTS: usize = 64;
+/// Longer names are never cached.
+const NAME_CACHE_MAX_LEN: usize = 32;
+
+/// One remembered name: its bytes as sent (zero-padded) and the parsed name.
+struct NameSlot {
+    len: usize,
+    raw: [u64; 4],
+    name: Option<HeaderName>,
+}
+
+/// A header name from its bytes as sent. Clients and upstreams send the same dozen names on
+/// every message (the openai SDK sends 15, seven of them `x-stainless-*`), and parsing one —
+/// lower-casing it, matching it against the standard names, allocating a custom one — costs
+/// more than finding it in a small direct-mapped cache of the names this worker thread saw.
+/// A name that lands on a taken slot replaces it, so made-up names only bring back parsing.
+pub fn header_name(raw: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
+    thread_local! {
+        static NAMES: RefCell<[NameSlot; NAME_SLOTS]> = const {
+            RefCell::new([const { NameSlot { len: 0, raw: [0; 4], name: None } }; NAME_SLOTS])
+        };
+    }
+    if raw.is_empty() || raw.len() > NAME_CACHE_MAX_LEN {
+        return HeaderName::from_bytes(raw);
+    }
+    let mut padded = [0u8; NAME_CACHE_MAX_LEN];
+    padded[..raw.len()].copy_from_slice(raw);
+    let mut key = [0u64; 4];
+    let mut hash = raw.len() as u64;
+    for (word, bytes) in key.iter_mut().zip(padded.chunks_exact(8)) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(bytes);
+        *word = u64::from_le_bytes(w);
+        hash = (hash.rotate_left(5) ^ *word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    // The top bits are the best mixed by the multiplication.
+    let index = (hash >> (u64::BITS - NAME_SLOTS.trailing_zeros())) as usize;
+    NAMES.with(|names| {
+        let mut names = names.borrow_mut();
+        let slot = &mut names[index % NAME_SLOTS];
+        if slot.len == raw.len() && slot.raw == key {
+            if let Some(name) = &slot.name {
+                return Ok(name.clone());
+            }
+        }
+        let name = HeaderName::from_bytes(raw)?;
+        *slot = NameSlot {
+            len: raw.len(),
+            raw: key,
+            name: Some(name.clone()),
+        };
+        Ok(name)
+    })
 }
 
 /// What the next bytes of a body are.
@@ -502,6 +569,40 @@ fn chunk_size(line: &[u8]) -> Result<u64, ProtoError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_names_from_the_cache_are_the_parsed_names() {
+        let names: Vec<String> = ["Content-Type", "content-type", "X-Stainless-Lang", "x-a"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain((0..300).map(|i| format!("X-Made-Up-{i}")))
+            .chain(std::iter::once(format!("x-{}", "long".repeat(20))))
+            .collect();
+        // Twice: the second round reads what the first one cached (and parses again the names
+        // whose slots later names took).
+        for _ in 0..2 {
+            for raw in &names {
+                let cached = header_name(raw.as_bytes()).unwrap();
+                assert_eq!(cached, HeaderName::from_bytes(raw.as_bytes()).unwrap());
+                assert_eq!(cached.as_str(), raw.to_ascii_lowercase());
+            }
+        }
+        assert_eq!(header_name(b"Content-Type").unwrap(), header::CONTENT_TYPE);
+        // A cached name never answers for the same bytes with a NUL added (the key is padded
+        // with zeros, its length tells them apart).
+        header_name(b"ab").unwrap();
+        for bad in [
+            &b""[..],
+            b"bad name",
+            b"x:y",
+            b"caf\xc3\xa9",
+            b"ab\0",
+            b"ab\0\0",
+        ] {
+            assert!(header_name(bad).is_err(), "{bad:?}");
+            assert!(header_name(bad).is_err(), "{bad:?} twice");
+        }
+    }
 
     /// Feeds `wire` to a fresh decoder in pieces of `step` bytes; the body, or the first error.
     fn decode_in_steps(

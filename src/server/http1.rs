@@ -33,7 +33,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
@@ -321,8 +321,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, GatewayError> {
     let mut expect_continue = false;
     let mut chunked = false;
     let mut transfer_encoding = false;
+    let mut content_length = false;
     for &[n0, n1, v0, v1] in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[usize::from(n0)..usize::from(n1)])
+        let name = wire::header_name(&head[usize::from(n0)..usize::from(n1)])
             .map_err(|_| GatewayError::bad_request("malformed_request", "Invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(usize::from(v0)..usize::from(v1)))
             .map_err(|_| GatewayError::bad_request("malformed_request", "Invalid header value"))?;
@@ -341,6 +342,8 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, GatewayError> {
                 .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
         } else if name == header::EXPECT {
             expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        } else if name == header::CONTENT_LENGTH {
+            content_length = true;
         }
         headers.append(name, value);
     }
@@ -353,14 +356,14 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, GatewayError> {
                 "Transfer-Encoding must end with chunked (and needs HTTP/1.1)",
             ));
         }
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if content_length {
             return Err(GatewayError::bad_request(
                 "invalid_framing",
                 "A request may not have both Content-Length and Transfer-Encoding",
             ));
         }
         Framing::Chunked
-    } else if headers.contains_key(header::CONTENT_LENGTH) {
+    } else if content_length {
         let n = wire::content_length(&headers).map_err(|_| {
             GatewayError::bad_request("invalid_content_length", "Invalid Content-Length")
         })?;

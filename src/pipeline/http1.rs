@@ -4,7 +4,8 @@
 //!
 //! Pure functions over byte buffers, no I/O: the connection code reads into a buffer and asks
 //! this module what the bytes mean, so every way the network may split an answer can be tested
-//! without a socket. Response heads are parsed by `httparse` (the parser hyper uses).
+//! without a socket. Response heads are parsed by `httparse` (the parser hyper uses). The one
+//! piece of state is [`header_name`]'s per-thread cache of names, shared with the server side.
 
 use std::cell::RefCell;
 

@@ -651,11 +651,7 @@ async fn respond(
 ) -> bool {
     let (parts, body) = resp.into_parts();
     let status = parts.status;
-    let given_length = parts
-        .headers
-        .contains_key(header::CONTENT_LENGTH)
-        .then(|| wire::content_length(&parts.headers).ok())
-        .flatten();
+    let given_length = wire::content_length(&parts.headers).ok();
     let framing = if status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED

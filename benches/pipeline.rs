@@ -44,7 +44,7 @@ use sophgate::pipeline::ip_acl::IpAcl;
 use sophgate::pipeline::request_body::peek_chat;
 use sophgate::pipeline::scripts::ScriptEventFilter;
 use sophgate::pipeline::sse::SseFramer;
-use sophgate::pipeline::{prepare, Step};
+use sophgate::pipeline::{prepare, RequestId, Step, REQUEST_ID};
 use sophgate::runtime::Generation;
 use sophgate::scripting::{bundled, PluginSpec, Plugins, ScriptLimits, ScriptRequest};
 
@@ -749,7 +749,7 @@ fn bench_sse_relay(c: &mut Criterion) -> BenchResult {
         let mut body = ResponseBody::relay(relay);
         body.set_log(Box::new(AccessLog::new(
             false,
-            Arc::from("bench"),
+            RequestId::of(&http::HeaderMap::new()),
             http::Method::POST,
             "/v1/chat/completions",
         )));
@@ -832,7 +832,11 @@ fn bench_pipeline(c: &mut Criterion) -> BenchResult {
     let mut group = c.benchmark_group("pipeline");
     let rt = runtime()?;
     let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let rid: Arc<str> = Arc::from("req-bench");
+    let rid = {
+        let mut h = http::HeaderMap::new();
+        h.insert(&REQUEST_ID, http::HeaderValue::from_static("req-bench"));
+        RequestId::of(&h)
+    };
     let small = chat_request(SIZE_1K, false)?;
     let large = chat_request(SIZE_100K, false)?;
     let cases = [
@@ -855,7 +859,7 @@ fn bench_pipeline(c: &mut Criterion) -> BenchResult {
         let outcome = rt.block_on(async {
             let req = chat_http_request(body, key)?;
             let mut log = AccessLog::new(false, rid.clone(), http::Method::POST, req.uri().path());
-            Ok::<_, String>(prepare(&generation, peer, req, &rid, &mut log).await)
+            Ok::<_, String>(prepare(&generation, peer, req, rid.as_str(), &mut log).await)
         })?;
         match (name, outcome) {
             ("unknown_key", Err(e)) if e.status() == 401 => {}
@@ -886,7 +890,10 @@ fn bench_pipeline(c: &mut Criterion) -> BenchResult {
                             req.uri().path(),
                         );
                         // Returned, so criterion drops it after the timing.
-                        (prepare(generation, peer, req, rid, &mut log).await, log)
+                        (
+                            prepare(generation, peer, req, rid.as_str(), &mut log).await,
+                            log,
+                        )
                     }
                 },
                 BatchSize::SmallInput,

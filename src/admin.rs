@@ -56,14 +56,12 @@ pub async fn handle<B>(
     peer: IpAddr,
     req: Request<B>,
 ) -> Response<ResponseBody> {
-    let mut rid = RequestId::of(req.headers());
+    let rid = RequestId::of(req.headers());
     let mut resp = match run(runtime, peer, &req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
-    if let Some(v) = rid.header.take() {
-        resp.headers_mut().insert(&REQUEST_ID, v);
-    }
+    resp.headers_mut().insert(&REQUEST_ID, rid.header().clone());
     tracing::info!(
         target: crate::pipeline::access_log::TARGET,
         request_id = %rid,

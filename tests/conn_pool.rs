@@ -22,6 +22,20 @@ async fn keep_alive_upstream_connection_is_reused() {
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
 }
 
+/// A pooled connection keeps its first-byte timer between requests: one that expired while the
+/// connection idled must not cut the next request short.
+#[tokio::test]
+async fn a_first_byte_timer_that_expired_while_idle_does_not_cut_the_next_request() {
+    let up = upstream(Mode::KeepAlive).await;
+    let env = gateway_for(&up, "limits:\n  first_byte_timeout: 0.2\n").await;
+    for i in 0..3 {
+        ask(&env, i).await;
+        tokio::time::sleep(Duration::from_millis(350)).await;
+    }
+    assert_eq!(up.requests.load(Ordering::SeqCst), 3);
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn concurrent_requests_each_get_a_connection_and_all_return_to_the_pool() {
     let up = upstream(Mode::KeepAlive).await;

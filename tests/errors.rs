@@ -126,8 +126,20 @@ async fn slow_upstream_is_504() {
         MockOptions::default(),
     )
     .await;
-    let resp = post_chat(&env, CLIENT_KEY, chat_body("mock-hang", false)).await;
-    assert_eq!(error_code(resp, 504).await, "upstream_timeout");
+    // Twice, each after an answered request on the same pooled connection (whose timer is
+    // then moved, not made anew), and the connection after the timeout still serves.
+    for _ in 0..2 {
+        let ok = post_chat(&env, CLIENT_KEY, chat_body("mock-model", false)).await;
+        assert_eq!(ok.status(), 200);
+        let asked = std::time::Instant::now();
+        let resp = post_chat(&env, CLIENT_KEY, chat_body("mock-hang", false)).await;
+        assert_eq!(error_code(resp, 504).await, "upstream_timeout");
+        let waited = asked.elapsed();
+        assert!(
+            waited >= Duration::from_millis(280) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+    }
 }
 
 #[tokio::test]

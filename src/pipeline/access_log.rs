@@ -11,7 +11,7 @@ pub const TARGET: &str = "sophgate::access";
 #[derive(Debug)]
 pub struct AccessLog {
     pub enabled: bool,
-    pub request_id: Arc<str>,
+    pub request_id: super::RequestId,
     /// When the request began; read only for a record that is written.
     pub start: Option<Instant>,
     pub client_ip: Option<IpAddr>,
@@ -27,7 +27,12 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    pub fn new(enabled: bool, request_id: Arc<str>, method: http::Method, path: &str) -> Self {
+    pub fn new(
+        enabled: bool,
+        request_id: super::RequestId,
+        method: http::Method,
+        path: &str,
+    ) -> Self {
         AccessLog {
             enabled,
             request_id,

@@ -19,6 +19,7 @@
 //! retried on a fresh connection only when a reused connection failed before any of the request
 //! was written (so nothing can reach the upstream twice).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +31,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use super::http1::{self, BodyDecoder, Decoded, ProtoError};
 use super::transport::{TlsSetup, Transport};
@@ -51,6 +53,8 @@ pub enum PoolError {
     Connect(io::Error),
     /// The connection (TCP and, for `https://`, TLS) was not made within `connect_timeout`.
     ConnectTimeout,
+    /// The answer's head did not arrive within the request's `first_byte_timeout`.
+    FirstByteTimeout,
     /// Reading or writing the connection failed.
     Io(io::Error),
     /// The upstream's bytes were not a valid HTTP/1.x answer, or it closed mid-answer.
@@ -62,6 +66,7 @@ impl std::fmt::Display for PoolError {
         match self {
             PoolError::Connect(e) => write!(f, "connect failed: {e}"),
             PoolError::ConnectTimeout => f.write_str("connect timed out"),
+            PoolError::FirstByteTimeout => f.write_str("no answer within the first-byte timeout"),
             PoolError::Io(e) => write!(f, "connection error: {e}"),
             PoolError::Protocol(e) => write!(f, "{e}"),
         }
@@ -77,6 +82,10 @@ struct Conn {
     read_size: usize,
     /// The request head being written (kept to reuse its allocation).
     head: Vec<u8>,
+    /// The first-byte deadline of the request on this connection, kept between requests: moving
+    /// a registered timer later is one atomic update, where a fresh `tokio::time::timeout` per
+    /// request registers a timer and removes it again.
+    first_byte: Option<Pin<Box<Sleep>>>,
 }
 
 impl Conn {
@@ -86,6 +95,7 @@ impl Conn {
             buf: BytesMut::new(),
             read_size: FIRST_READ,
             head: Vec::new(),
+            first_byte: None,
         }
     }
 
@@ -178,6 +188,8 @@ pub struct PoolRequest<'a> {
     /// `Content-Length` are written from the other fields.
     pub headers: &'a [(&'a HeaderName, &'a HeaderValue)],
     pub body: &'a Bytes,
+    /// For the answer's head to arrive, counted from the call (connecting included).
+    pub first_byte_timeout: Duration,
 }
 
 /// An answer's head, and its body still on the connection.
@@ -322,35 +334,41 @@ impl ConnPool {
         Ok(Box::new(Conn::new(io)))
     }
 
-    /// Sends the request and waits for the answer's head. The returned body owns the
-    /// connection and gives it back to the pool once read to the end.
+    /// Sends the request and waits for the answer's head, within `req.first_byte_timeout`.
+    /// The returned body owns the connection and gives it back to the pool once read to the
+    /// end.
     pub async fn send(self: &Arc<Self>, req: PoolRequest<'_>) -> Result<PoolAnswer, PoolError> {
         self.start_sweeper();
-        let (mut conn, mut reused) = match self.checkout() {
+        let deadline = tokio::time::Instant::now() + req.first_byte_timeout;
+        let (mut conn, reused) = match self.checkout() {
             Some(c) => (c, true),
-            None => (self.connect_boxed().await?, false),
+            None => (self.connect_by(deadline).await?, false),
         };
-        loop {
-            http1::encode_request_head(
-                &mut conn.head,
-                req.method,
-                req.target,
-                req.host,
-                req.headers,
-                req.body.len(),
-            );
-            match conn.write_request(req.body).await {
-                Ok(()) => break,
-                // Never written on a reused connection (the upstream closed it meanwhile):
-                // safe to try again, on a new connection this time.
-                Err((true, _)) if reused => {
-                    conn = self.connect_boxed().await?;
-                    reused = false;
-                }
-                Err((_, e)) => return Err(PoolError::Io(e)),
+        // Taken out while the exchange borrows the connection; it goes back into whichever
+        // connection carried the request.
+        let mut timer = conn.first_byte.take();
+        let sleep = match &mut timer {
+            Some(sleep) => {
+                sleep.as_mut().reset(deadline);
+                sleep
             }
-        }
-        let head = conn.read_head(req.method).await?;
+            None => timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        let head = {
+            let exchange = self.exchange(&mut conn, reused, &req, deadline);
+            let mut exchange = std::pin::pin!(exchange);
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(head) = exchange.as_mut().poll(cx) {
+                    return Poll::Ready(head);
+                }
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(PoolError::FirstByteTimeout)),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await?
+        };
+        conn.first_byte = timer;
         let mut body = PooledBody {
             conn: Some(conn),
             decoder: BodyDecoder::new(head.framing),
@@ -365,6 +383,46 @@ impl ConnPool {
             headers: head.headers,
             body,
         })
+    }
+
+    /// Writes the request and reads the answer's head. A reused connection the upstream closed
+    /// before any of the request was written is replaced by a new one (in `conn`).
+    async fn exchange(
+        &self,
+        conn: &mut Box<Conn>,
+        mut reused: bool,
+        req: &PoolRequest<'_>,
+        deadline: tokio::time::Instant,
+    ) -> Result<http1::ResponseHead, PoolError> {
+        loop {
+            http1::encode_request_head(
+                &mut conn.head,
+                req.method,
+                req.target,
+                req.host,
+                req.headers,
+                req.body.len(),
+            );
+            match conn.write_request(req.body).await {
+                Ok(()) => break,
+                // Never written on a reused connection (the upstream closed it meanwhile):
+                // safe to try again, on a new connection this time.
+                Err((true, _)) if reused => {
+                    *conn = self.connect_by(deadline).await?;
+                    reused = false;
+                }
+                Err((_, e)) => return Err(PoolError::Io(e)),
+            }
+        }
+        conn.read_head(req.method).await
+    }
+
+    /// [`Self::connect`], cut short at the request's first-byte deadline too.
+    async fn connect_by(&self, deadline: tokio::time::Instant) -> Result<Box<Conn>, PoolError> {
+        match tokio::time::timeout_at(deadline, self.connect_boxed()).await {
+            Ok(conn) => conn,
+            Err(_) => Err(PoolError::FirstByteTimeout),
+        }
     }
 
     /// Boxed: connecting is rare, and its large future would otherwise be part of (and moved

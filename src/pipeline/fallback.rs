@@ -93,7 +93,7 @@ pub async fn send(
                 url,
                 headers: &p.headers,
                 authorization,
-                request_id: rid.header.as_ref(),
+                request_id: Some(rid.header()),
                 body: p.body.clone(),
             })
             .await;

@@ -3,6 +3,7 @@
 //! the body is relayed as it arrives (event by event for SSE); errors the upstream sends pass
 //! through unchanged. Only failures to get an answer at all become gateway errors (502/504).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,7 +48,7 @@ pub struct Upstream {
 /// The request as it leaves the pipeline.
 pub struct OutboundRequest<'a> {
     pub method: Method,
-    pub url: String,
+    pub url: Cow<'a, str>,
     pub headers: &'a HeaderMap,
     pub authorization: Option<&'a HeaderValue>,
     pub request_id: Option<&'a HeaderValue>,
@@ -229,8 +230,12 @@ impl Upstream {
     }
 
     /// URL for chat completions, keeping the client's query string.
-    pub fn chat_url(&self, query: Option<&str>) -> String {
-        with_query(&self.chat_url, query)
+    pub fn chat_url(&self, query: Option<&str>) -> Cow<'_, str> {
+        match query {
+            Some(q) if !q.is_empty() => Cow::Owned(format!("{}?{q}", self.chat_url)),
+            // The usual chat request: the stored URL, not a copy of it.
+            _ => Cow::Borrowed(&self.chat_url),
+        }
     }
 
     /// URL for `/v1/<rest>`.
@@ -273,13 +278,13 @@ impl Upstream {
                     host,
                     headers: &lines,
                     body: &out.body,
+                    first_byte_timeout: self.first_byte_timeout,
                 };
-                let answer =
-                    match tokio::time::timeout(self.first_byte_timeout, pool.send(request)).await {
-                        Err(_) => return Err(self.first_byte_timeout_error()),
-                        Ok(Err(e)) => return Err(map_pool_error(&e, &self.name)),
-                        Ok(Ok(a)) => a,
-                    };
+                let answer = match pool.send(request).await {
+                    Err(PoolError::FirstByteTimeout) => return Err(self.first_byte_timeout_error()),
+                    Err(e) => return Err(map_pool_error(&e, &self.name)),
+                    Ok(a) => a,
+                };
                 (
                     answer.status,
                     answer.headers,
@@ -291,7 +296,7 @@ impl Upstream {
                     lines.iter().map(|&(n, v)| (n.clone(), v.clone())).collect();
                 let request = self
                     .client
-                    .request(out.method, &out.url)
+                    .request(out.method, &*out.url)
                     .headers(headers)
                     .body(out.body)
                     .send();
@@ -385,7 +390,7 @@ fn has_port(authority: &str) -> bool {
 fn map_pool_error(e: &PoolError, upstream: &str) -> GatewayError {
     tracing::warn!(upstream, error = %e, "upstream request failed");
     match e {
-        PoolError::ConnectTimeout => GatewayError::new(
+        PoolError::ConnectTimeout | PoolError::FirstByteTimeout => GatewayError::new(
             ErrorKind::GatewayTimeout,
             "upstream_timeout",
             "The upstream did not answer in time",

@@ -244,6 +244,8 @@ pub fn parse_response_head(
         let mut listed: Vec<&str> = Vec::new();
         let mut chunked_last: Option<bool> = None;
         let mut has_length = false;
+        let mut length = LengthFold::default();
+        let mut bad_length = false;
         for h in raw {
             if h.name.eq_ignore_ascii_case("connection") {
                 let value = std::str::from_utf8(h.value).map_err(|_| ProtoError::BadHeader)?;
@@ -262,6 +264,7 @@ pub fn parse_response_head(
                 chunked_last = Some(last.eq_ignore_ascii_case("chunked"));
             } else if h.name.eq_ignore_ascii_case("content-length") {
                 has_length = true;
+                bad_length |= length.add(h.value).is_err();
             }
         }
         // Names now; values are sliced out of the head once it is split off the buffer (no copy
@@ -316,7 +319,10 @@ pub fn parse_response_head(
                 Framing::Close
             }
         } else if has_length {
-            Framing::Length(content_length(&headers)?)
+            if bad_length {
+                return Err(ProtoError::BadContentLength);
+            }
+            Framing::Length(length.get()?)
         } else {
             Framing::Close
         };
@@ -334,22 +340,60 @@ pub fn parse_response_head(
 
 /// The one length all `Content-Length` values agree on (`5, 5` is allowed, `5, 6` is not).
 pub fn content_length(headers: &HeaderMap) -> Result<u64, ProtoError> {
-    let mut found: Option<u64> = None;
+    let mut length = LengthFold::default();
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        let text = value.to_str().map_err(|_| ProtoError::BadContentLength)?;
-        for part in text.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(ProtoError::BadContentLength);
+        length.add(value.as_bytes())?;
+    }
+    length.get()
+}
+
+/// [`content_length`] folded line by line while a head is walked, so a parser that meets the
+/// header anyway needs no map lookup (nor a text conversion) for it afterwards.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LengthFold(Option<u64>);
+
+impl LengthFold {
+    /// One `Content-Length` line: a number, or a comma-separated list of the same number.
+    pub fn add(&mut self, value: &[u8]) -> Result<(), ProtoError> {
+        // The usual value is digits only; lists (and their spaces) take the longer way.
+        if let Some(n) = digits(value) {
+            return self.agree(n);
+        }
+        for part in value.split(|&b| b == b',') {
+            let n = digits(part.trim_ascii()).ok_or(ProtoError::BadContentLength)?;
+            self.agree(n)?;
+        }
+        Ok(())
+    }
+
+    fn agree(&mut self, n: u64) -> Result<(), ProtoError> {
+        match self.0 {
+            Some(f) if f != n => Err(ProtoError::BadContentLength),
+            _ => {
+                self.0 = Some(n);
+                Ok(())
             }
-            let n: u64 = part.parse().map_err(|_| ProtoError::BadContentLength)?;
-            if found.is_some_and(|f| f != n) {
-                return Err(ProtoError::BadContentLength);
-            }
-            found = Some(n);
         }
     }
-    found.ok_or(ProtoError::BadContentLength)
+
+    /// The length; an error when no line was added.
+    pub fn get(self) -> Result<u64, ProtoError> {
+        self.0.ok_or(ProtoError::BadContentLength)
+    }
+}
+
+/// A non-empty run of ASCII digits as a `u64`; `None` for anything else or an overflow.
+fn digits(text: &[u8]) -> Option<u64> {
+    if text.is_empty() {
+        return None;
+    }
+    text.iter().try_fold(0u64, |n, &b| {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d))
+    })
 }
 
 /// Slots in a worker thread's header-name cache (a power of two).
@@ -772,6 +816,43 @@ mod tests {
         assert!(head("HTTP/1.1 200 OK\r\ncontent-len", Method::GET)
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn content_length_lines_must_agree() {
+        let fold = |lines: &[&str]| {
+            let mut f = LengthFold::default();
+            for l in lines {
+                f.add(l.as_bytes())?;
+            }
+            f.get()
+        };
+        assert_eq!(fold(&["0"]), Ok(0));
+        assert_eq!(fold(&["42"]), Ok(42));
+        assert_eq!(fold(&["5, 5", "5"]), Ok(5));
+        assert_eq!(fold(&[" 7 ,\t7"]), Ok(7));
+        assert_eq!(fold(&["18446744073709551615"]), Ok(u64::MAX));
+        for bad in [
+            &[][..],
+            &[""],
+            &["5, 6"],
+            &["5", "6"],
+            &["5,"],
+            &["+5"],
+            &["-1"],
+            &["0x10"],
+            &["1 2"],
+            &["18446744073709551616"],
+            &["٣"],
+        ] {
+            assert_eq!(fold(bad), Err(ProtoError::BadContentLength), "{bad:?}");
+        }
+        let mut map = HeaderMap::new();
+        map.append(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        map.append(header::CONTENT_LENGTH, HeaderValue::from_static("3, 3"));
+        assert_eq!(content_length(&map), Ok(3));
+        map.append(header::CONTENT_LENGTH, HeaderValue::from_static("4"));
+        assert_eq!(content_length(&map), Err(ProtoError::BadContentLength));
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod sse;
 pub mod transport;
 pub mod usage;
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -62,53 +63,66 @@ fn truncated(body: &[u8], max: usize) -> String {
 /// How long a client may take to send its body.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A request id: the client's own `x-request-id` when it is short and plain, else a new one.
-pub fn request_id(headers: &http::HeaderMap) -> Arc<str> {
-    if let Some(v) = headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        if (1..=128).contains(&v.len())
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-        {
-            return Arc::from(v);
-        }
-    }
-    static PREFIX: OnceLock<u32> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(|| {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
-            .unwrap_or(0);
-        t ^ std::process::id().rotate_left(16)
-    });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    // `req-` + 8 hex digits of the prefix + 12 of the counter, without `format!` (which was
-    // the single most expensive call of the request path in an instruction count).
-    let mut id = [0u8; 24];
-    id[..4].copy_from_slice(b"req-");
-    hex_into(&mut id[4..12], u64::from(prefix));
-    hex_into(&mut id[12..], n);
-    Arc::from(std::str::from_utf8(&id).unwrap_or("req-unknown"))
-}
-
-/// A request's id, as text (logs, the access log) and as the header value that goes upstream
-/// and back to the client: built once per request instead of once per use.
-pub struct RequestId {
-    pub text: Arc<str>,
-    pub header: Option<HeaderValue>,
-}
+/// A request's id: the client's own `x-request-id` when it is short and plain, else a new one.
+/// Kept as the header value that goes upstream and back to the client (and is read as text by
+/// the logs): one allocation per request, and clones (the access log's) share it.
+#[derive(Clone, Debug)]
+pub struct RequestId(HeaderValue);
 
 impl RequestId {
     pub fn of(headers: &http::HeaderMap) -> Self {
-        let text = request_id(headers);
-        let header = HeaderValue::from_str(&text).ok();
-        RequestId { text, header }
+        if let Some(v) = headers.get(&REQUEST_ID) {
+            let b = v.as_bytes();
+            if (1..=128).contains(&b.len())
+                && b.iter()
+                    .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+            {
+                // Copied: a slice of the request head would keep the connection's read buffer
+                // alive for as long as the id lives (a stream's access log holds it).
+                if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(b)) {
+                    return RequestId(v);
+                }
+            }
+        }
+        static PREFIX: OnceLock<u32> = OnceLock::new();
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let prefix = *PREFIX.get_or_init(|| {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+                .unwrap_or(0);
+            t ^ std::process::id().rotate_left(16)
+        });
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        // `req-` + 8 hex digits of the prefix + 12 of the counter, without `format!` (which was
+        // the single most expensive call of the request path in an instruction count).
+        let mut id = [0u8; 24];
+        id[..4].copy_from_slice(b"req-");
+        hex_into(&mut id[4..12], u64::from(prefix));
+        hex_into(&mut id[12..], n);
+        RequestId(
+            HeaderValue::from_maybe_shared(Bytes::from_owner(id))
+                .unwrap_or_else(|_| HeaderValue::from_static("req-unknown")),
+        )
+    }
+
+    /// The id as text: always plain ASCII (checked or made so above).
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or("req-unknown")
+    }
+
+    pub fn header(&self) -> &HeaderValue {
+        &self.0
+    }
+
+    pub fn into_header(self) -> HeaderValue {
+        self.0
     }
 }
 
 impl std::fmt::Display for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.text)
+        f.write_str(self.as_str())
     }
 }
 
@@ -143,7 +157,7 @@ where
     // On the stack: boxed and attached to the body only when access logging is on.
     let mut log = AccessLog::new(
         generation.config.logging.access_log,
-        rid.text.clone(),
+        rid.clone(),
         req.method().clone(),
         req.uri().path(),
     );
@@ -161,9 +175,7 @@ where
     };
     log.status = resp.status().as_u16();
     log.stream = resp.body().is_event_stream();
-    if let Some(v) = rid.header {
-        resp.headers_mut().insert(&REQUEST_ID, v);
-    }
+    resp.headers_mut().insert(&REQUEST_ID, rid.into_header());
     if log.enabled {
         resp.body_mut().set_log(Box::new(log));
     }
@@ -187,11 +199,11 @@ pub enum Target {
 }
 
 impl Target {
-    pub fn url(&self, upstream: &forward::Upstream, query: Option<&str>) -> String {
+    pub fn url<'u>(&self, upstream: &'u forward::Upstream, query: Option<&str>) -> Cow<'u, str> {
         match self {
             Target::Chat => upstream.chat_url(query),
-            Target::V1(rest) => upstream.url_for(rest, query),
-            Target::Path(path) => format!("{}{}", upstream.origin(), path),
+            Target::V1(rest) => Cow::Owned(upstream.url_for(rest, query)),
+            Target::Path(path) => Cow::Owned(format!("{}{}", upstream.origin(), path)),
         }
     }
 
@@ -236,7 +248,7 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match prepare(generation, peer, req, &rid.text, log).await? {
+    match prepare(generation, peer, req, rid.as_str(), log).await? {
         Step::Respond(resp) => Ok(resp),
         Step::Forward(p, plan) => {
             // 6. forward (with fallback across the plan's upstreams)
@@ -536,6 +548,12 @@ fn rename_in_text(bytes: &mut Bytes, aliases: &[(String, String)]) -> bool {
 mod tests {
     use super::*;
 
+    fn request_id(h: &http::HeaderMap) -> String {
+        let id = RequestId::of(h);
+        assert_eq!(id.header().as_bytes(), id.as_str().as_bytes());
+        id.to_string()
+    }
+
     #[test]
     fn generated_request_ids_are_unique_hex() {
         let h = http::HeaderMap::new();
@@ -555,7 +573,7 @@ mod tests {
     fn a_plain_client_request_id_is_kept() {
         let mut h = http::HeaderMap::new();
         h.insert(&REQUEST_ID, HeaderValue::from_static("abc-123"));
-        assert_eq!(&*request_id(&h), "abc-123");
+        assert_eq!(request_id(&h), "abc-123");
         h.insert(&REQUEST_ID, HeaderValue::from_static("bad id"));
         assert!(request_id(&h).starts_with("req-"));
     }

@@ -322,6 +322,8 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, GatewayError> {
     let mut chunked = false;
     let mut transfer_encoding = false;
     let mut content_length = false;
+    let mut length = wire::LengthFold::default();
+    let mut bad_length = false;
     for &[n0, n1, v0, v1] in &spans[..count] {
         let name = wire::header_name(&head[usize::from(n0)..usize::from(n1)])
             .map_err(|_| GatewayError::bad_request("malformed_request", "Invalid header name"))?;
@@ -344,6 +346,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, GatewayError> {
             expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         } else if name == header::CONTENT_LENGTH {
             content_length = true;
+            bad_length |= length.add(value.as_bytes()).is_err();
         }
         headers.append(name, value);
     }
@@ -364,7 +367,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, GatewayError> {
         }
         Framing::Chunked
     } else if content_length {
-        let n = wire::content_length(&headers).map_err(|_| {
+        let n = length.get().ok().filter(|_| !bad_length).ok_or_else(|| {
             GatewayError::bad_request("invalid_content_length", "Invalid Content-Length")
         })?;
         Framing::Length(n)
@@ -502,9 +505,8 @@ pub async fn serve<H: Handler>(
             NextHead::Refused(e) => {
                 tracing::debug!(error = %e, "refused a request head");
                 let mut resp = e.into_response::<ResponseBody>();
-                if let Some(v) = RequestId::of(&HeaderMap::new()).header {
-                    resp.headers_mut().insert(&REQUEST_ID, v);
-                }
+                resp.headers_mut()
+                    .insert(&REQUEST_ID, RequestId::of(&HeaderMap::new()).into_header());
                 out.clear();
                 let _ = respond(
                     &side,

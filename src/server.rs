@@ -4,16 +4,14 @@
 //! close what is left).
 
 pub mod http1;
+mod http2;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -60,7 +58,7 @@ pub async fn serve(
     runtime: Arc<Runtime>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new());
     let h2 = Arc::new(h2);
     // `true` once shutting down; every connection holds a receiver, so the drain is over when
@@ -82,7 +80,7 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let runtime = runtime.clone();
-                let mut stop = draining.subscribe();
+                let stop = draining.subscribe();
                 let h2 = h2.clone();
                 // Read per connection, so a reload changes them for new connections.
                 let limits = runtime.current().config.limits.clone();
@@ -99,26 +97,8 @@ pub async fn serve(
                             http1::serve(stream, timeouts, stop, gateway).await;
                         }
                         Some(Protocol::Http2) => {
-                            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                                let runtime = runtime.clone();
-                                // `dispatch` boxes: hyper keeps room for this future in every stream.
-                                async move {
-                                    let handled = dispatch(runtime, peer.ip(), req).await;
-                                    Ok::<_, Infallible>(handled)
-                                }
-                            });
-                            let conn = h2.serve_connection(TokioIo::new(stream), service);
-                            tokio::pin!(conn);
-                            let served = tokio::select! {
-                                served = conn.as_mut() => served,
-                                _ = async { stop.wait_for(|&s| s).await.is_ok() } => {
-                                    conn.as_mut().graceful_shutdown();
-                                    conn.await
-                                }
-                            };
-                            if let Err(e) = served {
-                                tracing::debug!(error = %e, %peer, "connection ended with an error");
-                            }
+                            http2::serve(stream, &h2, limits.keep_alive_timeout, stop, runtime, peer.ip())
+                                .await;
                         }
                     }
                 });

@@ -1,5 +1,6 @@
 //! The accept loop: HTTP/1.1 and h2c (prior knowledge) on one port, told apart by peeking at the
-//! first bytes; silent or stalled connections are closed after `header_read_timeout`.
+//! first bytes; silent or stalled connections are closed after `header_read_timeout`, idle h2c
+//! connections after `keep_alive_timeout`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -74,6 +75,74 @@ async fn silent_and_stalled_connections_are_closed_after_the_header_timeout() {
     }
     let ok = post_chat(&env, CLIENT_KEY, chat_body("mock-model", false)).await;
     assert_eq!(ok.status(), 200);
+}
+
+/// The HTTP/2 connection preface and an empty SETTINGS frame: an h2c client that then sends
+/// nothing more.
+const H2_PREFACE_AND_SETTINGS: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+#[tokio::test]
+async fn an_idle_h2c_connection_is_closed_after_the_keep_alive_timeout() {
+    let env = start(
+        "limits:\n  keep_alive_timeout: 0.3\n",
+        MockOptions::default(),
+    )
+    .await;
+    let took = closed_after(&env, H2_PREFACE_AND_SETTINGS).await;
+    assert!(
+        took >= Duration::from_millis(250),
+        "closed too early ({took:?})"
+    );
+}
+
+#[tokio::test]
+async fn an_h2c_stream_longer_than_the_keep_alive_timeout_is_not_cut() {
+    // The stream (8 events 350 ms apart) outlasts the idle limit and the 2 s the gateway gives
+    // an idle connection to answer its GOAWAY: cut, it would end without `[DONE]`.
+    let env = start(
+        "limits:\n  keep_alive_timeout: 0.3\n",
+        MockOptions {
+            itl: Duration::from_millis(350),
+            tokens: 8,
+            ..MockOptions::default()
+        },
+    )
+    .await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let resp = h2
+        .post(env.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("content-type", "application/json")
+        .body(chat_body("mock-model", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    let text = resp.text().await.unwrap();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(2500),
+        "{:?}",
+        t0.elapsed()
+    );
+    // Idle past the timeout: the gateway closes the connection; the client opens another.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let resp = h2
+        .post(env.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("content-type", "application/json")
+        .body(chat_body("mock-model", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 }
 
 #[tokio::test]

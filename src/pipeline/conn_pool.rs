@@ -368,6 +368,14 @@ impl ConnPool {
             })
             .await?
         };
+        // The timer stays registered until the next request moves it. It keeps a waker that
+        // wakes nothing, not this task's: that would hold the task's memory until the deadline
+        // (or the next request on this connection) and wake it for nothing then.
+        if let Some(sleep) = timer.as_mut() {
+            let _ = sleep
+                .as_mut()
+                .poll(&mut Context::from_waker(std::task::Waker::noop()));
+        }
         conn.first_byte = timer;
         let mut body = PooledBody {
             conn: Some(conn),

@@ -261,7 +261,8 @@ impl Runtime {
         self.last_reload().and_then(|r| r.error)
     }
 
-    /// Files whose change should trigger a reload: the config and every plugin file.
+    /// Files whose change should trigger a reload: the config, every plugin file and every CA
+    /// certificate file.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let generation = self.current();
         let mut files: Vec<PathBuf> = self.config_path.iter().cloned().collect();
@@ -271,6 +272,7 @@ impl Runtime {
                 .iter()
                 .filter_map(|p| p.file.clone()),
         );
+        files.extend(generation.config.ca_files.iter().cloned());
         files
     }
 

@@ -250,3 +250,62 @@ async fn admin_routes_do_not_exist_without_a_key() {
         .unwrap();
     assert_eq!(error_code(resp, 404).await, "unknown_route");
 }
+
+/// A CA certificate file is watched like the config: a broken replacement is refused (the
+/// old generation keeps serving) and the repaired file reloads, without touching config.yml.
+#[tokio::test]
+async fn a_ca_file_change_reloads() {
+    let dir = std::env::temp_dir().join(format!("sophgate-reload-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_path = dir.join("ca.pem");
+    let ca = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls/ca.pem"),
+    )
+    .unwrap();
+    std::fs::write(&ca_path, &ca).unwrap();
+    let mock = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
+        .await
+        .unwrap();
+    let config_path = dir.join("config.yml");
+    std::fs::write(&config_path, base_yaml(mock.addr, "api_ca_file: ca.pem\n")).unwrap();
+    let runtime = Runtime::new(Config::from_file(&config_path).unwrap()).unwrap();
+    assert!(runtime
+        .watched_files()
+        .iter()
+        .any(|f| f.ends_with("ca.pem")));
+    let gateway = server::spawn(runtime.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let env = Env {
+        mock,
+        gateway,
+        runtime,
+    };
+    let watcher = sophgate::watch::spawn(env.runtime.clone()).unwrap();
+    // The watcher registers its folders on its own task.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    write_atomic(&ca_path, "not a certificate\n");
+    assert!(
+        eventually(5.0, || env
+            .runtime
+            .last_error()
+            .is_some_and(|e| e.contains("ca.pem")))
+        .await,
+        "a broken CA file was not noticed"
+    );
+    assert_eq!(env.runtime.current().number, 1);
+    let ok = post_chat(&env, CLIENT_KEY, chat_body("mock-model", false)).await;
+    assert_eq!(ok.status(), 200);
+
+    write_atomic(&ca_path, &ca);
+    assert!(
+        eventually(5.0, || env.runtime.current().number == 2).await,
+        "the repaired CA file did not reload"
+    );
+    assert!(env.runtime.last_error().is_none());
+    let ok = post_chat(&env, CLIENT_KEY, chat_body("mock-model", false)).await;
+    assert_eq!(ok.status(), 200);
+    watcher.abort();
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -97,6 +97,9 @@ pub struct Config {
     pub admin_key: Option<Secret>,
     /// Non-fatal remarks `sophgate check` prints.
     pub warnings: Vec<String>,
+    /// The CA certificate files (`api_ca_file`, `upstreams[].ca_file`), resolved: watched for
+    /// changes like the config file, so a rotated CA takes effect without a restart.
+    pub ca_files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

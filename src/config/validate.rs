@@ -55,17 +55,20 @@ fn resolve_plugin(path: &str, base_dir: &std::path::Path) -> Option<PluginSource
     crate::scripting::bundled(stem).map(|_| PluginSource::Bundled(stem.to_owned()))
 }
 
-/// The certificates of a `ca_file` (PEM), as DER; relative paths start at the config's
-/// folder. Errors name the file, not its content.
-fn load_ca_file(path: &str, base_dir: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {
-    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+/// Where a `ca_file` is: relative paths start at the config's folder.
+fn ca_file_path(path: &str, base_dir: &std::path::Path) -> PathBuf {
     let p = std::path::Path::new(path.trim());
-    let full = if p.is_absolute() {
+    if p.is_absolute() {
         p.to_path_buf()
     } else {
         base_dir.join(p)
-    };
-    let pem = std::fs::read(&full).map_err(|e| format!("cannot read {}: {e}", full.display()))?;
+    }
+}
+
+/// The certificates of a `ca_file` (PEM), as DER. Errors name the file, not its content.
+fn load_ca_file(full: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+    let pem = std::fs::read(full).map_err(|e| format!("cannot read {}: {e}", full.display()))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .map(|c| c.map(|c| c.to_vec()))
         .collect::<Result<Vec<_>, _>>()
@@ -77,21 +80,27 @@ fn load_ca_file(path: &str, base_dir: &std::path::Path) -> Result<Vec<Vec<u8>>, 
 }
 
 /// The certificates of an optional `ca_file` key at `path`; a file that cannot be used is a
-/// config error there (and no certificates).
+/// config error there (and no certificates). The file goes on `files` (to be watched) either
+/// way.
 fn ca_file_certs(
     c: &mut Collector<'_>,
+    files: &mut Vec<PathBuf>,
     path: &[Segment],
     file: Option<&str>,
     base_dir: &std::path::Path,
 ) -> Vec<Vec<u8>> {
-    match file.map(|f| load_ca_file(f, base_dir)) {
-        None => Vec::new(),
-        Some(Ok(certs)) => certs,
-        Some(Err(e)) => {
-            c.err(path, e);
-            Vec::new()
-        }
+    let Some(file) = file else {
+        return Vec::new();
+    };
+    let full = ca_file_path(file, base_dir);
+    let certs = load_ca_file(&full);
+    if !files.contains(&full) {
+        files.push(full);
     }
+    certs.unwrap_or_else(|e| {
+        c.err(path, e);
+        Vec::new()
+    })
 }
 
 /// `sha256:<64 hex>` or a plain key.
@@ -385,8 +394,10 @@ pub fn validate(
     };
     let connect_timeout = c.seconds(&[k("timeout")], raw.timeout, 30.0);
     let keepalive_timeout = c.seconds(&[k("keepalive_timeout")], raw.keepalive_timeout, 30.0);
+    let mut ca_files = Vec::new();
     let ca_certs = ca_file_certs(
         &mut c,
+        &mut ca_files,
         &[k("api_ca_file")],
         raw.api_ca_file.as_deref(),
         base_dir,
@@ -516,7 +527,13 @@ pub fn validate(
                 );
             }
         }
-        let ca_certs = ca_file_certs(&mut c, &at("ca_file"), u.ca_file.as_deref(), base_dir);
+        let ca_certs = ca_file_certs(
+            &mut c,
+            &mut ca_files,
+            &at("ca_file"),
+            u.ca_file.as_deref(),
+            base_dir,
+        );
         let t = u.timeouts.unwrap_or_default();
         let tp = |f: &str| {
             let mut p = at("timeouts");
@@ -961,6 +978,7 @@ pub fn validate(
         script_limits,
         admin_key,
         warnings,
+        ca_files,
     })
 }
 

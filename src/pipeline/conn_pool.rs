@@ -196,6 +196,9 @@ pub struct PoolRequest<'a> {
 pub struct PoolAnswer {
     pub status: StatusCode,
     pub headers: HeaderMap,
+    /// The body's length when the answer gave one that frames it (`Content-Length`, no
+    /// `Transfer-Encoding`), as the head parse found it.
+    pub length: Option<u64>,
     pub body: PooledBody,
 }
 
@@ -377,6 +380,10 @@ impl ConnPool {
                 .poll(&mut Context::from_waker(std::task::Waker::noop()));
         }
         conn.first_byte = timer;
+        let length = match head.framing {
+            http1::Framing::Length(n) => Some(n),
+            _ => None,
+        };
         let mut body = PooledBody {
             conn: Some(conn),
             decoder: BodyDecoder::new(head.framing),
@@ -389,6 +396,7 @@ impl ConnPool {
         Ok(PoolAnswer {
             status: head.status,
             headers: head.headers,
+            length,
             body,
         })
     }

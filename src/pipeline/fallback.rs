@@ -105,7 +105,12 @@ pub async fn send(
             }
             Ok(mut resp) => {
                 let status = resp.status();
-                let wait_hint = retry_after(resp.headers());
+                // Read for refusals only: a success is never retried and cools no key down.
+                let wait_hint = if status.is_success() {
+                    None
+                } else {
+                    retry_after(resp.headers())
+                };
                 if let (CredentialChoice::Named(c), Some(l)) = (&choice, &lease) {
                     c.report(l, status, wait_hint);
                     if status == StatusCode::UNAUTHORIZED && c.is_fetched() && !refetched {

@@ -269,7 +269,8 @@ impl Upstream {
             let path = if path.is_empty() { "/" } else { path };
             http1::is_plain_target(path).then_some((pool, host, path))
         });
-        let (status, upstream_headers, stream) = match pooled {
+        // The answer's `Content-Length`: from the pooled client's head parse, or read here.
+        let (status, upstream_headers, stream, given_len) = match pooled {
             Some((pool, host, target)) => {
                 // The head is written straight from the client's headers: no map to copy.
                 let request = PoolRequest {
@@ -289,6 +290,7 @@ impl Upstream {
                     answer.status,
                     answer.headers,
                     UpstreamStream::Pooled(answer.body),
+                    answer.length,
                 )
             }
             None => {
@@ -309,10 +311,15 @@ impl Upstream {
                     Ok(Ok(r)) => r,
                 };
                 let headers = strip_hop_by_hop(std::mem::take(resp.headers_mut()));
+                let given_len = headers
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok());
                 (
                     resp.status(),
                     headers,
                     UpstreamStream::Stream(Box::pin(resp.bytes_stream())),
+                    given_len,
                 )
             }
         };
@@ -325,10 +332,7 @@ impl Upstream {
         {
             None
         } else {
-            upstream_headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
+            given_len
         };
         let mut builder = Response::builder().status(status);
         if let Some(h) = builder.headers_mut() {

@@ -49,38 +49,11 @@ pub fn spawn(runtime: Arc<Runtime>) -> Result<tokio::task::JoinHandle<()>, Strin
     })
     .map_err(|e| format!("cannot start the file watcher: {e}"))?;
 
+    // The folders are watched before this returns: a change right after start is not missed.
+    let mut dirs: HashSet<PathBuf> = HashSet::new();
+    let mut files: HashSet<PathBuf> = HashSet::new();
+    rewatch(&runtime, &names, &mut watcher, &mut dirs, &mut files);
     let task = tokio::spawn(async move {
-        let mut dirs: HashSet<PathBuf> = HashSet::new();
-        let mut files: HashSet<PathBuf> = HashSet::new();
-        let rewatch = |watcher: &mut notify::RecommendedWatcher,
-                       dirs: &mut HashSet<PathBuf>,
-                       files: &mut HashSet<PathBuf>| {
-            *files = runtime
-                .watched_files()
-                .iter()
-                .map(|f| absolute(f))
-                .collect();
-            if let Ok(mut names) = names.lock() {
-                *names = files
-                    .iter()
-                    .filter_map(|f| f.file_name().map(OsString::from))
-                    .collect();
-            }
-            let wanted: HashSet<PathBuf> = files
-                .iter()
-                .filter_map(|f| f.parent().map(Path::to_path_buf))
-                .collect();
-            for d in dirs.difference(&wanted) {
-                let _ = watcher.unwatch(d);
-            }
-            for d in wanted.difference(dirs) {
-                if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
-                    tracing::warn!(dir = %d.display(), error = %e, "cannot watch folder");
-                }
-            }
-            *dirs = wanted;
-        };
-        rewatch(&mut watcher, &mut dirs, &mut files);
         while let Some(first) = rx.recv().await {
             let mut relevant = files.contains(&absolute(&first));
             // Let the burst settle, keeping note of whether any event touched our files.
@@ -93,9 +66,44 @@ pub fn spawn(runtime: Arc<Runtime>) -> Result<tokio::task::JoinHandle<()>, Strin
             }
             if relevant {
                 let _ = runtime.reload_async("file change").await;
-                rewatch(&mut watcher, &mut dirs, &mut files);
+                rewatch(&runtime, &names, &mut watcher, &mut dirs, &mut files);
             }
         }
     });
     Ok(task)
+}
+
+/// Points the watcher at the folders of the current generation's files (and the name filter
+/// at their names).
+fn rewatch(
+    runtime: &Runtime,
+    names: &Mutex<HashSet<OsString>>,
+    watcher: &mut notify::RecommendedWatcher,
+    dirs: &mut HashSet<PathBuf>,
+    files: &mut HashSet<PathBuf>,
+) {
+    *files = runtime
+        .watched_files()
+        .iter()
+        .map(|f| absolute(f))
+        .collect();
+    if let Ok(mut names) = names.lock() {
+        *names = files
+            .iter()
+            .filter_map(|f| f.file_name().map(OsString::from))
+            .collect();
+    }
+    let wanted: HashSet<PathBuf> = files
+        .iter()
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .collect();
+    for d in dirs.difference(&wanted) {
+        let _ = watcher.unwatch(d);
+    }
+    for d in wanted.difference(dirs) {
+        if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %d.display(), error = %e, "cannot watch folder");
+        }
+    }
+    *dirs = wanted;
 }

@@ -281,10 +281,8 @@ async fn a_ca_file_change_reloads() {
         gateway,
         runtime,
     };
+    // Watching from the moment `spawn` returns: the change right after it is seen.
     let watcher = sophgate::watch::spawn(env.runtime.clone()).unwrap();
-    // The watcher registers its folders on its own task.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
     write_atomic(&ca_path, "not a certificate\n");
     assert!(
         eventually(5.0, || env

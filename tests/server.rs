@@ -11,6 +11,25 @@ use common::*;
 use sophgate::mock::MockOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A client that speaks HTTP/2 without TLS from the first byte (prior knowledge).
+fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
+async fn h2c_chat(h2: &reqwest::Client, env: &Env, stream: bool) -> reqwest::Response {
+    h2.post(env.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("content-type", "application/json")
+        .body(chat_body("mock-model", stream))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn http1_and_h2c_are_served_on_the_same_port() {
     let env = start("", MockOptions::default()).await;
@@ -18,20 +37,9 @@ async fn http1_and_h2c_are_served_on_the_same_port() {
     assert_eq!(h1.status(), 200);
     assert_eq!(h1.version(), reqwest::Version::HTTP_11);
 
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = h2c_client();
     for stream in [false, true] {
-        let resp = h2
-            .post(env.url("/v1/chat/completions"))
-            .bearer_auth(CLIENT_KEY)
-            .header("content-type", "application/json")
-            .body(chat_body("mock-model", stream))
-            .send()
-            .await
-            .unwrap();
+        let resp = h2c_chat(&h2, &env, stream).await;
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.version(), reqwest::Version::HTTP_2);
         let text = resp.text().await.unwrap();
@@ -109,20 +117,9 @@ async fn an_h2c_stream_longer_than_the_keep_alive_timeout_is_not_cut() {
         },
     )
     .await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = h2c_client();
     let t0 = Instant::now();
-    let resp = h2
-        .post(env.url("/v1/chat/completions"))
-        .bearer_auth(CLIENT_KEY)
-        .header("content-type", "application/json")
-        .body(chat_body("mock-model", true))
-        .send()
-        .await
-        .unwrap();
+    let resp = h2c_chat(&h2, &env, true).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     let text = resp.text().await.unwrap();
@@ -134,14 +131,7 @@ async fn an_h2c_stream_longer_than_the_keep_alive_timeout_is_not_cut() {
     );
     // Idle past the timeout: the gateway closes the connection; the client opens another.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let resp = h2
-        .post(env.url("/v1/chat/completions"))
-        .bearer_auth(CLIENT_KEY)
-        .header("content-type", "application/json")
-        .body(chat_body("mock-model", false))
-        .send()
-        .await
-        .unwrap();
+    let resp = h2c_chat(&h2, &env, false).await;
     assert_eq!(resp.status(), 200);
 }
 

@@ -243,9 +243,7 @@ pub fn parse_response_head(
         let mut keep_alive_token = false;
         let mut listed: Vec<&str> = Vec::new();
         let mut chunked_last: Option<bool> = None;
-        let mut has_length = false;
         let mut length = LengthFold::default();
-        let mut bad_length = false;
         for h in raw {
             if h.name.eq_ignore_ascii_case("connection") {
                 let value = std::str::from_utf8(h.value).map_err(|_| ProtoError::BadHeader)?;
@@ -263,8 +261,7 @@ pub fn parse_response_head(
                 let last = value.rsplit(',').next().unwrap_or("").trim();
                 chunked_last = Some(last.eq_ignore_ascii_case("chunked"));
             } else if h.name.eq_ignore_ascii_case("content-length") {
-                has_length = true;
-                bad_length |= length.add(h.value).is_err();
+                length.add(h.value);
             }
         }
         // Names now; values are sliced out of the head once it is split off the buffer (no copy
@@ -310,7 +307,7 @@ pub fn parse_response_head(
         } else if let Some(chunked) = chunked_last {
             // Transfer-Encoding wins over Content-Length; an answer with both is suspect, so
             // its connection is not reused.
-            if has_length {
+            if length.is_given() {
                 keep_alive = false;
             }
             if chunked {
@@ -318,10 +315,7 @@ pub fn parse_response_head(
             } else {
                 Framing::Close
             }
-        } else if has_length {
-            if bad_length {
-                return Err(ProtoError::BadContentLength);
-            }
+        } else if length.is_given() {
             Framing::Length(length.get()?)
         } else {
             Framing::Close
@@ -342,43 +336,52 @@ pub fn parse_response_head(
 pub fn content_length(headers: &HeaderMap) -> Result<u64, ProtoError> {
     let mut length = LengthFold::default();
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        length.add(value.as_bytes())?;
+        length.add(value.as_bytes());
     }
     length.get()
 }
 
 /// [`content_length`] folded line by line while a head is walked, so a parser that meets the
-/// header anyway needs no map lookup (nor a text conversion) for it afterwards.
+/// header anyway needs no map lookup (nor a text conversion) for it afterwards. A bad line
+/// is remembered, not returned: the parser decides later what the header means for framing.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct LengthFold(Option<u64>);
+pub struct LengthFold {
+    length: Option<u64>,
+    bad: bool,
+}
 
 impl LengthFold {
     /// One `Content-Length` line: a number, or a comma-separated list of the same number.
-    pub fn add(&mut self, value: &[u8]) -> Result<(), ProtoError> {
+    pub fn add(&mut self, value: &[u8]) {
         // The usual value is digits only; lists (and their spaces) take the longer way.
         if let Some(n) = digits(value) {
-            return self.agree(n);
-        }
-        for part in value.split(|&b| b == b',') {
-            let n = digits(part.trim_ascii()).ok_or(ProtoError::BadContentLength)?;
-            self.agree(n)?;
-        }
-        Ok(())
-    }
-
-    fn agree(&mut self, n: u64) -> Result<(), ProtoError> {
-        match self.0 {
-            Some(f) if f != n => Err(ProtoError::BadContentLength),
-            _ => {
-                self.0 = Some(n);
-                Ok(())
+            self.agree(Some(n));
+        } else {
+            for part in value.split(|&b| b == b',') {
+                self.agree(digits(part.trim_ascii()));
             }
         }
     }
 
-    /// The length; an error when no line was added.
+    fn agree(&mut self, n: Option<u64>) {
+        match (n, self.length) {
+            (Some(n), Some(f)) if f != n => self.bad = true,
+            (Some(n), _) => self.length = Some(n),
+            (None, _) => self.bad = true,
+        }
+    }
+
+    /// Whether any `Content-Length` line was added (valid or not).
+    pub fn is_given(&self) -> bool {
+        self.bad || self.length.is_some()
+    }
+
+    /// The length; an error when a line was bad, the lines disagree, or none was added.
     pub fn get(self) -> Result<u64, ProtoError> {
-        self.0.ok_or(ProtoError::BadContentLength)
+        match self.length {
+            Some(n) if !self.bad => Ok(n),
+            _ => Err(ProtoError::BadContentLength),
+        }
     }
 }
 
@@ -828,7 +831,7 @@ mod tests {
         let fold = |lines: &[&str]| {
             let mut f = LengthFold::default();
             for l in lines {
-                f.add(l.as_bytes())?;
+                f.add(l.as_bytes());
             }
             f.get()
         };

@@ -321,9 +321,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, GatewayError> {
     let mut expect_continue = false;
     let mut chunked = false;
     let mut transfer_encoding = false;
-    let mut content_length = false;
     let mut length = wire::LengthFold::default();
-    let mut bad_length = false;
     for &[n0, n1, v0, v1] in &spans[..count] {
         let name = wire::header_name(&head[usize::from(n0)..usize::from(n1)])
             .map_err(|_| GatewayError::bad_request("malformed_request", "Invalid header name"))?;
@@ -345,8 +343,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, GatewayError> {
         } else if name == header::EXPECT {
             expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         } else if name == header::CONTENT_LENGTH {
-            content_length = true;
-            bad_length |= length.add(value.as_bytes()).is_err();
+            length.add(value.as_bytes());
         }
         headers.append(name, value);
     }
@@ -359,15 +356,15 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, GatewayError> {
                 "Transfer-Encoding must end with chunked (and needs HTTP/1.1)",
             ));
         }
-        if content_length {
+        if length.is_given() {
             return Err(GatewayError::bad_request(
                 "invalid_framing",
                 "A request may not have both Content-Length and Transfer-Encoding",
             ));
         }
         Framing::Chunked
-    } else if content_length {
-        let n = length.get().ok().filter(|_| !bad_length).ok_or_else(|| {
+    } else if length.is_given() {
+        let n = length.get().map_err(|_| {
             GatewayError::bad_request("invalid_content_length", "Invalid Content-Length")
         })?;
         Framing::Length(n)

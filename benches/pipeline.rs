@@ -41,7 +41,7 @@ use sophgate::config::Config;
 use sophgate::pipeline::access_log::AccessLog;
 use sophgate::pipeline::defaults::{rename_fields, rename_keys_in_text, TextRename};
 use sophgate::pipeline::ip_acl::IpAcl;
-use sophgate::pipeline::request_body::peek_chat;
+use sophgate::pipeline::request_body::{peek_chat, peek_chat_scanning, Renames};
 use sophgate::pipeline::scripts::ScriptEventFilter;
 use sophgate::pipeline::sse::SseFramer;
 use sophgate::pipeline::{prepare, RequestId, Step, REQUEST_ID};
@@ -327,6 +327,16 @@ fn bench_json(c: &mut Criterion) -> BenchResult {
         }
         group.bench_with_input(BenchmarkId::new("peek", name), &body, |b, body| {
             b.iter(|| black_box(peek_chat(black_box(body)).is_ok()))
+        });
+        // The pipeline's peek: one strict pass of its own (serde_json only when it gives up),
+        // which also finds the `field_aliases` keys (here: `model` → `model_id`).
+        let aliases = vec![("model".to_string(), "model_id".to_string())];
+        match peek_chat_scanning(&body, &aliases) {
+            Ok((_, Renames::InText(found))) if found.len() == 1 => {}
+            _ => return Err(format!("{name} body is not peeked by the scan itself")),
+        }
+        group.bench_with_input(BenchmarkId::new("scan_peek", name), &body, |b, body| {
+            b.iter(|| black_box(peek_chat_scanning(black_box(body), &aliases).is_ok()))
         });
     }
     group.finish();

@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 use crate::config::Defaults;
 
+use super::json_scan;
 use super::request_body::ChatPeek;
 
 /// Whether applying `defaults` would change a request that looks like `peek`.
@@ -87,270 +88,41 @@ pub fn rename_keys_in_text(src: &[u8], aliases: &[(String, String)]) -> TextRena
     if aliases.is_empty() {
         return TextRename::Unchanged;
     }
-    // Chains (a → b, b → c) are applied in order by the tree path; not redone here.
-    if aliases
-        .iter()
-        .any(|(_, to)| aliases.iter().any(|(from, _)| from == to))
-    {
-        return TextRename::NeedsTree;
-    }
-    match scan_keys(src, aliases) {
+    match json_scan::scan(src, aliases, &[]).and_then(|s| s.renames) {
         None => TextRename::NeedsTree,
-        Some(edits) if edits.is_empty() => TextRename::Unchanged,
-        Some(edits) => {
-            let mut out = Vec::with_capacity(src.len() + 16 * edits.len());
-            let mut at = 0;
-            for (start, end, to) in edits {
-                out.extend_from_slice(&src[at..start]);
-                // `to` as a JSON string literal; most names need no escaping.
-                if to.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-                    out.push(b'"');
-                    out.extend_from_slice(to.as_bytes());
-                    out.push(b'"');
-                } else if serde_json::to_writer(&mut out, to).is_err() {
-                    return TextRename::NeedsTree;
-                }
-                at = end;
-            }
-            out.extend_from_slice(&src[at..]);
-            TextRename::Renamed(out)
-        }
+        Some(renames) => apply_renames(src, &renames),
     }
 }
 
-/// Deeper than this, leave the body to the tree path (serde_json's own limit is 128 too).
-const MAX_DEPTH: usize = 128;
-
-/// Which alias names one open object has shown so far, one bit per alias pair: its keys
-/// themselves are not kept. A second `from`, or a `from` and its `to` in one object, is a case
-/// for the tree path (which keeps the last duplicate and overwrites the target).
-#[derive(Clone, Copy)]
-enum Frame {
-    Object { from_seen: u64, to_seen: u64 },
-    Array,
-}
-
-/// The open arrays and objects, innermost last: the first levels in place (a request rarely
-/// nests deeper; an array of `MAX_DEPTH` would cost more to fill than the scan), deeper ones
-/// in a list allocated only then.
-struct Frames {
-    inline: [Frame; 16],
-    deeper: Vec<Frame>,
-    len: usize,
-}
-
-impl Frames {
-    fn new() -> Self {
-        Frames {
-            inline: [Frame::Array; 16],
-            deeper: Vec::new(),
-            len: 0,
-        }
+/// The text with the keys a [`json_scan::scan`] found renamed; everything else byte for byte.
+pub fn apply_renames(src: &[u8], renames: &[json_scan::Rename<'_>]) -> TextRename {
+    if renames.is_empty() {
+        return TextRename::Unchanged;
     }
-
-    /// `None` past `MAX_DEPTH`.
-    fn push(&mut self, frame: Frame) -> Option<()> {
-        if self.len >= MAX_DEPTH {
-            return None;
+    let mut out = Vec::with_capacity(src.len() + 16 * renames.len());
+    let mut at = 0;
+    for &(start, end, to) in renames {
+        let Some(before) = src.get(at..start) else {
+            return TextRename::NeedsTree;
+        };
+        out.extend_from_slice(before);
+        // `to` as a JSON string literal; most names need no escaping.
+        if to.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            out.push(b'"');
+            out.extend_from_slice(to.as_bytes());
+            out.push(b'"');
+        } else if serde_json::to_writer(&mut out, to).is_err() {
+            return TextRename::NeedsTree;
         }
-        match self.inline.get_mut(self.len) {
-            Some(slot) => *slot = frame,
-            None => self.deeper.push(frame),
-        }
-        self.len += 1;
-        Some(())
+        at = end;
     }
-
-    fn pop(&mut self) {
-        if self.len > self.inline.len() {
-            self.deeper.pop();
-        }
-        self.len = self.len.saturating_sub(1);
-    }
-
-    fn last_mut(&mut self) -> Option<&mut Frame> {
-        let i = self.len.checked_sub(1)?;
-        match i.checked_sub(self.inline.len()) {
-            None => self.inline.get_mut(i),
-            Some(d) => self.deeper.get_mut(d),
-        }
-    }
-}
-
-/// The byte ranges of the key tokens to rename, in text order, with their new names; `None`
-/// when the text is not plain valid JSON, a rename would meet its target or a duplicate, or
-/// the case is too big for this scan (more than 64 aliases, nesting deeper than `MAX_DEPTH`).
-fn scan_keys<'k>(
-    src: &[u8],
-    aliases: &'k [(String, String)],
-) -> Option<Vec<(usize, usize, &'k str)>> {
-    if aliases.len() > 64 {
-        return None;
-    }
-    let mut edits: Vec<(usize, usize, &'k str)> = Vec::new();
-    let mut stack = Frames::new();
-    let mut i = skip_ws(src, 0);
-    // Expecting a value (true) or, inside an object, a key (false).
-    let mut want_value = true;
-    loop {
-        if want_value {
-            match *src.get(i)? {
-                b'{' => {
-                    i = skip_ws(src, i + 1);
-                    if src.get(i) == Some(&b'}') {
-                        i += 1;
-                    } else {
-                        stack.push(Frame::Object {
-                            from_seen: 0,
-                            to_seen: 0,
-                        })?;
-                        want_value = false;
-                        continue;
-                    }
-                }
-                b'[' => {
-                    i = skip_ws(src, i + 1);
-                    if src.get(i) == Some(&b']') {
-                        i += 1;
-                    } else {
-                        stack.push(Frame::Array)?;
-                        continue;
-                    }
-                }
-                b'"' => i = string_end(src, i)?,
-                b't' if src[i..].starts_with(b"true") => i += 4,
-                b'f' if src[i..].starts_with(b"false") => i += 5,
-                b'n' if src[i..].starts_with(b"null") => i += 4,
-                b'-' | b'0'..=b'9' => {
-                    i += 1;
-                    while i < src.len()
-                        && matches!(src[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
-                    {
-                        i += 1;
-                    }
-                }
-                _ => return None,
-            }
-            // After a value: a separator, a closing bracket, or the end.
-            loop {
-                i = skip_ws(src, i);
-                let Some(&mut top) = stack.last_mut() else {
-                    return (i == src.len()).then_some(edits);
-                };
-                match (top, *src.get(i)?) {
-                    (Frame::Array, b',') => {
-                        i = skip_ws(src, i + 1);
-                        break;
-                    }
-                    (Frame::Object { .. }, b',') => {
-                        i = skip_ws(src, i + 1);
-                        want_value = false;
-                        break;
-                    }
-                    (Frame::Array, b']') => {
-                        i += 1;
-                        stack.pop();
-                    }
-                    (Frame::Object { from_seen, to_seen }, b'}') => {
-                        if from_seen & to_seen != 0 {
-                            return None;
-                        }
-                        i += 1;
-                        stack.pop();
-                    }
-                    _ => return None,
-                }
-            }
-        } else {
-            // A key, then a colon.
-            if src.get(i) != Some(&b'"') {
-                return None;
-            }
-            let start = i;
-            let end = string_end(src, i)?;
-            let raw = &src[start + 1..end - 1];
-            let decoded;
-            let key: &[u8] = if raw.contains(&b'\\') {
-                decoded = serde_json::from_slice::<String>(&src[start..end]).ok()?;
-                decoded.as_bytes()
-            } else {
-                if !raw.is_ascii() {
-                    std::str::from_utf8(raw).ok()?;
-                }
-                raw
-            };
-            if let Some(Frame::Object { from_seen, to_seen }) = stack.last_mut() {
-                // The first pair with this `from` renames it (as in the tree path).
-                let mut renamed = false;
-                for (a, (from, to)) in aliases.iter().enumerate() {
-                    let bit = 1u64 << a;
-                    if !renamed && key == from.as_bytes() {
-                        if *from_seen & bit != 0 {
-                            return None;
-                        }
-                        *from_seen |= bit;
-                        edits.push((start, end, to.as_str()));
-                        renamed = true;
-                    } else if key == to.as_bytes() {
-                        *to_seen |= bit;
-                    }
-                }
-            }
-            i = skip_ws(src, end);
-            if src.get(i) != Some(&b':') {
-                return None;
-            }
-            i = skip_ws(src, i + 1);
-            want_value = true;
-        }
-    }
-}
-
-fn skip_ws(src: &[u8], mut i: usize) -> usize {
-    while i < src.len() && matches!(src[i], b' ' | b'\t' | b'\n' | b'\r') {
-        i += 1;
-    }
-    i
-}
-
-/// Index just past the string token starting at `start` (its opening quote).
-fn string_end(src: &[u8], start: usize) -> Option<usize> {
-    let mut i = start + 1;
-    loop {
-        // Most of a chat body is string text: skip it eight bytes at a time, up to the next
-        // byte that ends the run (a quote, a backslash, or a control byte, which is invalid).
-        while let Some(chunk) = src.get(i..i + 8).and_then(|c| <[u8; 8]>::try_from(c).ok()) {
-            let found = string_stops(u64::from_le_bytes(chunk));
-            if found != 0 {
-                i += (found.trailing_zeros() / 8) as usize;
-                break;
-            }
-            i += 8;
-        }
-        match *src.get(i)? {
-            b'"' => return Some(i + 1),
-            b'\\' => i += 2,
-            c if c < 0x20 => return None,
-            _ => i += 1,
-        }
-    }
-}
-
-/// The high bit of each byte of `v` (eight bytes, little-endian) that is `"`, `\\` or below
-/// 0x20. Bits above the lowest may be false alarms (a borrow carries into the next byte); the
-/// lowest is always exact, and only the lowest is used.
-fn string_stops(v: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x;
-    let quote = zero_byte(v ^ (ONES * u64::from(b'"')));
-    let backslash = zero_byte(v ^ (ONES * u64::from(b'\\')));
-    let control = v.wrapping_sub(ONES * 0x20) & !v;
-    (quote | backslash | control) & HIGH
+    out.extend_from_slice(src.get(at..).unwrap_or_default());
+    TextRename::Renamed(out)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::json_scan::MAX_DEPTH;
     use super::*;
     use serde_json::json;
 
@@ -377,47 +149,6 @@ mod tests {
                 src.as_bytes().to_vec()
             }
             TextRename::NeedsTree => panic!("unexpected fallback for {src}"),
-        }
-    }
-
-    /// The eight-at-a-time string scan ends every string where a byte-by-byte scan does.
-    #[test]
-    fn string_scan_matches_a_byte_scan() {
-        fn byte_scan(src: &[u8], start: usize) -> Option<usize> {
-            let mut i = start + 1;
-            while i < src.len() {
-                match src[i] {
-                    b'"' => return Some(i + 1),
-                    b'\\' => i += 2,
-                    c if c < 0x20 => return None,
-                    _ => i += 1,
-                }
-            }
-            None
-        }
-        // Bytes that stop the scan, bytes next to them in value, and UTF-8 lead/continuation.
-        let alphabet = [
-            b'"', b'\\', 0x00, 0x1f, 0x20, 0x21, 0x23, 0x5b, 0x5d, b'a', 0x7f, 0x80, 0xc3, 0xe6,
-            0xff,
-        ];
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        for len in 0..40 {
-            for _ in 0..200 {
-                let mut src = vec![b'"'];
-                for _ in 0..len {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    // Mostly plain text, so strings run long enough to use whole words.
-                    let b = if seed % 4 == 0 {
-                        alphabet[(seed >> 8) as usize % alphabet.len()]
-                    } else {
-                        b'a'
-                    };
-                    src.push(b);
-                }
-                assert_eq!(string_end(&src, 0), byte_scan(&src, 0), "{src:?}");
-            }
         }
     }
 

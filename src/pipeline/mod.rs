@@ -16,6 +16,7 @@ pub mod fallback;
 pub mod forward;
 pub mod http1;
 pub mod ip_acl;
+pub mod json_scan;
 pub mod models;
 pub mod policy;
 pub mod request_body;
@@ -379,7 +380,7 @@ where
     // `body_changed`: whether `body_value` differs from `bytes` (else bytes go as they came).
     let (mut target, plan, body_value, mut body_changed) = match route {
         Route::ChatCompletions => {
-            let peek = request_body::peek_chat(&bytes)?;
+            let (peek, renames) = request_body::peek_chat_scanning(&bytes, &cfg.field_aliases)?;
             // Borrowed from the body: an owned copy is made only for the access log.
             let model = peek.model.as_deref().or(cfg.defaults.model.as_deref());
             if let Some(pol) = policy {
@@ -400,7 +401,7 @@ where
             // 4. defaults, field aliases, route renaming: parse only when something changes.
             // Aliases alone are renamed in the text, without a tree (unless a case needs one).
             let text_only = aliases && !(needs_defaults || rename || injected_usage || hooks);
-            let value = if text_only && rename_in_text(&mut bytes, &cfg.field_aliases) {
+            let value = if text_only && rename_scanned(&mut bytes, renames, &cfg.field_aliases) {
                 (None, false)
             } else if needs_defaults || rename || injected_usage || aliases || hooks {
                 let mut value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
@@ -534,7 +535,27 @@ where
 /// Applies `field_aliases` to the body's text when that needs no tree; `false` leaves the body
 /// as it was for the tree path (see [`defaults::rename_keys_in_text`]).
 fn rename_in_text(bytes: &mut Bytes, aliases: &[(String, String)]) -> bool {
-    match defaults::rename_keys_in_text(bytes, aliases) {
+    let renamed = defaults::rename_keys_in_text(bytes, aliases);
+    apply_text_rename(bytes, renamed)
+}
+
+/// [`rename_in_text`] with the keys the body stage's scan already found.
+fn rename_scanned(
+    bytes: &mut Bytes,
+    renames: request_body::Renames<'_>,
+    aliases: &[(String, String)],
+) -> bool {
+    let renamed = match renames {
+        request_body::Renames::NotScanned => defaults::rename_keys_in_text(bytes, aliases),
+        request_body::Renames::InText(found) => defaults::apply_renames(bytes, &found),
+        request_body::Renames::NeedsTree => defaults::TextRename::NeedsTree,
+    };
+    apply_text_rename(bytes, renamed)
+}
+
+/// Puts a text rename's result in place; `false` when the tree path must do it.
+fn apply_text_rename(bytes: &mut Bytes, renamed: defaults::TextRename) -> bool {
+    match renamed {
         defaults::TextRename::Unchanged => true,
         defaults::TextRename::Renamed(v) => {
             *bytes = Bytes::from(v);

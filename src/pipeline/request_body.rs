@@ -15,6 +15,8 @@ use serde::Deserialize;
 
 use crate::error::{ErrorKind, GatewayError};
 
+use super::json_scan;
+
 fn too_large(limit: usize) -> GatewayError {
     GatewayError::new(
         ErrorKind::PayloadTooLarge,
@@ -188,6 +190,91 @@ pub fn peek_model(body: &[u8]) -> Result<Option<String>, GatewayError> {
         .map_err(|e| GatewayError::bad_request("invalid_json", format!("Invalid JSON body: {e}")))
 }
 
+/// The top-level keys [`ChatPeek`] reads, in the order [`peek_from_scan`] takes them.
+const CHAT_FIELDS: [&str; 5] = [
+    "model",
+    "temperature",
+    "max_tokens",
+    "stream",
+    "stream_options",
+];
+
+/// What the one pass over a chat body says about `field_aliases`.
+#[derive(Debug)]
+pub enum Renames<'k> {
+    /// The body went through serde_json instead: nothing was looked for yet.
+    NotScanned,
+    /// The keys to rename in place (none: the body stays as it came).
+    InText(Vec<json_scan::Rename<'k>>),
+    /// A case the in-place edit does not cover: rename on the tree.
+    NeedsTree,
+}
+
+/// [`peek_chat`] and the search for `field_aliases` keys in one pass over the body
+/// ([`json_scan`]). When the scan gives up, serde_json peeks as before (its error is the
+/// client's answer) and the renames are left for later.
+pub fn peek_chat_scanning<'a, 'k>(
+    body: &'a [u8],
+    aliases: &'k [(String, String)],
+) -> Result<(ChatPeek<'a>, Renames<'k>), GatewayError> {
+    if let Some(scan) = json_scan::scan(body, aliases, &CHAT_FIELDS) {
+        if let Some(peek) = peek_from_scan(body, &scan) {
+            let renames = match scan.renames {
+                Some(found) => Renames::InText(found),
+                None => Renames::NeedsTree,
+            };
+            return Ok((peek, renames));
+        }
+    }
+    Ok((peek_chat(body)?, Renames::NotScanned))
+}
+
+/// The peek from a scan's top-level values; `None` where serde_json might read the body
+/// differently (not an object, deep nesting, a value of the wrong type, a `model` that is not
+/// UTF-8): the caller asks serde_json then.
+fn peek_from_scan<'a>(body: &'a [u8], scan: &json_scan::Scan<'_>) -> Option<ChatPeek<'a>> {
+    // serde_json stops at 128 levels, counted slightly differently: keep well clear of it.
+    if !scan.object || scan.depth > 100 {
+        return None;
+    }
+    let value = |field: usize| -> Option<&'a [u8]> {
+        let (start, end) = (*scan.top.get(field)?)?;
+        body.get(start..end).filter(|v| *v != b"null")
+    };
+    let model = match value(0) {
+        None => None,
+        Some(text) => Some(json_str(text)?),
+    };
+    let stream = match value(3) {
+        None => None,
+        Some(b"true") => Some(true),
+        Some(b"false") => Some(false),
+        Some(_) => return None,
+    };
+    let stream_options = match value(4) {
+        None => None,
+        Some(text) => Some(serde_json::from_slice::<StreamOptionsPeek>(text).ok()?),
+    };
+    Some(ChatPeek {
+        model,
+        temperature: value(1).map(|_| IgnoredAny),
+        max_tokens: value(2).map(|_| IgnoredAny),
+        stream,
+        stream_options,
+    })
+}
+
+/// A JSON string token's text: borrowed unless it has escapes; `None` for another token or
+/// text that is not UTF-8.
+fn json_str(token: &[u8]) -> Option<Cow<'_, str>> {
+    let inner = token.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if inner.contains(&b'\\') {
+        serde_json::from_slice::<String>(token).ok().map(Cow::Owned)
+    } else {
+        std::str::from_utf8(inner).ok().map(Cow::Borrowed)
+    }
+}
+
 /// Validates that `body` is a JSON object and peeks at its fields.
 pub fn peek_chat(body: &[u8]) -> Result<ChatPeek<'_>, GatewayError> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -241,5 +328,141 @@ mod tests {
             Some("m\n")
         );
         assert!(peek_model(br#"{"model":[]}"#).is_err());
+    }
+
+    /// The fields of a peek, to compare the scan's with serde_json's.
+    fn fields(p: &ChatPeek<'_>) -> (Option<String>, bool, bool, Option<bool>, Option<bool>) {
+        (
+            p.model.as_deref().map(str::to_owned),
+            p.temperature.is_some(),
+            p.max_tokens.is_some(),
+            p.stream,
+            p.stream_options.as_ref().map(|o| o.include_usage()),
+        )
+    }
+
+    impl StreamOptionsPeek {
+        fn include_usage(&self) -> bool {
+            self.include_usage.unwrap_or(false)
+        }
+    }
+
+    #[test]
+    fn the_scan_peeks_usual_bodies_itself() {
+        let aliases = vec![("model".to_string(), "model_id".to_string())];
+        for body in [
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+            r#"{"model":"gpt\u002d4o","stream":true,"stream_options":{"include_usage":true}}"#,
+            r#" {"messages":[],"temperature":0.2,"max_tokens":null,"stream":false} "#,
+            r#"{"model":null,"stream":null,"stream_options":null,"tools":[{"a":{"b":[1]}}]}"#,
+        ] {
+            let (peek, renames) = peek_chat_scanning(body.as_bytes(), &aliases).unwrap();
+            assert!(matches!(renames, Renames::InText(_)), "{body}");
+            assert_eq!(
+                fields(&peek),
+                fields(&peek_chat(body.as_bytes()).unwrap()),
+                "{body}"
+            );
+        }
+        // Where serde_json would answer differently, it answers.
+        for body in [
+            r#"{"model":5}"#,
+            r#"{"stream":"yes"}"#,
+            r#"{"model":"a","model":"b"}"#,
+            r#"[1,2]"#,
+            r#"{"stream_options":{"include_usage":1}}"#,
+        ] {
+            assert!(
+                peek_chat_scanning(body.as_bytes(), &aliases).is_err(),
+                "{body}"
+            );
+        }
+        assert!(peek_chat_scanning(b"{\"model\":\"\xff\"}", &aliases).is_err());
+        let (_, renames) =
+            peek_chat_scanning(br#"{"model":"a","model_id":"b"}"#, &aliases).unwrap();
+        assert!(matches!(renames, Renames::NeedsTree));
+    }
+
+    /// Random edits of chat bodies: wherever the scan peeks itself, serde_json reads the same
+    /// fields, and the renames it found give what the tree path gives.
+    #[test]
+    fn the_scan_agrees_with_serde_json() {
+        use crate::pipeline::defaults::{apply_renames, rename_fields, TextRename};
+        let aliases = vec![
+            ("model".to_string(), "model_id".to_string()),
+            ("max_tokens".to_string(), "max_new_tokens".to_string()),
+        ];
+        let bases: [&[u8]; 3] = [
+            br#"{"model":"m","messages":[{"role":"user","content":"h\u00e9"}],"stream":true}"#,
+            br#"{"temperature":1,"max_tokens":null,"stream_options":{"include_usage":false},"x":{"model":2}}"#,
+            br#"{"model":"a\"b","stream":false,"max_tokens":[1,{"model_id":0}],"n":-0.5e1}"#,
+        ];
+        let tokens: [&[u8]; 17] = [
+            b"\"",
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b",",
+            b":",
+            b"null",
+            b"true",
+            b"1",
+            b"\"model\"",
+            b"\"stream\":",
+            b"\xff",
+            b" ",
+            b"\"model\":\"x\",",
+            b"\"stream\":1,",
+            b"\"stream_options\":{\"include_usage\":true},",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let (mut scanned, mut renamed) = (0, 0);
+        for round in 0..30_000 {
+            let mut body = bases[round % bases.len()].to_vec();
+            for _ in 0..(next() % 3) {
+                let at = (next() as usize) % (body.len() + 1);
+                let token = tokens[(next() as usize) % tokens.len()];
+                if next() % 2 == 0 && at < body.len() {
+                    body.splice(at..at + 1, token.iter().copied());
+                } else {
+                    body.splice(at..at, token.iter().copied());
+                }
+            }
+            let shown = String::from_utf8_lossy(&body).into_owned();
+            let Ok((peek, renames)) = peek_chat_scanning(&body, &aliases) else {
+                continue;
+            };
+            if matches!(renames, Renames::NotScanned) {
+                continue;
+            }
+            scanned += 1;
+            let by_serde = peek_chat(&body).unwrap_or_else(|e| panic!("{shown}: {}", e.message));
+            assert_eq!(fields(&peek), fields(&by_serde), "{shown}");
+            // The tree needs UTF-8 throughout; the peek does not.
+            let Ok(mut tree) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                continue;
+            };
+            let tree_renamed = rename_fields(&mut tree, &aliases);
+            if let Renames::InText(found) = renames {
+                let text = match apply_renames(&body, &found) {
+                    TextRename::Renamed(out) => out,
+                    TextRename::Unchanged => body.clone(),
+                    TextRename::NeedsTree => panic!("{shown}"),
+                };
+                assert_eq!(found.is_empty(), !tree_renamed, "{shown}");
+                let text: serde_json::Value = serde_json::from_slice(&text).unwrap();
+                assert_eq!(text, tree, "{shown}");
+                renamed += usize::from(!found.is_empty());
+            }
+        }
+        assert!(renamed > 1_000, "{renamed}");
+        assert!(scanned > 3_000, "{scanned}");
     }
 }

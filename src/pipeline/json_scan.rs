@@ -140,7 +140,7 @@ pub fn scan<'k>(src: &[u8], aliases: &'k [(String, String)], wanted: &[&str]) ->
                         continue;
                     }
                 }
-                b'"' => i = string_end(src, i)?,
+                b'"' => i = string_end(src, i)?.0,
                 b't' if src[i..].starts_with(b"true") => i += 4,
                 b'f' if src[i..].starts_with(b"false") => i += 5,
                 b'n' if src[i..].starts_with(b"null") => i += 4,
@@ -193,13 +193,13 @@ pub fn scan<'k>(src: &[u8], aliases: &'k [(String, String)], wanted: &[&str]) ->
                 return None;
             }
             let start = i;
-            let end = string_end(src, i)?;
+            let (end, escaped) = string_end(src, i)?;
             let at_top = object && stack.len == 1;
             let mut wanted_here = false;
             if (find_keys && renames_ok) || (at_top && !wanted.is_empty()) {
                 let raw = &src[start + 1..end - 1];
                 let decoded;
-                let key: &[u8] = if raw.contains(&b'\\') {
+                let key: &[u8] = if escaped {
                     decoded = serde_json::from_slice::<String>(&src[start..end]).ok()?;
                     decoded.as_bytes()
                 } else {
@@ -290,10 +290,11 @@ fn number_end(src: &[u8], start: usize) -> Option<usize> {
     Some(i)
 }
 
-/// Index just past the string token starting at `start` (its opening quote); `None` for an
-/// unterminated string, a control byte, or a bad escape.
-fn string_end(src: &[u8], start: usize) -> Option<usize> {
+/// Index just past the string token starting at `start` (its opening quote), and whether the
+/// string has escapes; `None` for an unterminated string, a control byte, or a bad escape.
+fn string_end(src: &[u8], start: usize) -> Option<(usize, bool)> {
     let mut i = start + 1;
+    let mut escaped = false;
     loop {
         // Most of a chat body is string text: skip it eight bytes at a time, up to the next
         // byte that ends the run (a quote, a backslash, or a control byte, which is invalid).
@@ -306,8 +307,11 @@ fn string_end(src: &[u8], start: usize) -> Option<usize> {
             i += 8;
         }
         match *src.get(i)? {
-            b'"' => return Some(i + 1),
-            b'\\' => i = escape_end(src, i)?,
+            b'"' => return Some((i + 1, escaped)),
+            b'\\' => {
+                i = escape_end(src, i)?;
+                escaped = true;
+            }
             c if c < 0x20 => return None,
             _ => i += 1,
         }
@@ -376,11 +380,11 @@ mod tests {
     /// The eight-at-a-time string scan ends every string where a byte-by-byte scan does.
     #[test]
     fn string_scan_matches_a_byte_scan() {
-        fn byte_scan(src: &[u8], start: usize) -> Option<usize> {
+        fn byte_scan(src: &[u8], start: usize) -> Option<(usize, bool)> {
             let mut i = start + 1;
             while i < src.len() {
                 match src[i] {
-                    b'"' => return Some(i + 1),
+                    b'"' => return Some((i + 1, src[start..i].contains(&b'\\'))),
                     b'\\' => i = escape_end(src, i)?,
                     c if c < 0x20 => return None,
                     _ => i += 1,

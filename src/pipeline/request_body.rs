@@ -378,6 +378,13 @@ mod tests {
             );
         }
         assert!(peek_chat_scanning(b"{\"model\":\"\xff\"}", &aliases).is_err());
+        // A lone surrogate: refused in `model` (decoded), passed in a message (skipped), as
+        // serde_json does.
+        assert!(peek_chat_scanning(br#"{"model":"\uDE00"}"#, &aliases).is_err());
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"\uD83D"}]}"#;
+        let (peek, renames) = peek_chat_scanning(body, &aliases).unwrap();
+        assert_eq!(peek.model.as_deref(), Some("m"));
+        assert!(matches!(renames, Renames::InText(ref found) if found.len() == 1));
         let (_, renames) =
             peek_chat_scanning(br#"{"model":"a","model_id":"b"}"#, &aliases).unwrap();
         assert!(matches!(renames, Renames::NeedsTree));

@@ -99,15 +99,24 @@ pub fn apply_renames(src: &[u8], renames: &[json_scan::Rename<'_>]) -> TextRenam
     if renames.is_empty() {
         return TextRename::Unchanged;
     }
-    let mut out = Vec::with_capacity(src.len() + 16 * renames.len());
+    // Most names need no escaping: then the new text's length is known, and a buffer of exactly
+    // that size becomes the body's `Bytes` without another allocation (a `Vec` with spare room
+    // needs one for its shared header).
+    let plain = |to: &str| to.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
+    let exact = renames
+        .iter()
+        .try_fold(src.len(), |len, &(start, end, to)| {
+            plain(to).then(|| (len + to.len() + 2).saturating_sub(end - start))
+        });
+    let mut out = Vec::with_capacity(exact.unwrap_or(src.len() + 16 * renames.len()));
     let mut at = 0;
     for &(start, end, to) in renames {
         let Some(before) = src.get(at..start) else {
             return TextRename::NeedsTree;
         };
         out.extend_from_slice(before);
-        // `to` as a JSON string literal; most names need no escaping.
-        if to.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        // `to` as a JSON string literal.
+        if plain(to) {
             out.push(b'"');
             out.extend_from_slice(to.as_bytes());
             out.push(b'"');
@@ -178,6 +187,12 @@ mod tests {
             String::from_utf8(out).unwrap(),
             r#"{ "seed": 12345678901234567890, "model_id": "x", "t": 1.0e0, "s": "\u00e9\/" }"#
         );
+        // Sized exactly (no spare room), so it becomes `Bytes` without another allocation.
+        let two = aliases(&[("model", "m"), ("seed", "random_seed")]);
+        match rename_keys_in_text(src.as_bytes(), &two) {
+            TextRename::Renamed(out) => assert_eq!(out.len(), out.capacity()),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

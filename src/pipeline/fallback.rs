@@ -94,7 +94,7 @@ pub async fn send(
                 headers: &p.headers,
                 authorization,
                 request_id: Some(rid.header()),
-                body: p.body.clone(),
+                body: &p.body,
             })
             .await;
         let last_attempt = attempt + 1 >= plan.attempts;

@@ -52,7 +52,10 @@ pub struct OutboundRequest<'a> {
     pub headers: &'a HeaderMap,
     pub authorization: Option<&'a HeaderValue>,
     pub request_id: Option<&'a HeaderValue>,
-    pub body: Bytes,
+    /// Borrowed: the pooled client writes it from here, so a retry (or the usual single
+    /// attempt) costs no reference count, and a body the gateway rewrote is never promoted to
+    /// a shared buffer (an allocation); only reqwest's path takes a handle of its own.
+    pub body: &'a Bytes,
 }
 
 /// Whether a client header goes upstream: not hop-by-hop (by name, or named in the client's
@@ -278,7 +281,7 @@ impl Upstream {
                     target,
                     host,
                     headers: &lines,
-                    body: &out.body,
+                    body: out.body,
                     first_byte_timeout: self.first_byte_timeout,
                 };
                 let answer = match pool.send(request).await {
@@ -300,7 +303,7 @@ impl Upstream {
                     .client
                     .request(out.method, &*out.url)
                     .headers(headers)
-                    .body(out.body)
+                    .body(out.body.clone())
                     .send();
                 // Boxed: reqwest's future is large and would otherwise widen every caller's
                 // state (and the moves of it) on the pooled path too.

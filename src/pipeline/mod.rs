@@ -433,10 +433,11 @@ where
             // Other endpoints (embeddings, …) name a model too: the key's globs and the routes
             // apply to it. Bodies that are not a JSON object have no model.
             let restricted = policy.is_some_and(|p| !p.models.is_empty());
-            let (model, valid_json) = match request_body::peek_model(&bytes) {
-                Ok(m) => (m, true),
+            let scanned = request_body::peek_model_scanning(&bytes, &cfg.field_aliases);
+            let (model, valid_json, renames) = match scanned {
+                Ok((m, renames)) => (m, true, renames),
                 Err(e) if restricted => return Err(e),
-                Err(_) => (None, false),
+                Err(_) => (None, false, request_body::Renames::NotScanned),
             };
             if let (Some(pol), Some(m)) = (policy, model.as_deref()) {
                 pol.check_model(Some(m))?;
@@ -451,7 +452,7 @@ where
                 && !hooks
                 && !rename
                 && valid_json
-                && rename_in_text(&mut bytes, &cfg.field_aliases);
+                && rename_scanned(&mut bytes, renames, &cfg.field_aliases);
             let mut value = if !text_done && (hooks || rename || aliases) {
                 serde_json::from_slice::<serde_json::Value>(&bytes).ok()
             } else {
@@ -532,14 +533,9 @@ where
     ))
 }
 
-/// Applies `field_aliases` to the body's text when that needs no tree; `false` leaves the body
-/// as it was for the tree path (see [`defaults::rename_keys_in_text`]).
-fn rename_in_text(bytes: &mut Bytes, aliases: &[(String, String)]) -> bool {
-    let renamed = defaults::rename_keys_in_text(bytes, aliases);
-    apply_text_rename(bytes, renamed)
-}
-
-/// [`rename_in_text`] with the keys the body stage's scan already found.
+/// Applies `field_aliases` to the body's text when that needs no tree, with the keys the body
+/// stage's scan found (or scanning now, where serde_json peeked instead); `false` leaves the
+/// body as it was for the tree path (see [`defaults::rename_keys_in_text`]).
 fn rename_scanned(
     bytes: &mut Bytes,
     renames: request_body::Renames<'_>,
@@ -550,11 +546,6 @@ fn rename_scanned(
         request_body::Renames::InText(found) => defaults::apply_renames(bytes, &found),
         request_body::Renames::NeedsTree => defaults::TextRename::NeedsTree,
     };
-    apply_text_rename(bytes, renamed)
-}
-
-/// Puts a text rename's result in place; `false` when the tree path must do it.
-fn apply_text_rename(bytes: &mut Bytes, renamed: defaults::TextRename) -> bool {
     match renamed {
         defaults::TextRename::Unchanged => true,
         defaults::TextRename::Renamed(v) => {

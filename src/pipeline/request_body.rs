@@ -190,6 +190,33 @@ pub fn peek_model(body: &[u8]) -> Result<Option<String>, GatewayError> {
         .map_err(|e| GatewayError::bad_request("invalid_json", format!("Invalid JSON body: {e}")))
 }
 
+/// [`peek_model`] and the search for `field_aliases` keys in one pass over the body, as
+/// [`peek_chat_scanning`] does for chat requests (embeddings bodies can be as large).
+pub fn peek_model_scanning<'k>(
+    body: &[u8],
+    aliases: &'k [(String, String)],
+) -> Result<(Option<String>, Renames<'k>), GatewayError> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Ok((None, Renames::NotScanned));
+    }
+    if let Some(scan) = json_scan::scan(body, aliases, &["model"]) {
+        if scan.object && scan.depth <= SCAN_DEPTH {
+            let model = match scan.top[0].and_then(|(start, end)| body.get(start..end)) {
+                None | Some(b"null") => Some(None),
+                Some(text) => json_str(text).map(|m| Some(m.into_owned())),
+            };
+            if let Some(model) = model {
+                return Ok((model, Renames::of(scan.renames)));
+            }
+        }
+    }
+    Ok((peek_model(body)?, Renames::NotScanned))
+}
+
+/// Deepest nesting a scan's peek is trusted with: serde_json stops at 128 levels, counted
+/// slightly differently, so keep well clear of it (deeper bodies go to serde_json).
+const SCAN_DEPTH: usize = 100;
+
 /// The top-level keys [`ChatPeek`] reads, in the order [`peek_from_scan`] takes them.
 const CHAT_FIELDS: [&str; 5] = [
     "model",
@@ -210,6 +237,16 @@ pub enum Renames<'k> {
     NeedsTree,
 }
 
+impl<'k> Renames<'k> {
+    /// What a finished scan found.
+    fn of(found: Option<Vec<json_scan::Rename<'k>>>) -> Self {
+        match found {
+            Some(found) => Renames::InText(found),
+            None => Renames::NeedsTree,
+        }
+    }
+}
+
 /// [`peek_chat`] and the search for `field_aliases` keys in one pass over the body
 /// ([`json_scan`]). When the scan gives up, serde_json peeks as before (its error is the
 /// client's answer) and the renames are left for later.
@@ -219,11 +256,7 @@ pub fn peek_chat_scanning<'a, 'k>(
 ) -> Result<(ChatPeek<'a>, Renames<'k>), GatewayError> {
     if let Some(scan) = json_scan::scan(body, aliases, &CHAT_FIELDS) {
         if let Some(peek) = peek_from_scan(body, &scan) {
-            let renames = match scan.renames {
-                Some(found) => Renames::InText(found),
-                None => Renames::NeedsTree,
-            };
-            return Ok((peek, renames));
+            return Ok((peek, Renames::of(scan.renames)));
         }
     }
     Ok((peek_chat(body)?, Renames::NotScanned))
@@ -233,8 +266,7 @@ pub fn peek_chat_scanning<'a, 'k>(
 /// differently (not an object, deep nesting, a value of the wrong type, a `model` that is not
 /// UTF-8): the caller asks serde_json then.
 fn peek_from_scan<'a>(body: &'a [u8], scan: &json_scan::Scan<'_>) -> Option<ChatPeek<'a>> {
-    // serde_json stops at 128 levels, counted slightly differently: keep well clear of it.
-    if !scan.object || scan.depth > 100 {
+    if !scan.object || scan.depth > SCAN_DEPTH {
         return None;
     }
     let value = |field: usize| -> Option<&'a [u8]> {
@@ -470,6 +502,61 @@ mod tests {
             }
         }
         assert!(renamed > 1_000, "{renamed}");
+        assert!(scanned > 3_000, "{scanned}");
+    }
+
+    /// Other endpoints' model peek: the scan's answer is serde_json's, random edits included.
+    #[test]
+    fn the_model_scan_agrees_with_serde_json() {
+        let aliases = vec![("model".to_string(), "model_id".to_string())];
+        let (m, renames) =
+            peek_model_scanning(br#"{"model":"e\u002d1","input":["a","b"]}"#, &aliases).unwrap();
+        assert_eq!(m.as_deref(), Some("e-1"));
+        assert!(matches!(renames, Renames::InText(ref found) if found.len() == 1));
+        let (m, renames) = peek_model_scanning(b"[1,2]", &aliases).unwrap();
+        assert!(m.is_none() && matches!(renames, Renames::NotScanned));
+        assert!(peek_model_scanning(br#"{"model":5}"#, &aliases).is_err());
+        assert!(peek_model_scanning(br#"{"model":"a","model":"b"}"#, &aliases).is_err());
+        let base =
+            br#"{"model":"emb","input":["t\u00e9xt",{"model":1}],"dimensions":256,"x":null}"#;
+        let tokens: [&[u8]; 10] = [
+            b"\"",
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b",",
+            b":",
+            b"null",
+            b"\"model\":\"m\",",
+            b"\xff",
+        ];
+        let mut seed = 0x1234_5678_9abc_def1u64;
+        let mut scanned = 0;
+        for _ in 0..20_000 {
+            let mut body = base.to_vec();
+            for _ in 0..(seed % 3) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let at = (seed as usize >> 8) % (body.len() + 1);
+                let token = tokens[(seed as usize >> 40) % tokens.len()];
+                body.splice(at..at, token.iter().copied());
+            }
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let shown = String::from_utf8_lossy(&body).into_owned();
+            let Ok((model, renames)) = peek_model_scanning(&body, &aliases) else {
+                continue;
+            };
+            if matches!(renames, Renames::NotScanned) {
+                continue;
+            }
+            scanned += 1;
+            let by_serde = peek_model(&body).unwrap_or_else(|e| panic!("{shown}: {}", e.message));
+            assert_eq!(model, by_serde, "{shown}");
+        }
         assert!(scanned > 3_000, "{scanned}");
     }
 }

@@ -314,10 +314,7 @@ impl Upstream {
                     Ok(Ok(r)) => r,
                 };
                 let headers = strip_hop_by_hop(std::mem::take(resp.headers_mut()));
-                let given_len = headers
-                    .get(header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok());
+                let given_len = http1::content_length(&headers).ok();
                 (
                     resp.status(),
                     headers,

@@ -500,32 +500,11 @@ mod tests {
             b"\"", b"\\", b"{", b"}", b"[", b"]", b",", b":", b"-", b"0", b".", b"e", b"\\u",
             b"\xff", b"\x01", b" ",
         ];
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = fuzz::Rng(0x2545_f491_4f6c_dd1d);
         let mut accepted = 0;
         for _ in 0..20_000 {
-            let mut src = base.to_vec();
-            for _ in 0..(next() % 3 + 1) {
-                let at = (next() as usize) % (src.len() + 1);
-                match next() % 3 {
-                    0 if at < src.len() => {
-                        src.remove(at);
-                    }
-                    1 if at < src.len() => {
-                        let t = tokens[(next() as usize) % tokens.len()];
-                        src.splice(at..at + 1, t.iter().copied());
-                    }
-                    _ => {
-                        let t = tokens[(next() as usize) % tokens.len()];
-                        src.splice(at..at, t.iter().copied());
-                    }
-                }
-            }
+            let edits = 1 + rng.below(3);
+            let src = fuzz::edited(base, &tokens, edits, &mut rng);
             if valid(&src) {
                 accepted += 1;
                 assert!(serde_valid(&src), "{}", String::from_utf8_lossy(&src));
@@ -533,5 +512,48 @@ mod tests {
         }
         // The edits leave some bodies valid, so the check above ran.
         assert!(accepted > 500, "{accepted}");
+    }
+}
+
+/// Random edits of JSON texts, for the differential tests here and in `request_body`.
+#[cfg(test)]
+pub(crate) mod fuzz {
+    /// xorshift64: the same sequence on every run.
+    pub struct Rng(pub u64);
+
+    impl Rng {
+        pub fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        /// A number below `n`.
+        pub fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// `base` with `edits` edits at random places: a byte removed, a byte replaced by one of
+    /// `tokens`, or one of `tokens` inserted.
+    pub fn edited(base: &[u8], tokens: &[&[u8]], edits: usize, rng: &mut Rng) -> Vec<u8> {
+        let mut text = base.to_vec();
+        for _ in 0..edits {
+            let at = rng.below(text.len() + 1);
+            let token = tokens[rng.below(tokens.len())];
+            match rng.below(3) {
+                0 if at < text.len() => {
+                    text.remove(at);
+                }
+                1 if at < text.len() => {
+                    text.splice(at..at + 1, token.iter().copied());
+                }
+                _ => {
+                    text.splice(at..at, token.iter().copied());
+                }
+            }
+        }
+        text
     }
 }

@@ -330,6 +330,7 @@ pub fn peek_chat(body: &[u8]) -> Result<ChatPeek<'_>, GatewayError> {
 
 #[cfg(test)]
 mod tests {
+    use super::json_scan::fuzz;
     use super::*;
 
     #[test]
@@ -363,20 +364,22 @@ mod tests {
     }
 
     /// The fields of a peek, to compare the scan's with serde_json's.
-    fn fields(p: &ChatPeek<'_>) -> (Option<String>, bool, bool, Option<bool>, Option<bool>) {
+    fn fields(
+        p: &ChatPeek<'_>,
+    ) -> (
+        Option<String>,
+        bool,
+        bool,
+        Option<bool>,
+        Option<Option<bool>>,
+    ) {
         (
             p.model.as_deref().map(str::to_owned),
             p.temperature.is_some(),
             p.max_tokens.is_some(),
             p.stream,
-            p.stream_options.as_ref().map(|o| o.include_usage()),
+            p.stream_options.as_ref().map(|o| o.include_usage),
         )
-    }
-
-    impl StreamOptionsPeek {
-        fn include_usage(&self) -> bool {
-            self.include_usage.unwrap_or(false)
-        }
     }
 
     #[test]
@@ -455,25 +458,11 @@ mod tests {
             b"\"stream\":1,",
             b"\"stream_options\":{\"include_usage\":true},",
         ];
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = fuzz::Rng(0x9e37_79b9_7f4a_7c15);
         let (mut scanned, mut renamed) = (0, 0);
         for round in 0..30_000 {
-            let mut body = bases[round % bases.len()].to_vec();
-            for _ in 0..(next() % 3) {
-                let at = (next() as usize) % (body.len() + 1);
-                let token = tokens[(next() as usize) % tokens.len()];
-                if next() % 2 == 0 && at < body.len() {
-                    body.splice(at..at + 1, token.iter().copied());
-                } else {
-                    body.splice(at..at, token.iter().copied());
-                }
-            }
+            let edits = rng.below(3);
+            let body = fuzz::edited(bases[round % bases.len()], &tokens, edits, &mut rng);
             let shown = String::from_utf8_lossy(&body).into_owned();
             let Ok((peek, renames)) = peek_chat_scanning(&body, &aliases) else {
                 continue;
@@ -531,21 +520,11 @@ mod tests {
             b"\"model\":\"m\",",
             b"\xff",
         ];
-        let mut seed = 0x1234_5678_9abc_def1u64;
+        let mut rng = fuzz::Rng(0x1234_5678_9abc_def1);
         let mut scanned = 0;
         for _ in 0..20_000 {
-            let mut body = base.to_vec();
-            for _ in 0..(seed % 3) {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                let at = (seed as usize >> 8) % (body.len() + 1);
-                let token = tokens[(seed as usize >> 40) % tokens.len()];
-                body.splice(at..at, token.iter().copied());
-            }
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
+            let edits = rng.below(3);
+            let body = fuzz::edited(base, &tokens, edits, &mut rng);
             let shown = String::from_utf8_lossy(&body).into_owned();
             let Ok((model, renames)) = peek_model_scanning(&body, &aliases) else {
                 continue;

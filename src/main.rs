@@ -79,10 +79,16 @@ enum Command {
     },
 }
 
+/// One worker means tokio's current-thread scheduler: the same single thread, without the
+/// work-stealing queues and their atomics that only pay off with a second worker to steal.
 fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
+    let mut b = if workers == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     b.enable_all();
-    if let Some(n) = workers {
+    if let Some(n) = workers.filter(|&n| n > 1) {
         b.worker_threads(n);
     }
     b.build()

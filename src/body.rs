@@ -235,14 +235,18 @@ impl Relay {
                             return Poll::Ready(Some(Err(RelayError::Total)));
                         }
                     }
+                    // The timer is moved on only when it fires, not after every chunk: a
+                    // stream's chunks would otherwise take a timer out of the wheel and put it
+                    // back each time.
                     let deadline = self.last_chunk + self.idle_timeout;
                     let idle = self
                         .idle
                         .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                    if idle.deadline() != deadline {
-                        idle.as_mut().reset(deadline);
-                    }
-                    if idle.as_mut().poll(cx).is_ready() {
+                    while idle.as_mut().poll(cx).is_ready() {
+                        if deadline > idle.deadline() {
+                            idle.as_mut().reset(deadline);
+                            continue;
+                        }
                         self.done = true;
                         tracing::warn!(timeout = ?self.idle_timeout, "upstream went silent mid-body");
                         return Poll::Ready(Some(Err(RelayError::Idle)));

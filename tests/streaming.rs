@@ -151,6 +151,77 @@ async fn stream_broken_midway_ends_with_error_event() {
 }
 
 #[tokio::test]
+async fn a_stream_the_client_reads_late_arrives_whole() {
+    // 1,000 bursts of 100 events (~5.5 MB, more than the kernel's largest send buffer) with
+    // short pauses, against a client with a 4 KB receive buffer that reads nothing for 1.5 s:
+    // the gateway's writes block while events keep coming, and the upstream finishes
+    // meanwhile. Every event must still arrive, and the stream must not wait for a wake-up
+    // that was already spent (skipping the body's poll after a write that waited stalls it).
+    use common::raw_upstream::{gateway_for, upstream, Mode};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (bursts, events) = (1000, 100);
+    let up = upstream(Mode::Bursts(bursts, events, 1)).await;
+    let env = gateway_for(&up, "").await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut conn = socket.connect(env.gateway.addr).await.unwrap();
+    let body = chat_body("mock-model", true);
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(body.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut answer))
+        .await
+        .expect("the stream stalled")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{}",
+        &text[..200.min(text.len())]
+    );
+    // Chunks carry whole events, so chunk-size lines never split one.
+    for (b, e) in [(0, 0), (bursts / 2, events / 2), (bursts - 1, events - 1)] {
+        assert!(
+            text.contains(&format!("\"content\":\"{b}.{e}\"")),
+            "event {b}.{e}"
+        );
+    }
+    assert_eq!(text.matches("data: {").count(), bursts * events);
+    // The last event, then the last chunk.
+    assert!(
+        text.ends_with("data: [DONE]\n\n\r\n0\r\n\r\n"),
+        "{}",
+        &text[text.len().saturating_sub(300)..]
+    );
+}
+
+#[tokio::test]
+async fn a_stream_longer_than_the_idle_timeout_with_shorter_gaps_completes() {
+    // 8 gaps of 100 ms: the stream outlasts the 0.3 s idle timeout several times over, but no
+    // gap comes near it.
+    let opts = MockOptions {
+        itl: Duration::from_millis(100),
+        tokens: 8,
+        ..MockOptions::default()
+    };
+    let env = start("limits:\n  stream_idle_timeout: 0.3\n", opts).await;
+    let resp = post_chat(&env, CLIENT_KEY, chat_body("mock-model", true)).await;
+    assert_eq!(resp.status(), 200);
+    let text = tokio::time::timeout(Duration::from_secs(10), resp.text())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!text.contains("upstream_idle_timeout"), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+}
+
+#[tokio::test]
 async fn stream_idle_timeout_ends_with_error_event() {
     let opts = MockOptions {
         itl: Duration::from_millis(1500),

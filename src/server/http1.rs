@@ -750,33 +750,46 @@ async fn write_body(
     let mut body = pin!(body);
     let mut sent: u64 = 0;
     let mut waited = false;
+    // The body answered `Pending` (its wakers are set) and the task has not yielded since:
+    // polling it again right after the flush would only find it pending once more.
+    let mut body_armed = false;
     loop {
         let pending_out = !out.is_empty();
-        let next = poll_fn(|cx| match body.as_mut().poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) => Poll::Ready(Next::Data(data)),
-                // Trailers: HTTP/1.1 answers here carry none.
-                Err(_) => Poll::Ready(Next::Data(Bytes::new())),
-            },
-            Poll::Ready(Some(Err(_))) => Poll::Ready(Next::Failed),
-            Poll::Ready(None) => Poll::Ready(Next::End),
-            Poll::Pending if pending_out => Poll::Ready(Next::Flush),
-            Poll::Pending => {
-                let mut s = lock(side);
-                if !waited {
-                    waited = true;
-                    // The answer waits for the upstream (a stream may last minutes): the
-                    // connection needs no read buffer meanwhile; the client-gone watch makes
-                    // a small one. An answer that is all there never gets here, so the next
-                    // request reuses the buffer instead of allocating one.
-                    if s.buf.is_empty() {
-                        s.buf = BytesMut::new();
-                    }
+        let next = poll_fn(|cx| {
+            let polled = if std::mem::take(&mut body_armed) {
+                Poll::Pending
+            } else {
+                body.as_mut().poll_frame(cx)
+            };
+            match polled {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => Poll::Ready(Next::Data(data)),
+                    // Trailers: HTTP/1.1 answers here carry none.
+                    Err(_) => Poll::Ready(Next::Data(Bytes::new())),
+                },
+                Poll::Ready(Some(Err(_))) => Poll::Ready(Next::Failed),
+                Poll::Ready(None) => Poll::Ready(Next::End),
+                Poll::Pending if pending_out => {
+                    body_armed = true;
+                    Poll::Ready(Next::Flush)
                 }
-                if s.poll_client_gone(cx) {
-                    Poll::Ready(Next::ClientGone)
-                } else {
-                    Poll::Pending
+                Poll::Pending => {
+                    let mut s = lock(side);
+                    if !waited {
+                        waited = true;
+                        // The answer waits for the upstream (a stream may last minutes): the
+                        // connection needs no read buffer meanwhile; the client-gone watch makes
+                        // a small one. An answer that is all there never gets here, so the next
+                        // request reuses the buffer instead of allocating one.
+                        if s.buf.is_empty() {
+                            s.buf = BytesMut::new();
+                        }
+                    }
+                    if s.poll_client_gone(cx) {
+                        Poll::Ready(Next::ClientGone)
+                    } else {
+                        Poll::Pending
+                    }
                 }
             }
         })
@@ -810,9 +823,20 @@ async fn write_body(
                 }
             }
             Next::Flush => {
-                if flush(wr, out).await.is_err() {
+                let mut flushing = pin!(flush(wr, out));
+                let mut yielded = false;
+                let flushed = poll_fn(|cx| {
+                    let r = flushing.as_mut().poll(cx);
+                    yielded |= r.is_pending();
+                    r
+                })
+                .await;
+                if flushed.is_err() {
                     return Sent::Broken;
                 }
+                // A wake-up the body sent while the task waited on the write was taken by
+                // the write: then the body must be polled again.
+                body_armed = !yielded;
             }
             Next::End => {
                 if framing == Out::Chunked {

@@ -23,6 +23,9 @@ pub enum Mode {
     SilentClose,
     /// Answers every request with these exact bytes; closes after each answer if `true`.
     Raw(&'static [u8], bool),
+    /// Answers with an event stream that ends at the close: `.0` bursts of `.1` events, a
+    /// pause of `.2` ms after each burst, then `data: [DONE]`.
+    Bursts(usize, usize, u64),
 }
 
 /// A raw HTTP/1.1 upstream that counts the connections it accepted and the requests it read.
@@ -98,6 +101,28 @@ async fn serve(mut sock: TcpStream, mode: Mode, requests: Arc<AtomicUsize>) {
             }
             continue;
         }
+        if let Mode::Bursts(bursts, events, pause_ms) = mode {
+            let head =
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+            if sock.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            for b in 0..bursts {
+                let burst: String = (0..events)
+                    .map(|e| {
+                        format!(
+                            "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{b}.{e}\"}}}}]}}\n\n"
+                        )
+                    })
+                    .collect();
+                if sock.write_all(burst.as_bytes()).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            }
+            let _ = sock.write_all(b"data: [DONE]\n\n").await;
+            return;
+        }
         let body = format!(
             "{{\"id\":\"r{n}\",\"object\":\"chat.completion\",\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":\"ok {n}\"}},\"finish_reason\":\"stop\"}}]}}"
         );
@@ -114,7 +139,7 @@ async fn serve(mut sock: TcpStream, mode: Mode, requests: Arc<AtomicUsize>) {
             return;
         }
         match mode {
-            Mode::KeepAlive | Mode::Raw(..) => {}
+            Mode::KeepAlive | Mode::Raw(..) | Mode::Bursts(..) => {}
             Mode::AnnouncedClose => return,
             Mode::SilentClose => {
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -56,7 +56,7 @@ fn retryable(status: StatusCode) -> bool {
 
 pub async fn send(
     generation: &Generation,
-    p: Prepared,
+    p: &Prepared,
     plan: &Plan,
     rid: &super::RequestId,
 ) -> Result<Response<ResponseBody>, GatewayError> {

@@ -291,7 +291,7 @@ pub fn parse_response_head(
         let head = buf.split_to(len).freeze();
         // One spare slot: the gateway adds `x-request-id`, which would otherwise grow (and
         // reallocate) the map on every answer.
-        let mut headers = HeaderMap::with_capacity(kept.len() + 1);
+        let mut headers = header_map(kept.len() + 1);
         for (name, start, end) in kept {
             let value = HeaderValue::from_maybe_shared(head.slice(start..end))
                 .map_err(|_| ProtoError::BadHeader)?;
@@ -453,6 +453,43 @@ pub fn header_name(raw: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
         };
         Ok(name)
     })
+}
+
+/// Cleared maps a worker thread keeps for the next message's head.
+const SPARE_MAPS: usize = 16;
+/// A map that grew past this many headers is not kept (one large head must not pin memory).
+const SPARE_MAP_MAX_CAPACITY: usize = 64;
+
+thread_local! {
+    static MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A header map for a parsed head: a cleared one this thread kept, or a new one. Every
+/// request and every answer head fills one; a map is two allocations (its index and its
+/// entries), and taking a kept one saves both and their frees.
+pub fn header_map(capacity: usize) -> HeaderMap {
+    let spare = MAPS.with(|maps| maps.borrow_mut().pop());
+    match spare {
+        Some(mut map) => {
+            map.reserve(capacity);
+            map
+        }
+        None => HeaderMap::with_capacity(capacity),
+    }
+}
+
+/// Gives a map whose message is done back for [`header_map`] (cleared here).
+pub fn recycle_header_map(mut map: HeaderMap) {
+    if map.capacity() == 0 || map.capacity() > SPARE_MAP_MAX_CAPACITY {
+        return;
+    }
+    map.clear();
+    MAPS.with(|maps| {
+        let mut maps = maps.borrow_mut();
+        if maps.len() < SPARE_MAPS {
+            maps.push(map);
+        }
+    });
 }
 
 /// What the next bytes of a body are.
@@ -622,6 +659,30 @@ fn chunk_size(line: &[u8]) -> Result<u64, ProtoError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recycled_header_map_comes_back_empty_with_room() {
+        let mut map = header_map(4);
+        map.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer secret"),
+        );
+        map.append("x-a", HeaderValue::from_static("1"));
+        map.append("x-a", HeaderValue::from_static("2"));
+        let kept = map.capacity();
+        recycle_header_map(map);
+        let again = header_map(2);
+        assert!(again.is_empty(), "{again:?}");
+        assert!(again.get(header::AUTHORIZATION).is_none());
+        assert_eq!(again.capacity(), kept, "the kept map, not a new one");
+        // A map asked for more than the kept one holds grows to it.
+        recycle_header_map(again);
+        assert!(header_map(40).capacity() >= 40);
+        // One that grew past the limit is not kept: the next map is a new one.
+        let big = header_map(SPARE_MAP_MAX_CAPACITY + 1);
+        recycle_header_map(big);
+        assert!(header_map(1).capacity() <= SPARE_MAP_MAX_CAPACITY);
+    }
 
     #[test]
     fn header_names_from_the_cache_are_the_parsed_names() {

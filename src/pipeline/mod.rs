@@ -258,7 +258,10 @@ where
             let injected_usage = p.injected_usage;
             let mut p = Prepared { permit: None, ..*p };
             let mut ctx = p.script_ctx.take();
-            let mut resp = fallback::send(generation, p, &plan, rid).await?;
+            let sent = fallback::send(generation, &p, &plan, rid).await;
+            // The request head is on the wire: its map serves the next message's head.
+            http1::recycle_header_map(p.headers);
+            let mut resp = sent?;
             let plugins = &generation.plugins;
             let is_sse = resp.body().is_event_stream();
             if is_sse && plugins.has_on_event() {

@@ -315,7 +315,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, GatewayError> {
     };
     let uri = Uri::from_maybe_shared(head.slice(target))
         .map_err(|_| GatewayError::bad_request("malformed_request", "Invalid request target"))?;
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = wire::header_map(count);
     let mut close = false;
     let mut keep_alive_token = false;
     let mut expect_continue = false;
@@ -710,6 +710,7 @@ async fn respond(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    wire::recycle_header_map(parts.headers);
 
     if is_head || framing == Out::None {
         // The body is not sent; dropping it ends the request's work (and its log record).

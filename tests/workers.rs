@@ -3,6 +3,8 @@
 //! runs on the blocking pool) and exit cleanly on SIGTERM.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -12,11 +14,7 @@ async fn serves_reloads_and_stops_with(workers: usize) {
     let mock = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
         .await
         .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let dir =
         std::env::temp_dir().join(format!("sophgate-workers-{workers}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -35,14 +33,7 @@ async fn serves_reloads_and_stops_with(workers: usize) {
         .env_remove("SOPHGATE_LOG")
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "gateway did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_for_listener(port).await;
     let c = reqwest::Client::builder().no_proxy().build().unwrap();
     let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
     let ask = |key: &'static str, stream: bool| {

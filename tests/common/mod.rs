@@ -106,13 +106,35 @@ pub async fn eventually(secs: f64, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-/// A gateway whose upstream address has nothing listening (a port that was free a moment ago).
-pub async fn start_with_dead_upstream() -> Env {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A loopback port that was free a moment ago: for a child process to listen on, or as an
+/// address where nothing listens.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+/// Waits (at most 10 s) until something accepts connections on the loopback port: a gateway
+/// started as a child process is up.
+pub async fn wait_for_listener(port: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gateway did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A gateway whose upstream address has nothing listening (a port that was free a moment ago).
+pub async fn start_with_dead_upstream() -> Env {
+    let port = free_port();
     let mock = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
         .await
         .unwrap();

@@ -867,9 +867,19 @@ fn bench_pipeline(c: &mut Criterion) -> BenchResult {
         };
         // Check once, outside the timing, that the case does what its name says.
         let outcome = rt.block_on(async {
-            let req = chat_http_request(body, key)?;
-            let mut log = AccessLog::new(false, rid.clone(), http::Method::POST, req.uri().path());
-            Ok::<_, String>(prepare(&generation, peer, req, rid.as_str(), &mut log).await)
+            let (mut head, req_body) = chat_http_request(body, key)?.into_parts();
+            let mut log = AccessLog::new(false, rid.clone(), http::Method::POST, head.uri.path());
+            Ok::<_, String>(
+                prepare(
+                    &generation,
+                    peer,
+                    &mut head,
+                    req_body,
+                    rid.as_str(),
+                    &mut log,
+                )
+                .await,
+            )
         })?;
         match (name, outcome) {
             ("unknown_key", Err(e)) if e.status() == 401 => {}
@@ -888,22 +898,28 @@ fn bench_pipeline(c: &mut Criterion) -> BenchResult {
         }
         group.bench_function(BenchmarkId::new(format!("prepare/{name}"), size), |b| {
             b.to_async(&rt).iter_batched(
-                || Request::from_parts(parts.clone(), Full::new((*body).clone())),
-                |req| {
+                || (parts.clone(), Full::new((*body).clone())),
+                |(mut head, req_body)| {
                     let generation = &generation;
                     let rid = &rid;
                     async move {
                         let mut log = AccessLog::new(
                             false,
                             rid.clone(),
-                            req.method().clone(),
-                            req.uri().path(),
+                            head.method.clone(),
+                            head.uri.path(),
                         );
-                        // Returned, so criterion drops it after the timing.
-                        (
-                            prepare(generation, peer, req, rid.as_str(), &mut log).await,
-                            log,
+                        let step = prepare(
+                            generation,
+                            peer,
+                            &mut head,
+                            req_body,
+                            rid.as_str(),
+                            &mut log,
                         )
+                        .await;
+                        // Returned, so criterion drops them after the timing.
+                        (step, log, head)
                     }
                 },
                 BatchSize::SmallInput,

@@ -32,7 +32,7 @@ impl http1::Handler for Gateway {
     }
 }
 
-/// The request's future, boxed: its ~3 KB are allocated only while it runs (freed before
+/// The request's future, boxed: its ~2 KB are allocated only while it runs (freed before
 /// its answer streams), not kept for every open connection or stream. Boxed here, where the
 /// route is known, so no wrapper future copies the pipeline's state once more.
 fn dispatch<'a, B>(

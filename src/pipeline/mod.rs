@@ -145,42 +145,50 @@ fn json_response(status: http::StatusCode, body: Bytes) -> Response<ResponseBody
 }
 
 /// Runs one request through the pipeline. Never fails: every error becomes a response.
-pub async fn handle<B>(
+///
+/// Not an `async fn`: one of those keeps its arguments in its future next to the locals they
+/// move into. Split here, the request's head is held once, in this future, and the stages
+/// below borrow it, so the boxed future (see `server::dispatch`) stays small to allocate and
+/// to move.
+pub fn handle<B>(
     generation: Arc<Generation>,
     peer: IpAddr,
     req: Request<B>,
-) -> Response<ResponseBody>
+) -> impl std::future::Future<Output = Response<ResponseBody>>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let rid = RequestId::of(req.headers());
-    // On the stack: boxed and attached to the body only when access logging is on.
-    let mut log = AccessLog::new(
-        generation.config.logging.access_log,
-        rid.clone(),
-        req.method().clone(),
-        req.uri().path(),
-    );
-    let mut resp = match run(&generation, peer, req, &rid, &mut log).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            if e.status().is_server_error() {
-                tracing::warn!(request_id = %rid, status = e.status().as_u16(), code = e.code, "{}", e.message);
-            } else {
-                tracing::debug!(request_id = %rid, status = e.status().as_u16(), code = e.code, "{}", e.message);
+    let (mut head, body) = req.into_parts();
+    async move {
+        let rid = RequestId::of(&head.headers);
+        // On the stack: boxed and attached to the body only when access logging is on.
+        let mut log = AccessLog::new(
+            generation.config.logging.access_log,
+            rid.clone(),
+            head.method.clone(),
+            head.uri.path(),
+        );
+        let mut resp = match run(&generation, peer, &mut head, body, &rid, &mut log).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                if e.status().is_server_error() {
+                    tracing::warn!(request_id = %rid, status = e.status().as_u16(), code = e.code, "{}", e.message);
+                } else {
+                    tracing::debug!(request_id = %rid, status = e.status().as_u16(), code = e.code, "{}", e.message);
+                }
+                log.outcome = e.code;
+                e.into_response()
             }
-            log.outcome = e.code;
-            e.into_response()
+        };
+        log.status = resp.status().as_u16();
+        log.stream = resp.body().is_event_stream();
+        resp.headers_mut().insert(&REQUEST_ID, rid.into_header());
+        if log.enabled {
+            resp.body_mut().set_log(Box::new(log));
         }
-    };
-    log.status = resp.status().as_u16();
-    log.stream = resp.body().is_event_stream();
-    resp.headers_mut().insert(&REQUEST_ID, rid.into_header());
-    if log.enabled {
-        resp.body_mut().set_log(Box::new(log));
+        resp
     }
-    resp
 }
 
 /// What the stages before `forward` decided: answer now, or send this upstream.
@@ -241,7 +249,8 @@ pub struct Prepared {
 async fn run<B>(
     generation: &Generation,
     peer: IpAddr,
-    req: Request<B>,
+    head: &mut http::request::Parts,
+    body: B,
     rid: &RequestId,
     log: &mut AccessLog,
 ) -> Result<Response<ResponseBody>, GatewayError>
@@ -249,62 +258,67 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match prepare(generation, peer, req, rid.as_str(), log).await? {
-        Step::Respond(resp) => Ok(resp),
-        Step::Forward(p, plan) => {
-            // 6. forward (with fallback across the plan's upstreams)
-            let principal = p.principal.clone();
-            let permit = p.permit;
-            let injected_usage = p.injected_usage;
-            let mut p = Prepared { permit: None, ..*p };
-            let mut ctx = p.script_ctx.take();
-            let sent = fallback::send(generation, &p, &plan, rid).await;
-            // The request head is on the wire: its map serves the next message's head.
-            http1::recycle_header_map(p.headers);
-            let mut resp = sent?;
-            let plugins = &generation.plugins;
-            let is_sse = resp.body().is_event_stream();
-            if is_sse && plugins.has_on_event() {
-                if let Some(relay) = resp.body_mut().relay_mut() {
-                    relay.filter(Box::new(scripts::ScriptEventFilter::new(
-                        plugins.clone(),
-                        ctx.take().unwrap_or_default(),
-                    )));
-                }
-            }
-            if let Some(relay) = resp.body_mut().relay_mut() {
-                if let Some(permit) = permit {
-                    relay.guard(Box::new(permit));
-                }
-                if let Some(tpm) = principal.policy.as_ref().and_then(|pol| pol.tpm.clone()) {
-                    let meter = policy::UsageMeter::new(tpm);
-                    if relay.is_sse() {
-                        relay.filter(Box::new(usage::UsageFilter::new(meter, injected_usage)));
-                    } else {
-                        relay.observe(Box::new(usage::UsageObserver::new(meter)));
-                    }
-                }
-            }
-            if !is_sse && plugins.has_on_response() {
-                resp = scripts::on_response(
-                    plugins,
-                    resp,
-                    ctx.unwrap_or_default(),
-                    generation.config.limits.max_body_bytes,
-                )
-                .await?;
-            }
-            Ok(resp)
+    // Taken apart within this statement: a `match` on the awaited step itself would keep the
+    // step (and the `?`'s result) in this future for as long as the upstream call runs.
+    let (mut p, plan) = match prepare(generation, peer, head, body, rid.as_str(), log).await? {
+        Step::Respond(resp) => return Ok(resp),
+        Step::Forward(p, plan) => (p, plan),
+    };
+    // 6. forward (with fallback across the plan's upstreams)
+    let principal = p.principal.clone();
+    let permit = p.permit.take();
+    let injected_usage = p.injected_usage;
+    let mut ctx = p.script_ctx.take();
+    let sent = fallback::send(generation, &p, &plan, rid).await;
+    // The request head is on the wire: its map serves the next message's head.
+    http1::recycle_header_map(std::mem::take(&mut p.headers));
+    drop(p);
+    let mut resp = sent?;
+    let plugins = &generation.plugins;
+    let is_sse = resp.body().is_event_stream();
+    if is_sse && plugins.has_on_event() {
+        if let Some(relay) = resp.body_mut().relay_mut() {
+            relay.filter(Box::new(scripts::ScriptEventFilter::new(
+                plugins.clone(),
+                ctx.take().unwrap_or_default(),
+            )));
         }
     }
+    if let Some(relay) = resp.body_mut().relay_mut() {
+        if let Some(permit) = permit {
+            relay.guard(Box::new(permit));
+        }
+        if let Some(tpm) = principal.policy.as_ref().and_then(|pol| pol.tpm.clone()) {
+            let meter = policy::UsageMeter::new(tpm);
+            if relay.is_sse() {
+                relay.filter(Box::new(usage::UsageFilter::new(meter, injected_usage)));
+            } else {
+                relay.observe(Box::new(usage::UsageObserver::new(meter)));
+            }
+        }
+    }
+    if !is_sse && plugins.has_on_response() {
+        resp = scripts::on_response(
+            plugins,
+            resp,
+            ctx.unwrap_or_default(),
+            generation.config.limits.max_body_bytes,
+        )
+        .await?;
+    }
+    Ok(resp)
 }
 
 /// Runs every stage before `forward` (route, ip_acl, auth, policy, body, defaults, routing).
 /// Public so the benchmarks can time the whole request path without sockets.
+///
+/// Takes the request's head by reference (its headers are taken out for the upstream) so
+/// that the head is not copied into every future of the pipeline.
 pub async fn prepare<B>(
     generation: &Generation,
     peer: IpAddr,
-    req: Request<B>,
+    parts: &mut http::request::Parts,
+    body: B,
     rid: &str,
     log: &mut AccessLog,
 ) -> Result<Step, GatewayError>
@@ -313,7 +327,6 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let cfg = &generation.config;
-    let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     let route = route(path);
 
@@ -378,7 +391,7 @@ where
     let plugins = &generation.plugins;
     let hooks = plugins.has_on_request();
     let mut injected_usage = false;
-    let mut headers = parts.headers;
+    let mut headers = std::mem::take(&mut parts.headers);
     let mut script_ctx: Option<rhai::Map> = None;
     // `body_changed`: whether `body_value` differs from `bytes` (else bytes go as they came).
     let (mut target, plan, body_value, mut body_changed) = match route {
@@ -523,7 +536,7 @@ where
     Ok(Step::Forward(
         Box::new(Prepared {
             principal,
-            method: parts.method,
+            method: parts.method.clone(),
             target,
             query: parts.uri.query().map(str::to_owned),
             headers,

@@ -36,16 +36,18 @@ use http_body_util::{BodyExt, Full};
 use ipnet::IpNet;
 use serde_json::{json, Value};
 
-use sophgate::body::{Relay, ResponseBody, UpstreamStream};
 use sophgate::config::Config;
-use sophgate::pipeline::access_log::AccessLog;
-use sophgate::pipeline::defaults::{rename_fields, rename_keys_in_text, TextRename};
-use sophgate::pipeline::ip_acl::IpAcl;
-use sophgate::pipeline::request_body::{peek_chat, peek_chat_scanning, Renames};
-use sophgate::pipeline::scripts::ScriptEventFilter;
-use sophgate::pipeline::sse::SseFramer;
-use sophgate::pipeline::{prepare, RequestId, Step, REQUEST_ID};
-use sophgate::runtime::Generation;
+use sophgate::gateway::ctx::RequestCtx;
+use sophgate::gateway::generation::Generation;
+use sophgate::gateway::relay::access_log::AccessLog;
+use sophgate::gateway::relay::body::{Relay, ResponseBody, UpstreamStream};
+use sophgate::gateway::relay::sse::SseFramer;
+use sophgate::gateway::request_id::{RequestId, REQUEST_ID};
+use sophgate::gateway::stages::body::{peek_chat, peek_chat_scanning, Renames};
+use sophgate::gateway::stages::ip_acl::IpAcl;
+use sophgate::gateway::stages::rewrite::{rename_fields, rename_keys_in_text, TextRename};
+use sophgate::gateway::stages::scripts::ScriptEventFilter;
+use sophgate::gateway::{prepare, Step};
 use sophgate::scripting::{bundled, PluginSpec, Plugins, ScriptLimits, ScriptRequest};
 
 type BenchResult = Result<(), String>;
@@ -558,7 +560,7 @@ fn answer_head(n: usize) -> Vec<u8> {
 }
 
 fn bench_upstream_http1(c: &mut Criterion) -> BenchResult {
-    use sophgate::pipeline::http1::{
+    use sophgate::http::wire::{
         encode_request_head, parse_response_head, BodyDecoder, Decoded, Framing,
     };
     let mut group = c.benchmark_group("upstream_http1");
@@ -694,7 +696,7 @@ fn sdk_request_head() -> Vec<u8> {
 }
 
 fn bench_server_http1(c: &mut Criterion) -> BenchResult {
-    use sophgate::server::http1::parse_request_head;
+    use sophgate::http::server::parse_request_head;
     let mut group = c.benchmark_group("server_http1");
     let wire = sdk_request_head();
     let parsed = parse_request_head(&mut bytes::BytesMut::from(&wire[..]))
@@ -868,23 +870,14 @@ fn bench_pipeline(c: &mut Criterion) -> BenchResult {
         // Check once, outside the timing, that the case does what its name says.
         let outcome = rt.block_on(async {
             let (mut head, req_body) = chat_http_request(body, key)?.into_parts();
-            let mut log = AccessLog::new(false, rid.clone(), http::Method::POST, head.uri.path());
-            Ok::<_, String>(
-                prepare(
-                    &generation,
-                    peer,
-                    &mut head,
-                    req_body,
-                    rid.as_str(),
-                    &mut log,
-                )
-                .await,
-            )
+            let log = AccessLog::new(false, rid.clone(), http::Method::POST, head.uri.path());
+            let mut ctx = RequestCtx::new(peer, rid.clone(), log);
+            Ok::<_, String>(prepare(&generation, &mut ctx, &mut head, req_body).await)
         })?;
         match (name, outcome) {
             ("unknown_key", Err(e)) if e.status() == 401 => {}
-            ("passthrough", Ok(Step::Forward(p, _))) if p.body == *body => {}
-            ("default", Ok(Step::Forward(p, _)))
+            ("passthrough", Ok(Step::Forward(p))) if p.body == *body => {}
+            ("default", Ok(Step::Forward(p)))
                 if p.body.windows(10).any(|w| w == b"\"model_id\"") => {}
             (name, Ok(_)) => return Err(format!("pipeline/{name}: unexpected outcome")),
             (name, Err(e)) => return Err(format!("pipeline/{name}: {}", e.message)),
@@ -903,23 +896,16 @@ fn bench_pipeline(c: &mut Criterion) -> BenchResult {
                     let generation = &generation;
                     let rid = &rid;
                     async move {
-                        let mut log = AccessLog::new(
+                        let log = AccessLog::new(
                             false,
                             rid.clone(),
                             head.method.clone(),
                             head.uri.path(),
                         );
-                        let step = prepare(
-                            generation,
-                            peer,
-                            &mut head,
-                            req_body,
-                            rid.as_str(),
-                            &mut log,
-                        )
-                        .await;
+                        let mut ctx = RequestCtx::new(peer, rid.clone(), log);
+                        let step = prepare(generation, &mut ctx, &mut head, req_body).await;
                         // Returned, so criterion drops them after the timing.
-                        (step, log, head)
+                        (step, ctx, head)
                     }
                 },
                 BatchSize::SmallInput,

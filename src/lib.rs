@@ -1,30 +1,26 @@
 //! sophgate: an OpenAI-compatible LLM gateway.
 //!
-//! Module map (see DESIGN.md): `config` reads and validates YAML; `runtime` builds the
-//! generation a request runs against; `server` accepts connections; `routes` maps paths;
-//! `pipeline` holds one module per stage; `body` is the response body (relay + access log);
-//! `mock` is an OpenAI-compatible mock upstream; `demo` wires the two together.
+//! Module map (DESIGN.md draws it): `http` is the HTTP layer (wire codec, client-facing
+//! HTTP/1.1 and h2c server, pooled upstream client) and knows nothing of the gateway;
+//! `gateway` runs a request through its phases (`gateway::handle` states their order);
+//! `config` reads and validates YAML; `reload` holds the live generation and swaps it;
+//! `credentials` and `scripting` are the stages' engines; `tools` are the developer commands
+//! (`demo`, `mock-upstream`, `test`).
 
-pub mod admin;
-pub mod body;
 pub mod config;
 pub mod credentials;
-pub mod demo;
 pub mod error;
-pub mod fixtures;
+pub mod gateway;
 pub mod glob;
+pub mod http;
 pub mod logging;
-pub mod loopback;
-pub mod mock;
-pub mod pipeline;
-pub mod routes;
-pub mod runtime;
+pub mod reload;
 pub mod scripting;
 pub mod secret;
-pub mod server;
 pub mod token_mock;
-pub mod watch;
+pub mod tools;
 
 pub use config::Config;
 pub use error::GatewayError;
-pub use runtime::{Generation, Runtime};
+pub use gateway::generation::Generation;
+pub use reload::Runtime;

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use sophgate::config::Config;
-use sophgate::mock::{self, MockOptions};
-use sophgate::runtime::Runtime;
-use sophgate::{demo, logging, server};
+use sophgate::gateway::server;
+use sophgate::logging;
+use sophgate::reload::Runtime;
+use sophgate::tools::demo;
+use sophgate::tools::mock::{self, MockOptions};
 
 #[derive(Parser)]
 #[command(name = "sophgate", version, about = "OpenAI-compatible LLM gateway")]
@@ -143,9 +145,9 @@ fn run_fixtures(config: &std::path::Path, fixtures: &[PathBuf]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(sophgate::fixtures::run(cfg, fixtures)) {
+    match rt.block_on(sophgate::tools::fixtures::run(cfg, fixtures)) {
         Ok(reports) => {
-            println!("{}", sophgate::fixtures::render(&reports));
+            println!("{}", sophgate::tools::fixtures::render(&reports));
             if reports.iter().all(|r| r.passed) {
                 ExitCode::SUCCESS
             } else {
@@ -260,7 +262,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
         );
         spawn_reload_on_sighup(runtime.clone());
         sophgate::logging::report_dropped_lines(std::time::Duration::from_secs(10));
-        if let Err(e) = sophgate::watch::spawn(runtime.clone()) {
+        if let Err(e) = sophgate::reload::watch::spawn(runtime.clone()) {
             tracing::warn!("{e}; reload with SIGHUP or POST /admin/reload instead");
         }
         server::serve(listener, runtime, shutdown_signal()).await;

@@ -24,7 +24,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use crate::loopback::{self, ServerGuard};
+use crate::tools::loopback::{self, ServerGuard};
 
 #[derive(Debug, Clone)]
 pub struct TokenMockOptions {

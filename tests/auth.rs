@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use sophgate::mock::MockOptions;
+use sophgate::tools::mock::MockOptions;
 
 #[tokio::test]
 async fn upstream_sees_mapped_key_never_client_key() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
-use sophgate::mock::MockOptions;
+use sophgate::tools::mock::MockOptions;
 
 #[tokio::test]
 async fn disconnect_mid_stream_cancels_upstream() {

@@ -195,7 +195,7 @@ async fn a_body_cut_short_reaches_the_client_as_a_broken_body_not_a_complete_one
 
 #[tokio::test]
 async fn hop_by_hop_headers_stop_at_the_gateway_both_ways() {
-    let env = start("", sophgate::mock::MockOptions::default()).await;
+    let env = start("", sophgate::tools::mock::MockOptions::default()).await;
     let resp = client()
         .post(env.url("/v1/chat/completions"))
         .bearer_auth(CLIENT_KEY)

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use sophgate::mock::{self, MockOptions, TokenCheck};
 use sophgate::token_mock::{self, TokenMock, TokenMockOptions};
+use sophgate::tools::mock::{self, MockOptions, TokenCheck};
 
 async fn token_server(ttl: Duration) -> TokenMock {
     token_mock::spawn(

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use sophgate::mock::MockOptions;
+use sophgate::tools::mock::MockOptions;
 
 const DEFAULTS: &str =
     "default_model: DeepSeek-V3\ndefault_temperature: 0.3\ndefault_max_tokens: 256\n";

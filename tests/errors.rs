@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use sophgate::mock::MockOptions;
+use sophgate::tools::mock::MockOptions;
 
 #[tokio::test]
 async fn bad_requests_are_400_and_the_gateway_keeps_serving() {

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use sophgate::config::Config;
-use sophgate::fixtures::{self, FixtureReport};
+use sophgate::tools::fixtures::{self, FixtureReport};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -9,7 +9,7 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
-use sophgate::mock::MockOptions;
+use sophgate::tools::mock::MockOptions;
 
 #[tokio::test]
 async fn the_request_future_stays_small() {
@@ -18,7 +18,7 @@ async fn the_request_future_stays_small() {
     let req = http::Request::post("/v1/chat/completions")
         .body(Full::new(Bytes::from_static(b"{}")))
         .unwrap();
-    let fut = sophgate::pipeline::handle(env.runtime.current(), [127, 0, 0, 1].into(), req);
+    let fut = sophgate::gateway::handle(env.runtime.current(), [127, 0, 0, 1].into(), req);
     let size = std::mem::size_of_val(&fut);
     // 20 KB before the heavy paths were boxed; ~4.4 KB after.
     assert!(size < 8 * 1024, "request future is {size} bytes");

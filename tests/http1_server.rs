@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::raw_upstream::{gateway_for, upstream, Mode};
 use common::*;
-use sophgate::mock::MockOptions;
+use sophgate::tools::mock::MockOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

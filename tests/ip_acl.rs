@@ -7,7 +7,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 
 use common::*;
-use sophgate::mock::{self, MockOptions};
+use sophgate::tools::mock::{self, MockOptions};
 
 async fn get_models_from(env: &Env, local: Option<IpAddr>, xff: Option<&str>) -> reqwest::Response {
     let mut b = reqwest::Client::builder().no_proxy();

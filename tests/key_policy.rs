@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
-use sophgate::mock::MockOptions;
+use sophgate::tools::mock::MockOptions;
 
 fn keys(policy: &str) -> String {
     format!("api_keys:\n  \"{CLIENT_KEY}\": {{ name: alice, {policy} }}\n")
 }
 
 async fn start_keys(policy: &str, opts: MockOptions) -> Env {
-    let mock = sophgate::mock::spawn("127.0.0.1:0".parse().unwrap(), opts)
+    let mock = sophgate::tools::mock::spawn("127.0.0.1:0".parse().unwrap(), opts)
         .await
         .unwrap();
     let yaml = format!(
@@ -145,7 +145,7 @@ async fn expired_keys_are_refused() {
 #[tokio::test]
 async fn hashed_keys_authenticate() {
     let hashed = sophgate::config::validate::hash_key("sk-hashed-only");
-    let mock = sophgate::mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
+    let mock = sophgate::tools::mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
         .await
         .unwrap();
     let yaml = format!(

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sophgate::mock::{self, MockOptions};
+use sophgate::tools::mock::{self, MockOptions};
 
 const CLIENT_KEY: &str = "sk-client-SECRET-4a7f9e";
 const UPSTREAM_KEY: &str = "up-SECRET-91c3d2";

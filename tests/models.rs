@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use sophgate::mock::{self, MockOptions};
+use sophgate::tools::mock::{self, MockOptions};
 
 async fn models(env: &Env) -> reqwest::Response {
     client()

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use sophgate::config::Config;
-use sophgate::mock::{self, MockOptions};
-use sophgate::runtime::Runtime;
-use sophgate::server;
+use sophgate::gateway::server;
+use sophgate::reload::Runtime;
+use sophgate::tools::mock::{self, MockOptions};
 
 struct Dir(PathBuf);
 

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::StreamExt;
 use sophgate::config::Config;
-use sophgate::mock::{self, MockOptions};
-use sophgate::runtime::Runtime;
-use sophgate::server;
+use sophgate::gateway::server;
+use sophgate::reload::Runtime;
+use sophgate::tools::mock::{self, MockOptions};
 
 const ADMIN_KEY: &str = "admin-key-0123456789abcdef";
 
@@ -95,7 +95,7 @@ async fn wait_for_version(env: &Env, want: &str, within: Duration) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_edits_reload_under_load_with_zero_failed_requests() {
     let (env, dir, plugin_path) = setup("load").await;
-    let watcher = sophgate::watch::spawn(env.runtime.clone()).unwrap();
+    let watcher = sophgate::reload::watch::spawn(env.runtime.clone()).unwrap();
     let env = Arc::new(env);
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
@@ -282,7 +282,7 @@ async fn a_ca_file_change_reloads() {
         runtime,
     };
     // Watching from the moment `spawn` returns: the change right after it is seen.
-    let watcher = sophgate::watch::spawn(env.runtime.clone()).unwrap();
+    let watcher = sophgate::reload::watch::spawn(env.runtime.clone()).unwrap();
     write_atomic(&ca_path, "not a certificate\n");
     assert!(
         eventually(5.0, || env

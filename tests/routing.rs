@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::Ordering;
 
 use common::*;
-use sophgate::mock::{self, MockHandle, MockOptions};
+use sophgate::tools::mock::{self, MockHandle, MockOptions};
 
 async fn two_upstreams(a_base: &str, extra: &str) -> (Env, MockHandle) {
     let b = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
@@ -145,7 +145,7 @@ async fn models_are_merged_across_upstreams_and_filtered_per_key() {
     let all = list(CLIENT_KEY).await;
     assert_eq!(
         all.len(),
-        sophgate::mock::MOCK_MODELS.len(),
+        sophgate::tools::mock::MOCK_MODELS.len(),
         "merged without duplicates: {all:?}"
     );
     assert_eq!(b.stats.get(&b.stats.requests), 1);

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use sophgate::mock::MockOptions;
+use sophgate::tools::mock::MockOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A client that speaks HTTP/2 without TLS from the first byte (prior knowledge).

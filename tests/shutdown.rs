@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
-use sophgate::mock::MockOptions;
+use sophgate::tools::mock::MockOptions;
 
 #[tokio::test]
 async fn in_flight_stream_finishes_and_new_connections_are_refused() {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::StreamExt;
 use serde_json::json;
-use sophgate::mock::MockOptions;
+use sophgate::tools::mock::MockOptions;
 
 #[tokio::test]
 async fn first_event_arrives_before_upstream_finishes() {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use common::*;
 use futures_util::StreamExt;
 use sophgate::config::Config;
-use sophgate::mock::{self, MockOptions};
+use sophgate::tools::mock::{self, MockOptions};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::ServerConfig;
@@ -162,7 +162,7 @@ async fn a_tls_connection_the_upstream_closed_while_idle_never_surfaces_as_an_er
 /// fit for reuse; one with stray bytes, or one the server closed (close_notify), is not.
 #[tokio::test]
 async fn the_reuse_check_reads_through_tls() {
-    use sophgate::pipeline::transport::TlsSetup;
+    use sophgate::http::client::transport::TlsSetup;
     use tokio::io::AsyncWriteExt;
     let ca: Vec<Vec<u8>> = CertificateDer::pem_file_iter(fixture("ca.pem"))
         .unwrap()

@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sophgate::mock::{self, MockOptions};
+use sophgate::tools::mock::{self, MockOptions};
 
 async fn serves_reloads_and_stops_with(workers: usize) {
     let mock = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())

@@ -16,6 +16,9 @@ use sha2::{Digest, Sha256};
 
 use super::api::{dynamic_to_json, json_to_dynamic, rename_keys, rename_keys_in_array};
 
+/// The hooks a plugin may define, by the names scripts use.
+pub const HOOK_NAMES: [&str; 3] = ["on_request", "on_response", "on_event"];
+
 /// Tracing target of everything scripts log, so operators can filter script output
 /// (`RUST_LOG=sophgate::script=debug`) independently of the gateway's own logs.
 pub const LOG_TARGET: &str = "sophgate::script";
@@ -329,10 +332,10 @@ fn active_plugin() -> Arc<str> {
 }
 
 fn disable_hook(name: &str) -> Result<(), Box<EvalAltResult>> {
-    if !super::plugin::HOOK_NAMES.contains(&name) {
+    if !HOOK_NAMES.contains(&name) {
         return Err(format!(
             "disable_hook: unknown hook '{name}' (expected one of {})",
-            super::plugin::HOOK_NAMES.join(", ")
+            HOOK_NAMES.join(", ")
         )
         .into());
     }

@@ -17,12 +17,9 @@ use super::api::{
     check_headers, dynamic_to_json, headers_from_dynamic, headers_to_dynamic, is_plain_data,
     json_to_dynamic, object, EventData, EventOutcome, ScriptEvent, ScriptRequest, ScriptResponse,
 };
-use super::engine::{self, ActiveGuard, LOG_TARGET};
+use super::engine::{self, ActiveGuard, HOOK_NAMES, LOG_TARGET};
 
 pub use super::engine::ScriptLimits;
-
-/// The hooks a plugin may define, by the names scripts use.
-pub const HOOK_NAMES: [&str; 3] = ["on_request", "on_response", "on_event"];
 
 /// One configured plugin, before compilation.
 #[derive(Debug, Clone)]

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use sophgate::config::Config;
-use sophgate::mock::{self, MockHandle, MockOptions};
-use sophgate::runtime::Runtime;
-use sophgate::server::{self, ServerHandle};
+use sophgate::gateway::server::{self, ServerHandle};
+use sophgate::reload::Runtime;
+use sophgate::tools::mock::{self, MockHandle, MockOptions};
 
 pub const CLIENT_KEY: &str = "sk-test-client";
 pub const UPSTREAM_KEY: &str = "up-test-secret";

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
-use sophgate::mock::{self, MockOptions};
+use sophgate::tools::mock::{self, MockOptions};
 
 #[derive(Clone, Copy, PartialEq)]
 pub enum Mode {

@@ -1,0 +1,184 @@
+//! `/admin/*`: `POST /admin/reload` and `GET /admin/status`, guarded by `admin.key` (a Bearer
+//! key compared by digest) and by the IP lists. Without `admin.key` the routes do not exist
+//! (404), so an unconfigured gateway exposes nothing.
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::error::GatewayError;
+use crate::gateway::relay::body::ResponseBody;
+use crate::gateway::request_id::{RequestId, REQUEST_ID};
+use crate::gateway::stages::auth::bearer_token;
+use crate::reload::Runtime;
+
+/// RFC 3339 (UTC, seconds) without a date-time crate.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+fn json_response(status: StatusCode, v: serde_json::Value) -> Response<ResponseBody> {
+    let mut r = Response::new(ResponseBody::full(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+pub async fn handle<B>(
+    runtime: &Arc<Runtime>,
+    peer: IpAddr,
+    req: Request<B>,
+) -> Response<ResponseBody> {
+    let rid = RequestId::of(req.headers());
+    let mut resp = match run(runtime, peer, &req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    resp.headers_mut().insert(&REQUEST_ID, rid.header().clone());
+    tracing::info!(
+        target: crate::gateway::relay::access_log::TARGET,
+        request_id = %rid,
+        method = %req.method(),
+        path = %req.uri().path(),
+        status = resp.status().as_u16(),
+        "admin request"
+    );
+    resp
+}
+
+async fn run<B>(
+    runtime: &Arc<Runtime>,
+    peer: IpAddr,
+    req: &Request<B>,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let generation = runtime.current();
+    let path = req.uri().path();
+    let Some(admin_key) = generation.config.admin_key.as_ref() else {
+        return Err(GatewayError::not_found(path));
+    };
+    let client_ip = generation.acl.client_ip(peer, req.headers());
+    generation.acl.check(client_ip)?;
+    let (route_ok, method_ok) = match path {
+        "/admin/reload" => (true, req.method() == Method::POST),
+        "/admin/status" => (true, req.method() == Method::GET),
+        _ => (false, false),
+    };
+    if !route_ok {
+        return Err(GatewayError::not_found(path));
+    }
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| bearer_token(v.as_bytes()))
+        .map(Sha256::digest);
+    if given != Some(Sha256::digest(admin_key.expose().as_bytes())) {
+        return Err(GatewayError::unauthorized("Invalid admin key"));
+    }
+    if !method_ok {
+        return Err(GatewayError::method_not_allowed(req.method(), path));
+    }
+    if path == "/admin/reload" {
+        return Ok(match runtime.reload_async("admin").await {
+            Ok(n) => json_response(StatusCode::OK, json!({"reloaded": true, "generation": n})),
+            Err(e) => json_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"error": {
+                    "message": format!("reload failed; the previous configuration keeps serving: {e}"),
+                    "type": "invalid_request_error", "param": null, "code": "reload_failed"
+                }}),
+            ),
+        });
+    }
+    Ok(json_response(StatusCode::OK, status(runtime)))
+}
+
+/// The body of `GET /admin/status`.
+pub fn status(runtime: &Runtime) -> serde_json::Value {
+    let g = runtime.current();
+    let plugins: Vec<_> = g
+        .plugin_sources
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "file": p.file.as_ref().map(|f| f.display().to_string()),
+                "bundled": p.file.is_none(),
+                "sha256": p.sha256,
+            })
+        })
+        .collect();
+    let last = runtime.last_reload().map(|r| {
+        json!({
+            "at": rfc3339(r.at),
+            "trigger": r.trigger,
+            "ok": r.error.is_none(),
+            "error": r.error,
+        })
+    });
+    json!({
+        "generation": g.number,
+        "loaded_at": rfc3339(g.loaded_at),
+        "config": {
+            "file": runtime.config_path().map(|p| p.display().to_string()),
+            "sha256": g.config_sha256,
+        },
+        "plugins": plugins,
+        "upstreams": g.routing.upstreams.iter().map(|u| u.name.clone()).collect::<Vec<_>>(),
+        "credentials": g.credentials.names(),
+        "keys": g.keys.len(),
+        "last_reload": last,
+        "last_reload_error": runtime.last_error(),
+        "reloads": {
+            "succeeded": runtime.reloads_ok.load(Ordering::Relaxed),
+            "failed": runtime.reloads_failed.load(Ordering::Relaxed),
+        },
+        "log": { "dropped_lines": crate::logging::dropped_lines() },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_801_396_800 + 3661)),
+            "2027-01-31T13:01:01Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+    }
+}

@@ -1,0 +1,61 @@
+//! What the phases know of one request, carried from the first phase to the last: its id,
+//! where it came from, and the access-log record that leaves with the answer's body.
+
+use std::net::IpAddr;
+
+use http::Response;
+
+use super::relay::access_log::AccessLog;
+use super::relay::body::ResponseBody;
+use super::request_id::{RequestId, REQUEST_ID};
+use crate::error::GatewayError;
+
+pub struct RequestCtx {
+    pub rid: RequestId,
+    /// The TCP peer.
+    pub peer: IpAddr,
+    /// The client's address as the ACL judged it (the peer until the ip_acl phase).
+    pub client_ip: IpAddr,
+    pub log: AccessLog,
+}
+
+impl RequestCtx {
+    pub fn new(peer: IpAddr, rid: RequestId, log: AccessLog) -> Self {
+        RequestCtx {
+            rid,
+            peer,
+            client_ip: peer,
+            log,
+        }
+    }
+
+    pub fn set_client_ip(&mut self, ip: IpAddr) {
+        self.client_ip = ip;
+        self.log.client_ip = Some(ip);
+    }
+
+    /// The answer for a request a phase refused or that failed: logged (server errors as
+    /// warnings), and the access log's outcome is the error's code.
+    pub fn failed(&mut self, e: GatewayError) -> Response<ResponseBody> {
+        let rid = &self.rid;
+        if e.status().is_server_error() {
+            tracing::warn!(request_id = %rid, status = e.status().as_u16(), code = e.code, "{}", e.message);
+        } else {
+            tracing::debug!(request_id = %rid, status = e.status().as_u16(), code = e.code, "{}", e.message);
+        }
+        self.log.outcome = e.code;
+        e.into_response()
+    }
+
+    /// Stamps the request id on the answer and hands the access-log record to its body.
+    pub fn finish(self, mut resp: Response<ResponseBody>) -> Response<ResponseBody> {
+        let RequestCtx { rid, mut log, .. } = self;
+        log.status = resp.status().as_u16();
+        log.stream = resp.body().is_event_stream();
+        resp.headers_mut().insert(&REQUEST_ID, rid.into_header());
+        if log.enabled {
+            resp.body_mut().set_log(Box::new(log));
+        }
+        resp
+    }
+}

@@ -1,0 +1,172 @@
+//! The generation: one validated config plus the tables the phases use, derived from it
+//! (compiled ACL, key table, routes and upstream clients, credentials, plugins). Built
+//! fallibly; [`crate::reload`] swaps it in whole. A request loads the current generation once
+//! and uses it to its end. The phases take only the table they need, never the generation.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use super::stages::auth::KeyTable;
+use super::stages::ip_acl::IpAcl;
+use super::stages::routing::{Route, RouteTable};
+use super::upstream::forward::Upstream;
+use super::upstream::models::static_list;
+use crate::config::{Config, PluginSource};
+use crate::credentials::Credentials;
+use crate::scripting::{PluginSpec, Plugins};
+
+pub struct Generation {
+    pub number: u64,
+    pub loaded_at: SystemTime,
+    pub config: Arc<Config>,
+    pub acl: IpAcl,
+    pub keys: KeyTable,
+    /// Upstreams and routes (the default upstream is the one the flat seed keys define).
+    pub routing: RouteTable,
+    pub credentials: Credentials,
+    /// The static `models:` list, pre-rendered.
+    pub static_models: Option<Bytes>,
+    /// Compiled plugins, shared by every request (and every stream) of this generation.
+    pub plugins: Arc<Plugins>,
+    /// What was loaded, for `GET /admin/status`: (name, file if any, sha256 of the source).
+    pub plugin_sources: Vec<PluginSourceInfo>,
+    /// sha256 of the config file's text, when loaded from a file.
+    pub config_sha256: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PluginSourceInfo {
+    pub name: String,
+    pub file: Option<PathBuf>,
+    pub sha256: String,
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Reads and compiles the config's plugins; errors name the file, line and column.
+fn load_plugins(config: &Config) -> Result<(Plugins, Vec<PluginSourceInfo>), String> {
+    let mut specs = Vec::with_capacity(config.plugins.len());
+    let mut infos = Vec::with_capacity(config.plugins.len());
+    let mut errors = Vec::new();
+    for p in &config.plugins {
+        if p.implicit {
+            // Runs natively in the pipeline; listed so /admin/status shows what is active.
+            infos.push(PluginSourceInfo {
+                name: format!("{} (seed key, native)", p.name),
+                file: None,
+                sha256: sha256_hex(p.params.to_string().as_bytes()),
+            });
+            continue;
+        }
+        let (source, file) = match &p.source {
+            PluginSource::File(path) => match std::fs::read_to_string(path) {
+                Ok(s) => (s, Some(path.clone())),
+                Err(e) => {
+                    errors.push(format!("{}: cannot read plugin: {e}", path.display()));
+                    continue;
+                }
+            },
+            PluginSource::Bundled(name) => match crate::scripting::bundled(name) {
+                Some(s) => (s.to_owned(), None),
+                None => {
+                    errors.push(format!("{}: no bundled plugin named {name}", p.name));
+                    continue;
+                }
+            },
+        };
+        infos.push(PluginSourceInfo {
+            name: p.name.clone(),
+            file,
+            sha256: sha256_hex(source.as_bytes()),
+        });
+        specs.push(PluginSpec {
+            name: p.name.clone(),
+            source,
+            params: p.params.clone(),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(errors.join("\n"));
+    }
+    let plugins = Plugins::compile(specs, config.script_limits).map_err(|errs| {
+        errs.iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    Ok((plugins, infos))
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation")
+            .field("number", &self.number)
+            .field("upstreams", &self.routing.upstreams.len())
+            .field("routes", &self.routing.routes.len())
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+impl Generation {
+    /// Derives everything a request needs from `config`. Fails without side effects.
+    pub fn build(config: Config, number: u64) -> Result<Generation, String> {
+        let acl = IpAcl::new(&config.ip_allow, &config.ip_deny, &config.trusted_proxies);
+        let keys = KeyTable::new(&config.keys, config.passthrough_unknown_keys)?;
+        let mut upstreams = Vec::with_capacity(config.upstreams.len());
+        for def in &config.upstreams {
+            upstreams.push(Arc::new(Upstream::new(def)?));
+        }
+        let default_upstream = upstreams
+            .first()
+            .cloned()
+            .ok_or_else(|| "no default upstream".to_string())?;
+        let by_name = |name: &str| upstreams.iter().find(|u| u.name == name).cloned();
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for r in &config.routes {
+            let mut list = Vec::with_capacity(r.upstreams.len());
+            for name in &r.upstreams {
+                list.push(
+                    by_name(name).ok_or_else(|| format!("routes: no upstream named {name}"))?,
+                );
+            }
+            routes.push(Route {
+                models: r.models.clone(),
+                upstreams: Arc::from(list),
+                rename: r.rename.clone(),
+                attempts: r.attempts,
+                backoff: r.backoff,
+            });
+        }
+        let credentials = Credentials::build(config.credentials.clone())?;
+        let static_models = config.models.as_deref().map(static_list);
+        let (plugins, plugin_sources) = load_plugins(&config)?;
+        let config_sha256 = config
+            .source
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .map(|b| sha256_hex(&b));
+        Ok(Generation {
+            number,
+            loaded_at: SystemTime::now(),
+            config: Arc::new(config),
+            acl,
+            keys,
+            routing: RouteTable::new(upstreams, routes, default_upstream),
+            credentials,
+            static_models,
+            plugins: Arc::new(plugins),
+            plugin_sources,
+            config_sha256,
+        })
+    }
+}

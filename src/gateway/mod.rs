@@ -1,0 +1,291 @@
+//! The gateway: every request runs the same fixed phases against the one generation it
+//! loaded at the start. [`prepare`] and [`run`] state their order, and are the only place
+//! that does:
+//!
+//! ```text
+//! route ─► ip_acl ─► auth ─► body ─► routing ─► rewrite ─► scripts ─► policy ─► upstream ─► relay
+//! ```
+//!
+//! Each phase is a stage module under [`stages`] (or [`upstream`], [`relay`]) that takes the
+//! narrow table it needs and the request's [`RequestCtx`]. A phase either lets the request
+//! continue or answers it (an `Err(GatewayError)` here). The access log record travels with
+//! the response body and is written when it ends.
+
+pub mod admin;
+pub mod ctx;
+pub mod generation;
+pub mod relay;
+pub mod request_id;
+pub mod routes;
+pub mod server;
+pub mod stages;
+pub mod upstream;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Request, Response};
+
+use crate::error::GatewayError;
+use crate::http::headers::recycle_header_map;
+use ctx::RequestCtx;
+use generation::Generation;
+use relay::access_log::AccessLog;
+use relay::body::ResponseBody;
+use request_id::RequestId;
+use routes::{route, Route};
+use stages::{body, rewrite, scripts};
+use upstream::prepared::{Prepared, Target};
+use upstream::{fallback, models};
+
+pub use upstream::prepared::Step;
+
+/// How much of a request body a DEBUG log line shows.
+const DEBUG_BODY_BYTES: usize = 2048;
+
+/// How long a client may take to send its body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn json_response(status: http::StatusCode, body: Bytes) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// Runs one request through the gateway. Never fails: every error becomes a response.
+///
+/// Not an `async fn`: one of those keeps its arguments in its future next to the locals they
+/// move into. Split here, the request's head is held once, in this future, and the phases
+/// borrow it, so the boxed future (see `server::dispatch`) stays small to allocate and move.
+pub fn handle<B>(
+    generation: Arc<Generation>,
+    peer: IpAddr,
+    req: Request<B>,
+) -> impl std::future::Future<Output = Response<ResponseBody>>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (mut head, body) = req.into_parts();
+    async move {
+        let rid = RequestId::of(&head.headers);
+        // On the stack: boxed and attached to the body only when access logging is on.
+        let log = AccessLog::new(
+            generation.config.logging.access_log,
+            rid.clone(),
+            head.method.clone(),
+            head.uri.path(),
+        );
+        let mut ctx = RequestCtx::new(peer, rid, log);
+        let resp = match run(&generation, &mut ctx, &mut head, body).await {
+            Ok(resp) => resp,
+            Err(e) => ctx.failed(e),
+        };
+        ctx.finish(resp)
+    }
+}
+
+/// The phases of a request, in order: those before the upstream ([`prepare`]), then the
+/// upstream call and the relay of its answer.
+async fn run<B>(
+    generation: &Generation,
+    ctx: &mut RequestCtx,
+    head: &mut http::request::Parts,
+    body: B,
+) -> Result<Response<ResponseBody>, GatewayError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // Taken apart within this statement: a `match` on the awaited step itself would keep the
+    // step (and the `?`'s result) in this future for as long as the upstream call runs.
+    let mut p = match prepare(generation, ctx, head, body).await? {
+        Step::Respond(resp) => return Ok(resp),
+        Step::Forward(p) => p,
+    };
+    // 9. upstream: credentials and the attempt loop across the plan's upstreams
+    let taps = relay::Taps::take(&mut p);
+    let sent = fallback::send(&generation.credentials, &p, &ctx.rid).await;
+    // The request head is on the wire: its map serves the next message's head.
+    recycle_header_map(std::mem::take(&mut p.headers));
+    drop(p);
+    // 10. relay: stream filters (scripts.on_event, usage), on_response, the key's slot
+    taps.attach(
+        &generation.plugins,
+        generation.config.limits.max_body_bytes,
+        sent?,
+    )
+    .await
+}
+
+/// The phases before the upstream: route, ip_acl, auth, body, routing, rewrite, scripts,
+/// policy. Public so the benchmarks can time the whole request path without sockets.
+///
+/// Takes the request's head by reference (its headers are taken out for the upstream) so
+/// that the head is not copied into every future of the pipeline.
+pub async fn prepare<B>(
+    generation: &Generation,
+    ctx: &mut RequestCtx,
+    parts: &mut http::request::Parts,
+    body: B,
+) -> Result<Step, GatewayError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let cfg = &generation.config;
+
+    // 1. route
+    let path = parts.uri.path();
+    let route = route(path);
+    match route {
+        Route::NotFound => return Err(GatewayError::not_found(path)),
+        Route::Health => {
+            if !route.allows(&parts.method) {
+                return Err(GatewayError::method_not_allowed(&parts.method, path));
+            }
+            return Ok(Step::Respond(json_response(
+                http::StatusCode::OK,
+                Bytes::from_static(br#"{"status":"ok"}"#),
+            )));
+        }
+        _ => {}
+    }
+
+    // 2. ip_acl (before the method check: a refused client learns nothing of the routes)
+    let client_ip = generation.acl.client_ip(ctx.peer, &parts.headers);
+    ctx.set_client_ip(client_ip);
+    generation.acl.check(client_ip)?;
+    if !route.allows(&parts.method) {
+        return Err(GatewayError::method_not_allowed(&parts.method, path));
+    }
+
+    // 3. auth
+    let principal = generation.keys.authenticate(&parts.headers)?;
+    ctx.log.principal = Some(principal.label.clone());
+    if route == Route::Models {
+        // Boxed: a rare route whose fetch future would otherwise widen every request's state.
+        let list = Box::pin(models::list_for(
+            &generation.routing,
+            &generation.credentials,
+            generation.static_models.as_ref(),
+            cfg.models_cache_ttl,
+            &principal,
+        ))
+        .await?;
+        return Ok(Step::Respond(json_response(http::StatusCode::OK, list)));
+    }
+
+    // 4. body: read whole, then one pass for the model and what the rewrite needs
+    let content_length = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok());
+    let mut bytes = body::read(
+        body,
+        content_length,
+        cfg.limits.max_body_bytes,
+        BODY_READ_TIMEOUT,
+    )
+    .await?;
+    body::log_debug(&bytes, ctx.rid.as_str(), DEBUG_BODY_BYTES);
+    let policy = principal.policy.as_ref();
+    let restricted = policy.is_some_and(|p| !p.models.is_empty());
+    let peeked = body::peek(&route, &bytes, &cfg.field_aliases, restricted)?;
+    let model = match &route {
+        Route::ChatCompletions => peeked.model.as_deref().or(cfg.defaults.model.as_deref()),
+        _ => peeked.model.as_deref(),
+    };
+    if let Some(pol) = policy {
+        if model.is_some() || route == Route::ChatCompletions {
+            pol.check_model(model)?;
+        }
+    }
+
+    // 5. routing
+    let plan = generation.routing.plan(&principal, model)?;
+    if ctx.log.enabled {
+        ctx.log.model = model.map(str::to_owned);
+    }
+    let facts = peeked.facts;
+
+    // 6. rewrite: defaults, field_aliases, the route's rename, the usage event tpm needs
+    let hooks = generation.plugins.has_on_request();
+    // tpm counts real usage: make sure a stream reports it.
+    let injected_usage = policy.is_some_and(|p| p.tpm.is_some()) && facts.streams_without_usage();
+    let rewritten = rewrite::apply(
+        &mut bytes,
+        facts,
+        &rewrite::Edits {
+            defaults: &cfg.defaults,
+            aliases: &cfg.field_aliases,
+            rename_to: plan.rename_to.as_deref(),
+            inject_usage: injected_usage,
+            tree_for_scripts: hooks,
+        },
+    )?;
+    let mut target = match route {
+        Route::V1(rest) => Target::V1(rest.to_owned()),
+        _ => Target::Chat,
+    };
+
+    // 7. scripts: on_request sees (and may change) body, headers and upstream path
+    let mut headers = std::mem::take(&mut parts.headers);
+    let mut script_ctx = None;
+    let (mut body_value, mut body_changed) = (rewritten.tree, rewritten.changed);
+    if hooks {
+        let out = scripts::on_request(
+            &generation.plugins,
+            scripts::RequestView {
+                plan: &plan,
+                target: &target,
+                query: parts.uri.query(),
+                method: &parts.method,
+                client_ip,
+                key: &principal.label,
+            },
+            headers,
+            body_value.take(),
+        )?;
+        if let Some(path) = out.path {
+            target = Target::Path(path);
+        }
+        headers = out.headers;
+        if let Some(v) = out.body {
+            body_value = Some(v);
+            body_changed = true;
+        }
+        script_ctx = Some(out.ctx);
+    }
+    if let Some(value) = body_value.filter(|_| body_changed) {
+        bytes = Bytes::from(
+            serde_json::to_vec(&value)
+                .map_err(|_| GatewayError::internal("could not encode the request"))?,
+        );
+    }
+
+    // 8. policy: limits last, so a refused request does not use up the key's budget
+    let permit = match policy {
+        Some(pol) => pol.admit()?,
+        None => None,
+    };
+
+    Ok(Step::Forward(Box::new(Prepared {
+        principal,
+        method: parts.method.clone(),
+        target,
+        query: parts.uri.query().map(str::to_owned),
+        headers,
+        body: bytes,
+        permit,
+        injected_usage,
+        script_ctx,
+        plan,
+    })))
+}

@@ -1,0 +1,225 @@
+//! Stage 5, the plugin stage: runs the generation's Rhai hooks — `on_request` before the
+//! request goes upstream, `on_response` on a non-streamed answer, `on_event` on each event of
+//! a streamed one. A request that meets no hook pays nothing here: the caller checks
+//! `has_on_*` first, and the body converts to script values at most once per request.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderName, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::BodyExt;
+
+use crate::error::{ErrorKind, GatewayError};
+use crate::gateway::relay::body::{EventAction, EventFilter, ResponseBody};
+use crate::gateway::relay::sse::error_event;
+use crate::gateway::stages::routing::Plan;
+use crate::gateway::upstream::prepared::Target;
+use crate::http::headers::is_hop_by_hop;
+use crate::scripting::{
+    EventData, EventOutcome, Plugins, ScriptEvent, ScriptFailure, ScriptRequest, ScriptResponse,
+};
+
+/// The one mapping from a script failure to what the client sees: a thrown status and
+/// message as they are, anything else a 500 naming only the plugin (details are in the log).
+pub fn failure_to_error(f: ScriptFailure) -> GatewayError {
+    match f {
+        ScriptFailure::Thrown { status, message } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            GatewayError::new(ErrorKind::Script(status), "script_rejected", message)
+        }
+        ScriptFailure::Error { plugin } => GatewayError::new(
+            ErrorKind::Internal,
+            "script_error",
+            format!("script error in plugin {plugin}"),
+        ),
+    }
+}
+
+/// Headers as scripts see them: the client's, minus credentials and hop-by-hop headers.
+pub fn visible_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let hidden = is_hop_by_hop(name)
+            || matches!(
+                name.as_str(),
+                "authorization" | "proxy-authorization" | "host" | "content-length"
+            );
+        if !hidden {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// What `on_request` sees of the request besides its headers and body.
+pub struct RequestView<'a> {
+    pub plan: &'a Plan,
+    pub target: &'a Target,
+    pub query: Option<&'a str>,
+    pub method: &'a http::Method,
+    pub client_ip: std::net::IpAddr,
+    pub key: &'a str,
+}
+
+/// What `on_request` hooks changed.
+pub struct RequestEdits {
+    /// The upstream path, when a hook changed it.
+    pub path: Option<String>,
+    /// The headers that go upstream.
+    pub headers: HeaderMap,
+    /// The body, when there was one or a hook set one.
+    pub body: Option<serde_json::Value>,
+    /// `req.ctx`, for the response hooks.
+    pub ctx: rhai::Map,
+}
+
+/// Runs the `on_request` hooks over the request's headers and (parsed) body.
+pub fn on_request(
+    plugins: &Plugins,
+    view: RequestView<'_>,
+    headers: HeaderMap,
+    body: Option<serde_json::Value>,
+) -> Result<RequestEdits, GatewayError> {
+    let planned_path = view
+        .plan
+        .upstreams
+        .first()
+        .map(|u| view.target.path(u, view.query))
+        .unwrap_or_default();
+    let had_body = body.is_some();
+    let mut sreq = ScriptRequest {
+        body: body.unwrap_or(serde_json::Value::Null),
+        headers: visible_headers(&headers),
+        path: planned_path.clone(),
+        method: view.method.as_str().to_owned(),
+        client_ip: view.client_ip.to_string(),
+        key: view.key.to_owned(),
+        ctx: rhai::Map::new(),
+    };
+    plugins.on_request(&mut sreq).map_err(failure_to_error)?;
+    Ok(RequestEdits {
+        path: (sreq.path != planned_path).then_some(sreq.path),
+        headers: sreq.headers,
+        body: (had_body || !sreq.body.is_null()).then_some(sreq.body),
+        ctx: sreq.ctx,
+    })
+}
+
+/// Buffers a non-streamed answer, runs `on_response`, and rebuilds the response.
+pub async fn on_response(
+    plugins: &Plugins,
+    resp: Response<ResponseBody>,
+    ctx: rhai::Map,
+    limit: usize,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let (mut parts, body) = resp.into_parts();
+    let collected = http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|_| {
+            GatewayError::new(
+                ErrorKind::BadGateway,
+                "upstream_error",
+                "The upstream answer could not be read",
+            )
+        })?
+        .to_bytes();
+    let json: Option<serde_json::Value> = serde_json::from_slice(&collected).ok();
+    let had_json = json.is_some();
+    let mut res = ScriptResponse {
+        status: parts.status.as_u16(),
+        headers: std::mem::take(&mut parts.headers),
+        body: json.unwrap_or(serde_json::Value::Null),
+        ctx,
+    };
+    plugins.on_response(&mut res).map_err(failure_to_error)?;
+    parts.status = StatusCode::from_u16(res.status).unwrap_or(parts.status);
+    parts.headers = res.headers;
+    let bytes = if had_json || !res.body.is_null() {
+        let b = serde_json::to_vec(&res.body)
+            .map_err(|_| GatewayError::internal("could not encode the response"))?;
+        if !had_json {
+            parts
+                .headers
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        Bytes::from(b)
+    } else {
+        collected
+    };
+    parts.headers.remove(CONTENT_LENGTH);
+    parts
+        .headers
+        .remove(HeaderName::from_static("content-encoding"));
+    Ok(Response::from_parts(parts, ResponseBody::full(bytes)))
+}
+
+/// Runs `on_event` over each event of a stream, carrying `ctx` from event to event.
+pub struct ScriptEventFilter {
+    plugins: Arc<Plugins>,
+    event: ScriptEvent,
+}
+
+impl ScriptEventFilter {
+    pub fn new(plugins: Arc<Plugins>, ctx: rhai::Map) -> Self {
+        ScriptEventFilter {
+            plugins,
+            event: ScriptEvent {
+                data: EventData::Raw(String::new()),
+                ctx,
+            },
+        }
+    }
+}
+
+impl EventFilter for ScriptEventFilter {
+    fn on_event(&mut self, event: &[u8]) -> EventAction {
+        let Ok(text) = std::str::from_utf8(event) else {
+            return EventAction::Keep;
+        };
+        // Split the event into its data (joined per the SSE spec) and its other fields.
+        let mut data: Option<String> = None;
+        let mut other = String::new();
+        for line in text.lines() {
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(v) = line.strip_prefix("data:") {
+                let v = v.strip_prefix(' ').unwrap_or(v);
+                match &mut data {
+                    Some(d) => {
+                        d.push('\n');
+                        d.push_str(v);
+                    }
+                    None => data = Some(v.to_owned()),
+                }
+            } else {
+                other.push_str(line);
+                other.push('\n');
+            }
+        }
+        let Some(data) = data else {
+            return EventAction::Keep;
+        };
+        self.event.data = EventData::parse(&data);
+        match self.plugins.on_event(&mut self.event) {
+            Ok(EventOutcome::Drop) => EventAction::Drop,
+            Ok(EventOutcome::Keep) => {
+                let new = self.event.data.to_data_string();
+                let mut out = other;
+                for line in new.split('\n') {
+                    out.push_str("data: ");
+                    out.push_str(line);
+                    out.push('\n');
+                }
+                out.push('\n');
+                EventAction::Replace(Bytes::from(out))
+            }
+            Err(f) => {
+                let e = failure_to_error(f);
+                EventAction::Stop(error_event(&e.message, e.code))
+            }
+        }
+    }
+}

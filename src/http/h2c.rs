@@ -1,0 +1,165 @@
+//! One h2c connection (HTTP/2 with prior knowledge) on hyper's server, with the idle limit hyper
+//! does not have: a connection with no request open for `limits.keep_alive_timeout` is sent a
+//! GOAWAY and closed, as an idle HTTP/1.1 keep-alive connection is. Without it, every h2c client
+//! that connected once (or a peer that only sent the preface) would hold a socket until the
+//! process' open-file limit ran out.
+//!
+//! A request counts as open from the moment hyper hands it over until its answer's body is sent
+//! whole or dropped (a client that resets the stream), so a long stream never looks idle.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::server::{Handler, RequestBody};
+use super::BoxError;
+
+/// How long an idle connection told to go away may take to answer the GOAWAY's PING.
+const GOAWAY_WAIT: Duration = Duration::from_secs(2);
+
+/// The requests a connection has open, and when the last one ended.
+struct Activity {
+    /// When the connection began; the times below count from it.
+    began: Instant,
+    open: AtomicUsize,
+    /// Milliseconds after `began` at which `open` last fell to zero (0: never had a request).
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            began: Instant::now(),
+            open: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> OpenRequest {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        OpenRequest(Arc::clone(self))
+    }
+
+    /// How long the connection has had no request open; `None` while one is.
+    fn idle_for(&self) -> Option<Duration> {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        Some(self.began.elapsed().saturating_sub(since))
+    }
+}
+
+/// One open request; dropped with the answer's body (or with the request, if it never got one).
+struct OpenRequest(Arc<Activity>);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        let a = &self.0;
+        // Stamped before the count falls: a check that sees zero open also sees this time.
+        let now = a.began.elapsed().as_millis() as u64;
+        a.idle_since_ms.fetch_max(now, Ordering::AcqRel);
+        a.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The handler's answer body, holding its request open until it is sent or dropped.
+struct CountedBody<B> {
+    body: B,
+    _open: OpenRequest,
+}
+
+impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for CountedBody<B> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Serves one h2c connection until the client closes it, it idles for `keep_alive`, or
+/// `stop` turns true (then in-flight streams finish first: hyper's graceful shutdown).
+pub async fn serve<H>(
+    stream: TcpStream,
+    builder: &http2::Builder<TokioExecutor>,
+    keep_alive: Duration,
+    mut stop: watch::Receiver<bool>,
+    handler: H,
+    peer: SocketAddr,
+) where
+    H: Handler + Clone + Send + Sync + 'static,
+    H::Body: Unpin + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let counter = Arc::clone(&activity);
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let open = counter.begin();
+        // The handler boxes the request's future: hyper keeps room for this one in every
+        // stream, so it stays small.
+        let handled = handler.handle(req.map(RequestBody::incoming));
+        async move {
+            let resp = handled.await;
+            Ok::<_, std::convert::Infallible>(resp.map(|body| CountedBody { body, _open: open }))
+        }
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let stopping = async { stop.wait_for(|&s| s).await.map(|_| ()) };
+    tokio::pin!(stopping);
+    let idle_check = tokio::time::sleep(keep_alive);
+    tokio::pin!(idle_check);
+    let served = loop {
+        tokio::select! {
+            served = conn.as_mut() => break served,
+            _ = &mut stopping => {
+                conn.as_mut().graceful_shutdown();
+                break conn.await;
+            }
+            _ = idle_check.as_mut() => {
+                let next = match activity.idle_for() {
+                    Some(idle) if idle >= keep_alive => {
+                        tracing::debug!(%peer, "closing an idle h2c connection");
+                        // GOAWAY, then a PING whose answer tells that no request is on its way;
+                        // a peer that never answers is not waited for longer than this.
+                        conn.as_mut().graceful_shutdown();
+                        match tokio::time::timeout(GOAWAY_WAIT, conn.as_mut()).await {
+                            Ok(served) => break served,
+                            Err(_) => return,
+                        }
+                    }
+                    Some(idle) => keep_alive - idle,
+                    // Busy: look again a whole timeout later (a wake-up per timeout, not per
+                    // request).
+                    None => keep_alive,
+                };
+                idle_check.as_mut().reset(tokio::time::Instant::now() + next);
+            }
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(error = %e, %peer, "connection ended with an error");
+    }
+}

@@ -1,0 +1,120 @@
+//! The accept loop: HTTP/1.1 ([`super::server`]) and h2c with prior knowledge
+//! ([`super::h2c`]) on one port, told apart by the first bytes; `TCP_NODELAY` on every
+//! accepted socket; graceful shutdown (stop accepting, let in-flight requests and streams
+//! finish within the grace period, then close what is left).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::server::{self, Handler, Timeouts};
+
+/// What the accept loop serves: a handler per connection, and the limits in force when it
+/// was accepted (read per connection, so a reload changes them for new connections).
+pub trait Service: Send + Sync + 'static {
+    type Handler: Handler<Body: Unpin + 'static> + Clone + Send + Sync + 'static;
+
+    fn connection(&self, peer: SocketAddr) -> (Self::Handler, Timeouts);
+
+    /// How long in-flight requests may take to finish once shutdown begins.
+    fn shutdown_grace(&self) -> Duration;
+}
+
+/// Serves until `shutdown` resolves, then drains for at most the service's grace period.
+pub async fn serve<S: Service>(
+    listener: TcpListener,
+    service: Arc<S>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new());
+    let h2 = Arc::new(h2);
+    // `true` once shutting down; every connection holds a receiver, so the drain is over when
+    // the last one is dropped.
+    let (draining, _) = watch::channel(false);
+    tokio::pin!(shutdown);
+
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Typically EMFILE: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let stop = draining.subscribe();
+                let h2 = h2.clone();
+                let (handler, timeouts) = service.connection(peer);
+                tokio::spawn(async move {
+                    match sniff(&stream, timeouts.header_read).await {
+                        None => {}
+                        Some(Protocol::Http1) => {
+                            server::serve_tcp(stream, timeouts, stop, handler).await;
+                        }
+                        Some(Protocol::Http2) => {
+                            super::h2c::serve(stream, &h2, timeouts.keep_alive, stop, handler, peer)
+                                .await;
+                        }
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+
+    drop(listener);
+    let grace = service.shutdown_grace();
+    tracing::info!(
+        grace_s = grace.as_secs_f64(),
+        "shutting down: draining in-flight requests"
+    );
+    draining.send_replace(true);
+    tokio::select! {
+        _ = draining.closed() => tracing::info!("all connections drained"),
+        _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the remaining connections"),
+    }
+}
+
+/// What an HTTP/2 client with prior knowledge (h2c) sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Which protocol a new connection speaks, from its first bytes, peeked: they stay in the
+/// socket for the protocol's reader (hyper's h2, or [`server::serve`]), which reads them into
+/// its own buffer; no rewind wrapper. `None`: the client closed, failed, or sent nothing within
+/// `within` (the head's own timeout starts when its first read leaves it incomplete, so a
+/// first head may take up to twice `header_read_timeout`).
+async fn sniff(stream: &TcpStream, within: Duration) -> Option<Protocol> {
+    let look = async {
+        let mut first = [0u8; H2_PREFACE.len()];
+        loop {
+            let n = stream.peek(&mut first).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if !H2_PREFACE.starts_with(&first[..n]) {
+                return Some(Protocol::Http1);
+            }
+            if n == H2_PREFACE.len() {
+                return Some(Protocol::Http2);
+            }
+            // Part of the preface so far (rare): peeking at once would see the same bytes.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(within, look).await.ok().flatten()
+}

@@ -1,0 +1,23 @@
+//! The HTTP layer: everything that speaks HTTP on a socket, and nothing of the gateway.
+//!
+//! - [`wire`]: the HTTP/1.1 wire format as pure functions over byte buffers (request heads
+//!   out, response heads and body framing in, the body decoder both sides use);
+//! - [`headers`]: the one hop-by-hop predicate, the per-thread header-name cache and the pool
+//!   of recycled header maps;
+//! - [`server`]: the client-facing HTTP/1.1 connection loop, generic over its IO, calling a
+//!   [`server::Handler`]; [`h2c`]: HTTP/2 with prior knowledge on hyper, through the same
+//!   handler; [`listener`]: the accept loop that tells the two apart;
+//! - [`client`]: the pooled upstream HTTP/1.1 client and its TCP/TLS transport.
+//!
+//! No module here imports from `crate::gateway` (or any other part of the gateway); CI greps
+//! for it.
+
+pub mod client;
+pub mod h2c;
+pub mod headers;
+pub mod listener;
+pub mod server;
+pub mod wire;
+
+/// The error type of bodies crossing the layer's boundary.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

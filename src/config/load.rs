@@ -226,6 +226,14 @@ fn expand_tree(
                 };
                 path.push(Segment::Key(name));
                 expand_tree(&mut v, path, lookup, report);
+                if map.contains_key(&key) {
+                    // Two keys that differ as written became one: the later would silently
+                    // replace the earlier (e.g. two credentials named by variables).
+                    report(
+                        path,
+                        "this key appears twice once ${VAR}s are expanded".into(),
+                    );
+                }
                 path.pop();
                 map.insert(key, v);
             }
@@ -264,6 +272,17 @@ mod tests {
         assert!(shown.contains("api_keys.key-"), "{shown}");
         assert!(!shown.contains("sk-very-secret"), "{shown}");
         assert_eq!(errs.0[0].line, Some(2));
+    }
+
+    #[test]
+    fn keys_that_become_equal_after_expansion_are_reported() {
+        let text =
+            "credentials:\n  ${A}: { type: static, key: a }\n  ${B}: { type: static, key: b }\n";
+        let lookup = |_: &str| Some("same".to_string());
+        let errs = parse_raw(text, "c.yml", &lookup).unwrap_err();
+        assert_eq!(errs.0.len(), 1, "{errs}");
+        assert_eq!(errs.0[0].path, "credentials.same");
+        assert!(errs.0[0].message.contains("twice"), "{errs}");
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub fn find_line(text: &str, path: &[Segment]) -> Option<usize> {
     let mut start = 0usize;
     let mut min_indent: isize = -1;
     let mut found: Option<usize> = None;
+    // The line of the list item just found: its own keys may sit on it, after the `- `.
+    let mut item_line: Option<usize> = None;
     for seg in path {
         let mut hit = None;
         let mut index_seen = 0usize;
@@ -76,7 +78,7 @@ pub fn find_line(text: &str, path: &[Segment]) -> Option<usize> {
                 continue;
             }
             let indent = line.len() - trimmed.len();
-            if (indent as isize) <= min_indent && found.is_some() {
+            if (indent as isize) <= min_indent && found.is_some() && item_line != Some(n) {
                 break;
             }
             match seg {
@@ -110,9 +112,11 @@ pub fn find_line(text: &str, path: &[Segment]) -> Option<usize> {
                 found = Some(n + 1);
                 start = n + 1;
                 min_indent = indent as isize;
+                item_line = None;
                 if matches!(seg, Segment::Index(_)) {
                     // The item's own keys sit on the same line or deeper.
                     start = n;
+                    item_line = Some(n);
                 }
             }
             None => break,
@@ -141,6 +145,18 @@ mod tests {
             p(vec![Segment::Key("list".into()), Segment::Index(1)]),
             Some(7)
         );
+    }
+
+    #[test]
+    fn finds_keys_of_list_items_on_and_after_the_dash() {
+        let text = "upstreams:\n  b: {}\nroutes:\n  - models: [a]\n    upstreams: [b]\n  - models: [c]\n    attempts: 2\n";
+        let p = |v: Vec<Segment>| find_line(text, &v);
+        let route = |i: usize, f: &str| vec![k("routes"), Segment::Index(i), k(f)];
+        assert_eq!(p(route(0, "models")), Some(4));
+        assert_eq!(p(route(0, "upstreams")), Some(5));
+        assert_eq!(p(route(1, "attempts")), Some(7));
+        // A key the item lacks points at the item, not at a later item's key.
+        assert_eq!(p(route(0, "attempts")), Some(4));
     }
 
     #[test]

@@ -91,3 +91,69 @@ fn labels_do_not_reveal_keys() {
     assert!(l.starts_with("key-"));
     assert!(!l.contains("abcdef"));
 }
+
+#[test]
+fn seed_upstream_keys_must_fit_a_header() {
+    let text = "api_keys:\n  \"sk-client-secret\": \"up\\x01key\"\n";
+    let errs = Config::from_yaml(text, &|_| None).unwrap_err();
+    assert_eq!(errs.0.len(), 1, "{errs}");
+    let e = &errs.0[0];
+    assert_eq!(e.line, Some(2));
+    assert!(e.path.starts_with("api_keys.key-"), "{errs}");
+    assert!(
+        e.message.contains("not allowed in an HTTP header"),
+        "{errs}"
+    );
+    assert!(!errs.to_string().contains("sk-client-secret"), "{errs}");
+}
+
+#[test]
+fn upstream_hosts_must_be_usable_for_tls() {
+    let text = "upstreams:\n  b:\n    base_url: \"https://exa\\tmple.com/v1\"\n";
+    let errs = Config::from_yaml(text, &|_| None).unwrap_err();
+    assert_eq!(errs.0.len(), 1, "{errs}");
+    assert_eq!(errs.0[0].path, "upstreams.b.base_url");
+    assert_eq!(errs.0[0].line, Some(3));
+    assert!(errs.0[0].message.contains("TLS server name"), "{errs}");
+    // Through a proxy the upstream's own host is never connected to directly.
+    let proxied = "upstreams:\n  b:\n    base_url: \"https://exa\\tmple.com/v1\"\n    proxy: \"http://127.0.0.1:3128\"\n";
+    assert!(Config::from_yaml(proxied, &|_| None).is_ok());
+}
+
+#[test]
+fn ca_files_must_hold_usable_roots() {
+    let dir = std::env::temp_dir().join(format!("sophgate-ca-roots-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pem = dir.join("bad.pem");
+    std::fs::write(
+        &pem,
+        "-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let text = format!("api_ca_file: {}\n", pem.display());
+    let errs = Config::from_yaml(&text, &|_| None).unwrap_err();
+    assert_eq!(errs.0.len(), 1, "{errs}");
+    assert_eq!(errs.0[0].path, "api_ca_file");
+    assert_eq!(errs.0[0].line, Some(1));
+    assert!(errs.0[0].message.contains("not usable as a root"), "{errs}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn errors_come_in_file_order() {
+    let text = "log_level: LOUD\nlisten: nowhere\nip_whitelist:\n  - nonsense\napi_hots: x\n";
+    let errs = Config::from_yaml(text, &|_| None).unwrap_err();
+    let lines: Vec<_> = errs.0.iter().map(|e| e.line).collect();
+    assert_eq!(lines, [Some(1), Some(2), Some(4), Some(5)], "{errs}");
+}
+
+#[test]
+fn plugins_remember_where_they_are_configured() {
+    let text = "field_aliases:\n  a: b\nplugins:\n  - path: headers.rhai\n";
+    let cfg = Config::from_yaml(text, &|_| None).unwrap();
+    assert_eq!(cfg.plugins.len(), 2);
+    assert_eq!(cfg.plugins[0].index, None);
+    assert_eq!(cfg.plugins[1].index, Some(0));
+    let e = cfg.error_at(&cfg.plugins[1].yaml_path(), "x");
+    assert_eq!((e.path.as_str(), e.line), ("plugins[0]", Some(4)));
+}

@@ -162,8 +162,9 @@ fn check_accepts_good_files_and_reports_every_error_with_line() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// What building the generation used to refuse with a bare message is a config error like any
-/// other: reported by `sophgate check` all at once, in file order, with YAML path and line.
+/// What the build could not use (an empty pool, a key that cannot be a header, a route to an
+/// unknown upstream, a missing plugin, a script that does not compile) is a config error like
+/// any other: reported by `sophgate check` all at once, in file order, with YAML path and line.
 #[test]
 fn check_reports_build_problems_with_path_and_line() {
     let dir = std::env::temp_dir().join(format!("sophgate-check-build-{}", std::process::id()));

@@ -164,7 +164,7 @@ pub struct CommandSpec {
     pub refresh_before: Option<Duration>,
 }
 
-/// One validated entry of `credentials:` (see [`super::raw_credentials::validate_credential`]).
+/// One validated entry of `credentials:` (made by `raw_credentials::validate_credential`).
 #[derive(Debug, Clone)]
 pub enum CredentialSpec {
     Static {

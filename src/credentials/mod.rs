@@ -142,7 +142,8 @@ pub struct Credential {
 }
 
 enum Kind {
-    /// `None` when the key cannot be a header value (reported at build; fails every lease).
+    /// `None` when the key cannot be a header value (only [`Credentials::static_key`] makes
+    /// one); every lease fails.
     Static(Option<HeaderValue>),
     Pool(pool::Pool),
     Fetched(Arc<fetched::Fetched>),

@@ -189,7 +189,7 @@ fn generation_with_keys(n: usize) -> Result<Generation, String> {
         }
     }
     let config = Config::from_yaml(&yaml, &|_| None).map_err(|e| e.to_string())?;
-    Generation::build(config, 1)
+    Generation::build(config, 1).map_err(|e| e.to_string())
 }
 
 fn bearer(key: &str) -> Result<HeaderMap, String> {
@@ -828,7 +828,7 @@ fn generation(field_aliases: bool) -> Result<Generation, String> {
          {aliases}"
     );
     let config = Config::from_yaml(&yaml, &|_| None).map_err(|e| e.to_string())?;
-    Generation::build(config, 1)
+    Generation::build(config, 1).map_err(|e| e.to_string())
 }
 
 fn chat_http_request(body: &Bytes, key: &str) -> Result<Request<Full<Bytes>>, String> {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use sophgate::config::Config;
+use sophgate::config::{BuildError, Config, ConfigErrors};
 use sophgate::gateway::server;
 use sophgate::logging;
 use sophgate::reload::Runtime;
@@ -181,30 +181,32 @@ fn hash_key(key: Option<String>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Validation and then the build: both report every problem with file, YAML path and line.
 fn check(path: &std::path::Path) -> ExitCode {
-    match Config::from_file(path) {
-        Ok(cfg) => {
-            for w in &cfg.warnings {
-                eprintln!("warning: {w}");
-            }
-            // Building the generation also checks what validation cannot (e.g. header-safe keys).
-            match sophgate::Generation::build(cfg, 0) {
-                Ok(_) => {
-                    println!("{}: OK", path.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{}: {e}", path.display());
-                    ExitCode::from(2)
-                }
-            }
+    let cfg = match Config::from_file(path) {
+        Ok(cfg) => cfg,
+        Err(errors) => return config_errors(path, &errors),
+    };
+    for w in &cfg.warnings {
+        eprintln!("warning: {w}");
+    }
+    match sophgate::Generation::build(cfg, 0) {
+        Ok(_) => {
+            println!("{}: OK", path.display());
+            ExitCode::SUCCESS
         }
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!("{} error(s) in {}", errors.0.len(), path.display());
+        Err(BuildError::Config(errors)) => config_errors(path, &errors),
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
             ExitCode::from(2)
         }
     }
+}
+
+fn config_errors(path: &std::path::Path, errors: &ConfigErrors) -> ExitCode {
+    eprintln!("{errors}");
+    eprintln!("{} error(s) in {}", errors.0.len(), path.display());
+    ExitCode::from(2)
 }
 
 fn serve(path: &std::path::Path) -> ExitCode {

@@ -161,3 +161,67 @@ fn check_accepts_good_files_and_reports_every_error_with_line() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// What the build could not use (an empty pool, a key that cannot be a header, a route to an
+/// unknown upstream, a missing plugin, a script that does not compile) is a config error like
+/// any other: reported by `sophgate check` all at once, in file order, with YAML path and line.
+#[test]
+fn check_reports_build_problems_with_path_and_line() {
+    let dir = std::env::temp_dir().join(format!("sophgate-check-build-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yml");
+    std::fs::write(
+        &bad,
+        "upstreams:\n  b: { base_url: \"http://127.0.0.1:1/v1\" }\ncredentials:\n  p:\n    type: pool\n    keys: []\n  s:\n    type: static\n    key: \"sk-a\\nb\"\nroutes:\n  - models: [\"a*\"]\n    upstreams: [b, ghost]\nplugins:\n  - path: missing-plugin.rhai\napi_keys:\n  \"client-key-secret\": \"up\\x01key\"\n",
+    )
+    .unwrap();
+    let out = sophgate(&["check", "-c", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let expected = [
+        "bad.yml:6: credentials.p.keys: a pool needs at least one key",
+        "bad.yml:9: credentials.s.key: contains characters not allowed in an HTTP header",
+        "bad.yml:12: routes[0].upstreams: no upstream named `ghost`",
+        "bad.yml:14: plugins[0].path: plugin file `missing-plugin.rhai` not found",
+        "bad.yml:16: api_keys.key-",
+    ];
+    let mut last = 0;
+    for e in expected {
+        let at = err.find(e).unwrap_or_else(|| panic!("no `{e}` in:\n{err}"));
+        assert!(at >= last, "not in file order:\n{err}");
+        last = at;
+    }
+    assert!(err.contains("5 error(s) in"), "{err}");
+    assert!(!err.contains("client-key-secret"), "{err}");
+
+    // A script error names the plugin's entry in the config and the script's own position.
+    std::fs::write(dir.join("broken.rhai"), "fn on_request(req) { let = ; }\n").unwrap();
+    std::fs::write(&bad, "log_level: INFO\nplugins:\n  - path: broken.rhai\n").unwrap();
+    let out = sophgate(&["check", "-c", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yml:3: plugins[0]: broken.rhai:1:"),
+        "{err}"
+    );
+    assert!(err.contains("1 error(s) in"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A config changed after validation (as `sophgate test` changes it) is checked again by the
+/// build, and its errors are located in the file it came from.
+#[test]
+fn build_errors_are_located_in_the_config() {
+    let text = "upstreams:\n  b: { base_url: \"http://127.0.0.1:1/v1\" }\nroutes:\n  - models: [\"a*\"]\n    upstreams: [b]\n";
+    let mut cfg = Config::from_yaml(text, &|_| None).unwrap();
+    cfg.routes[0].upstreams.push("ghost".into());
+    let Err(sophgate::config::BuildError::Config(errs)) = sophgate::Generation::build(cfg, 1)
+    else {
+        panic!("a route to an unknown upstream was built");
+    };
+    assert_eq!(errs.0.len(), 1, "{errs}");
+    assert_eq!(
+        errs.to_string(),
+        "<inline>:5: routes[0].upstreams: no upstream named `ghost`"
+    );
+}

@@ -307,3 +307,56 @@ async fn a_ca_file_change_reloads() {
     watcher.abort();
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// A reload whose config fails (validation or build) keeps the old generation serving, and
+/// the error says where in the config the problem is.
+#[tokio::test]
+async fn a_failed_reload_names_the_config_line_and_keeps_the_old_generation() {
+    let (env, dir, plugin_path) = setup("located").await;
+    let config_path = dir.join("config.yml");
+    let good = std::fs::read_to_string(&config_path).unwrap();
+
+    std::fs::write(
+        &config_path,
+        format!("{good}routes:\n  - models: [\"a*\"]\n    upstreams: [ghost]\n"),
+    )
+    .unwrap();
+    let line = good.lines().count() + 3;
+    let err = env.runtime.reload("test").unwrap_err();
+    let sophgate::config::BuildError::Config(errs) = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(errs.0.len(), 1, "{err}");
+    assert_eq!(errs.0[0].path, "routes[0].upstreams");
+    assert_eq!(errs.0[0].line, Some(line));
+    assert_eq!(env.runtime.current().number, 1);
+    let shown = env.runtime.last_error().unwrap();
+    assert!(
+        shown.contains(&format!("config.yml:{line}: routes[0].upstreams")),
+        "{shown}"
+    );
+    assert_eq!(version_seen(&env).await, "1");
+
+    // A script that does not compile: the entry under `plugins:` and the script's position.
+    std::fs::write(&config_path, &good).unwrap();
+    std::fs::write(&plugin_path, "fn on_request(req) { let = ; }\n").unwrap();
+    let err = env.runtime.reload("test").unwrap_err().to_string();
+    let plugin_line = good
+        .lines()
+        .position(|l| l.contains("- path: version.rhai"))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!(
+            "config.yml:{plugin_line}: plugins[0]: version.rhai:1:"
+        )),
+        "{err}"
+    );
+    assert_eq!(env.runtime.current().number, 1);
+    assert_eq!(version_seen(&env).await, "1");
+
+    std::fs::write(&plugin_path, plugin(2)).unwrap();
+    assert_eq!(env.runtime.reload("test").unwrap(), 2);
+    assert_eq!(version_seen(&env).await, "2");
+    std::fs::remove_dir_all(dir).ok();
+}

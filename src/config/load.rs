@@ -7,6 +7,7 @@ use serde_yaml::Value;
 
 use super::env;
 use super::raw::RawConfig;
+use super::yaml_path::{find_line, path_segments, render_path, Segment};
 use super::{ConfigError, ConfigErrors};
 
 /// Parses `text` (the contents of `file`) into the raw schema.
@@ -97,49 +98,6 @@ pub fn read_text(path: &Path) -> Result<String, ConfigErrors> {
             message: format!("cannot read config file: {e}"),
         })
     })
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Segment {
-    Key(String),
-    Index(usize),
-}
-
-/// `a.b[2].c`. A client key (the key under `api_keys`) is shown as its label, never as
-/// itself: these paths end up in error output and in the log of a failed reload.
-pub fn render_path(path: &[Segment]) -> String {
-    let mut out = String::new();
-    let under_api_keys = matches!(path.first(), Some(Segment::Key(k)) if k == "api_keys");
-    for (i, seg) in path.iter().enumerate() {
-        match seg {
-            Segment::Key(k) => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                if under_api_keys && i == 1 {
-                    out.push_str(&super::validate::key_label(k));
-                } else {
-                    out.push_str(k);
-                }
-            }
-            Segment::Index(i) => {
-                out.push_str(&format!("[{i}]"));
-            }
-        }
-    }
-    out
-}
-
-fn path_segments(path: &serde_path_to_error::Path) -> Vec<Segment> {
-    use serde_path_to_error::Segment as S;
-    path.iter()
-        .filter_map(|s| match s {
-            S::Map { key } => Some(Segment::Key(key.clone())),
-            S::Seq { index } => Some(Segment::Index(*index)),
-            S::Enum { variant } => Some(Segment::Key(variant.clone())),
-            S::Unknown => None,
-        })
-        .collect()
 }
 
 fn unknown_field(message: &str) -> Option<&str> {
@@ -268,6 +226,14 @@ fn expand_tree(
                 };
                 path.push(Segment::Key(name));
                 expand_tree(&mut v, path, lookup, report);
+                if map.contains_key(&key) {
+                    // Two keys that differ as written became one: the later would silently
+                    // replace the earlier (e.g. two credentials named by variables).
+                    report(
+                        path,
+                        "this key appears twice once ${VAR}s are expanded".into(),
+                    );
+                }
                 path.pop();
                 map.insert(key, v);
             }
@@ -277,89 +243,9 @@ fn expand_tree(
     }
 }
 
-/// Best-effort line (1-based) of a YAML path in block-style text: follows keys by indentation
-/// and list items by their `- ` markers. Returns the deepest line it could find.
-pub fn find_line(text: &str, path: &[Segment]) -> Option<usize> {
-    let lines: Vec<&str> = text.lines().collect();
-    let mut start = 0usize;
-    let mut min_indent: isize = -1;
-    let mut found: Option<usize> = None;
-    for seg in path {
-        let mut hit = None;
-        let mut index_seen = 0usize;
-        let mut child_indent: Option<usize> = None;
-        for (n, line) in lines.iter().enumerate().skip(start) {
-            let trimmed = line.trim_start();
-            if trimmed.is_empty() || trimmed.starts_with('#') {
-                continue;
-            }
-            let indent = line.len() - trimmed.len();
-            if (indent as isize) <= min_indent && found.is_some() {
-                break;
-            }
-            match seg {
-                Segment::Key(k) => {
-                    let body = trimmed.strip_prefix("- ").unwrap_or(trimmed);
-                    let body = body.trim_start_matches(['"', '\'']);
-                    if let Some(after) = body.strip_prefix(k.as_str()) {
-                        let after = after.trim_start_matches(['"', '\'']);
-                        if after.trim_start().starts_with(':') {
-                            hit = Some((n, indent));
-                            break;
-                        }
-                    }
-                }
-                Segment::Index(i) => {
-                    if trimmed.starts_with("- ") || trimmed == "-" {
-                        let ci = *child_indent.get_or_insert(indent);
-                        if indent == ci {
-                            if index_seen == *i {
-                                hit = Some((n, indent));
-                                break;
-                            }
-                            index_seen += 1;
-                        }
-                    }
-                }
-            }
-        }
-        match hit {
-            Some((n, indent)) => {
-                found = Some(n + 1);
-                start = n + 1;
-                min_indent = indent as isize;
-                if matches!(seg, Segment::Index(_)) {
-                    // The item's own keys sit on the same line or deeper.
-                    start = n;
-                }
-            }
-            None => break,
-        }
-    }
-    found
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_nested_lines() {
-        let text = "a: 1\nlimits:\n  max_body_bytes: 5\n  other: 2\nlist:\n  - x\n  - y\n";
-        let p = |v: Vec<Segment>| find_line(text, &v);
-        assert_eq!(p(vec![Segment::Key("a".into())]), Some(1));
-        assert_eq!(
-            p(vec![
-                Segment::Key("limits".into()),
-                Segment::Key("other".into())
-            ]),
-            Some(4)
-        );
-        assert_eq!(
-            p(vec![Segment::Key("list".into()), Segment::Index(1)]),
-            Some(7)
-        );
-    }
 
     #[test]
     fn collects_every_unknown_key() {
@@ -386,6 +272,17 @@ mod tests {
         assert!(shown.contains("api_keys.key-"), "{shown}");
         assert!(!shown.contains("sk-very-secret"), "{shown}");
         assert_eq!(errs.0[0].line, Some(2));
+    }
+
+    #[test]
+    fn keys_that_become_equal_after_expansion_are_reported() {
+        let text =
+            "credentials:\n  ${A}: { type: static, key: a }\n  ${B}: { type: static, key: b }\n";
+        let lookup = |_: &str| Some("same".to_string());
+        let errs = parse_raw(text, "c.yml", &lookup).unwrap_err();
+        assert_eq!(errs.0.len(), 1, "{errs}");
+        assert_eq!(errs.0[0].path, "credentials.same");
+        assert!(errs.0[0].message.contains("twice"), "{errs}");
     }
 
     #[test]

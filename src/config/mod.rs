@@ -2,67 +2,24 @@
 //! collection (`load`) and validation into the typed [`Config`] the runtime is built from
 //! (`validate`).
 
+pub mod credential_spec;
 pub mod env;
+mod error;
 pub mod load;
 pub mod raw;
 pub mod raw_credentials;
 pub mod validate;
+pub mod yaml_path;
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub use self::error::{BuildError, ConfigError, ConfigErrors, Locator};
+use self::yaml_path::Segment;
 use crate::secret::Secret;
-
-/// One problem in a config file, located as precisely as possible.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ConfigError {
-    pub file: String,
-    /// YAML path such as `limits.max_body_bytes` or `ip_whitelist[2]`; empty for the whole file.
-    pub path: String,
-    pub line: Option<usize>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file)?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-        }
-        if !self.path.is_empty() {
-            write!(f, ": {}", self.path)?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-/// Every problem found in one config, reported together.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl ConfigErrors {
-    pub fn one(e: ConfigError) -> Self {
-        ConfigErrors(vec![e])
-    }
-}
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
 
 /// A validated configuration. Everything here has its default applied and its format checked.
 #[derive(Debug, Clone)]
@@ -75,7 +32,7 @@ pub struct Config {
     pub upstreams: Vec<UpstreamDef>,
     pub routes: Vec<RouteDef>,
     /// Named credentials (their `Debug` shows no secret).
-    pub credentials: Vec<(String, crate::credentials::CredentialSpec)>,
+    pub credentials: Vec<(String, credential_spec::CredentialSpec)>,
     pub keys: Vec<KeyConfig>,
     pub passthrough_unknown_keys: bool,
     pub ip_allow: Vec<IpNet>,
@@ -100,6 +57,8 @@ pub struct Config {
     /// The CA certificate files (`api_ca_file`, `upstreams[].ca_file`), resolved: watched for
     /// changes like the config file, so a rotated CA takes effect without a restart.
     pub ca_files: Vec<PathBuf>,
+    /// Where this config was read from, to locate problems found while building from it.
+    pub locator: Locator,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +121,18 @@ pub struct PluginConfig {
     /// pipeline runs it natively (the same renaming as plugins/field_aliases.rhai, without
     /// converting the body to script values — see benches/pipeline.rs `field_aliases`).
     pub implicit: bool,
+    /// Its position under `plugins:`; `None` for the implicit one.
+    pub index: Option<usize>,
+}
+
+impl PluginConfig {
+    /// Where it is configured: `plugins[i]`, or `field_aliases` for the implicit one.
+    pub fn yaml_path(&self) -> Vec<Segment> {
+        match self.index {
+            Some(i) => vec![yaml_path::k("plugins"), Segment::Index(i)],
+            None => vec![yaml_path::k("field_aliases")],
+        }
+    }
 }
 
 impl KeyConfig {
@@ -223,6 +194,18 @@ pub struct UpstreamDef {
     pub pool_max_idle: Option<usize>,
     /// DER certificates from `ca_file`, trusted on top of the public roots.
     pub ca_certs: Vec<Vec<u8>>,
+}
+
+impl UpstreamDef {
+    /// Where it is configured: `upstreams.<name>`, or `api_host` for the one the flat keys
+    /// define.
+    pub fn yaml_path(&self) -> Vec<Segment> {
+        if self.name == validate::DEFAULT_UPSTREAM {
+            vec![yaml_path::k("api_host")]
+        } else {
+            vec![yaml_path::k("upstreams"), yaml_path::k(&self.name)]
+        }
+    }
 }
 
 /// `routes:` entry: requests whose model matches go to these upstreams, in order.
@@ -309,24 +292,35 @@ impl Config {
         Self::from_text_in(text, "<inline>", lookup, Path::new(""))
     }
 
-    /// Schema errors and semantic errors are reported together.
+    /// Schema errors and semantic errors are reported together, in file order.
     fn from_text_in(
         text: &str,
         file: &str,
         lookup: &dyn Fn(&str) -> Option<String>,
         base_dir: &Path,
     ) -> Result<Config, ConfigErrors> {
-        let (raw, mut errors) = load::parse_raw_partial(text, file, lookup);
+        let (raw, errors) = load::parse_raw_partial(text, file, lookup);
+        let mut errors = ConfigErrors(errors);
         let Some(raw) = raw else {
-            return Err(ConfigErrors(errors));
+            errors.sort();
+            return Err(errors);
         };
-        match validate::validate(raw, file, text, base_dir) {
-            Ok(cfg) if errors.is_empty() => Ok(cfg),
-            Ok(_) => Err(ConfigErrors(errors)),
+        match validate::validate(raw, Locator::new(file, text), base_dir) {
+            Ok(cfg) if errors.0.is_empty() => Ok(cfg),
+            Ok(_) => {
+                errors.sort();
+                Err(errors)
+            }
             Err(more) => {
-                errors.extend(more.0);
-                Err(ConfigErrors(errors))
+                errors.0.extend(more.0);
+                errors.sort();
+                Err(errors)
             }
         }
+    }
+
+    /// An error at `path` of this config's file, for problems found while building from it.
+    pub fn error_at(&self, path: &[Segment], message: impl Into<String>) -> ConfigError {
+        self.locator.error(path, message)
     }
 }

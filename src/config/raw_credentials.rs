@@ -14,7 +14,7 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
-use crate::credentials::{
+use super::credential_spec::{
     AuthStyle, CommandSpec, CredentialSpec, EndpointUrl, OAuth2Spec, OutputFormat, PoolStrategy,
     TokenBody, TokenEndpointSpec,
 };

@@ -77,7 +77,7 @@ impl Fetched {
         }
     }
 
-    pub(super) fn kind(&self) -> &'static str {
+    pub(super) fn kind(&self) -> super::CredentialKind {
         self.source.kind()
     }
 

@@ -30,146 +30,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderValue;
 
+pub use crate::config::credential_spec::{
+    AuthStyle, CommandSpec, CredentialKind, CredentialSpec, EndpointUrl, OAuth2Spec, OutputFormat,
+    PoolStrategy, TokenBody, TokenEndpointSpec,
+};
+use crate::config::yaml_path::Segment;
 use crate::error::{ErrorKind, GatewayError};
 pub use crate::secret::Secret;
-
-// === specs (validated config) ===
-
-/// How a pool picks its next key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PoolStrategy {
-    /// Each request takes the next key that is not cooling down.
-    RoundRobin,
-    /// Each request takes the key with the fewest requests in flight (ties rotate), which
-    /// evens out load when some answers (long streams) take much longer than others.
-    LeastInFlight,
-}
-
-/// Where an OAuth2 client puts its id and secret.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthStyle {
-    /// HTTP Basic `client_id:client_secret` (RFC 6749 §2.3.1, the form every server must accept).
-    Basic,
-    /// `client_id` and `client_secret` as form fields, for servers that only read the body.
-    Body,
-}
-
-/// How a `command`'s stdout is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputFormat {
-    /// The whole output, trimmed, is the token.
-    Plain,
-    /// A JSON document read with `token_pointer` / `expires_in_pointer`.
-    Json,
-}
-
-/// A token endpoint URL that prints without user info or query string, which may carry secrets.
-#[derive(Clone, PartialEq, Eq)]
-pub struct EndpointUrl(reqwest::Url);
-
-impl EndpointUrl {
-    pub fn new(url: reqwest::Url) -> Self {
-        EndpointUrl(url)
-    }
-
-    /// The full URL. Call only where it goes on the wire.
-    pub fn url(&self) -> &reqwest::Url {
-        &self.0
-    }
-}
-
-impl fmt::Display for EndpointUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let u = &self.0;
-        write!(f, "{}://{}", u.scheme(), u.host_str().unwrap_or(""))?;
-        if let Some(port) = u.port() {
-            write!(f, ":{port}")?;
-        }
-        f.write_str(u.path())?;
-        if u.query().is_some() {
-            f.write_str("?***")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for EndpointUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "EndpointUrl({self})")
-    }
-}
-
-/// The body of a `token_endpoint` request. Values are secrets (they usually hold keys).
-#[derive(Debug, Clone)]
-pub enum TokenBody {
-    None,
-    /// `application/x-www-form-urlencoded` fields.
-    Form(Vec<(String, Secret)>),
-    /// A JSON document, already serialized.
-    Json(Secret),
-}
-
-#[derive(Debug, Clone)]
-pub struct OAuth2Spec {
-    pub token_url: EndpointUrl,
-    pub client_id: String,
-    pub client_secret: Secret,
-    pub scope: Option<String>,
-    pub audience: Option<String>,
-    pub auth_style: AuthStyle,
-    pub timeout: Duration,
-    /// `None`: a fifth of the token's lifetime, clamped to [1 s, 300 s].
-    pub refresh_before: Option<Duration>,
-}
-
-#[derive(Debug, Clone)]
-pub struct TokenEndpointSpec {
-    pub url: EndpointUrl,
-    pub method: http::Method,
-    /// Values are marked sensitive (they print as `Sensitive`).
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    pub body: TokenBody,
-    pub token_pointer: String,
-    pub expires_in_pointer: Option<String>,
-    pub prefix: String,
-    pub default_ttl: Duration,
-    pub timeout: Duration,
-    pub refresh_before: Option<Duration>,
-}
-
-#[derive(Debug, Clone)]
-pub struct CommandSpec {
-    /// The program, run directly (no shell).
-    pub program: String,
-    /// Arguments are secrets: command lines sometimes carry tokens or passwords.
-    pub args: Vec<Secret>,
-    pub format: OutputFormat,
-    pub token_pointer: String,
-    pub expires_in_pointer: Option<String>,
-    pub prefix: String,
-    pub default_ttl: Duration,
-    pub timeout: Duration,
-    pub refresh_before: Option<Duration>,
-}
-
-/// One validated entry of `credentials:` (see `config::raw_credentials::validate_credential`).
-#[derive(Debug, Clone)]
-pub enum CredentialSpec {
-    Static {
-        key: Secret,
-    },
-    Pool {
-        keys: Vec<Secret>,
-        strategy: PoolStrategy,
-        /// Rest after a 429/401 answered without `Retry-After`.
-        cooldown: Duration,
-    },
-    OAuth2(OAuth2Spec),
-    TokenEndpoint(TokenEndpointSpec),
-    Command(CommandSpec),
-}
 
 // === errors ===
 
@@ -273,7 +142,8 @@ pub struct Credential {
 }
 
 enum Kind {
-    /// `None` when the key cannot be a header value (reported at build; fails every lease).
+    /// `None` when the key cannot be a header value (only [`Credentials::static_key`] makes
+    /// one); every lease fails.
     Static(Option<HeaderValue>),
     Pool(pool::Pool),
     Fetched(Arc<fetched::Fetched>),
@@ -292,11 +162,11 @@ impl Credential {
         &self.name
     }
 
-    /// The configured `type`: `static`, `pool`, `oauth2`, `token_endpoint` or `command`.
-    pub fn kind(&self) -> &'static str {
+    /// The configured `type`.
+    pub fn kind(&self) -> CredentialKind {
         match &self.kind {
-            Kind::Static(_) => "static",
-            Kind::Pool(_) => "pool",
+            Kind::Static(_) => CredentialKind::Static,
+            Kind::Pool(_) => CredentialKind::Pool,
             Kind::Fetched(f) => f.kind(),
         }
     }
@@ -304,6 +174,11 @@ impl Credential {
     /// True for oauth2 / token_endpoint / command: tokens that can be invalidated and refetched.
     pub fn is_fetched(&self) -> bool {
         matches!(self.kind, Kind::Fetched(_))
+    }
+
+    /// True for `pool`: a refused key cools down and another key of the pool can be tried.
+    pub fn is_pool(&self) -> bool {
+        matches!(self.kind, Kind::Pool(_))
     }
 
     /// The `Authorization` value for one upstream attempt.
@@ -399,7 +274,8 @@ impl Credential {
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Credential");
-        d.field("name", &self.name).field("kind", &self.kind());
+        d.field("name", &self.name)
+            .field("kind", &self.kind().as_str());
         match &self.kind {
             Kind::Pool(p) => d.field("keys", &p.len()),
             Kind::Fetched(x) => d.field("fetches", &x.fetch_count()),
@@ -416,7 +292,61 @@ fn bearer(key: &Secret) -> Option<HeaderValue> {
     Some(v)
 }
 
+/// The one HTTP client of a generation's token fetches, built when the first credential needs
+/// it (a generation without HTTP token sources builds none).
+fn shared_client(slot: &mut Option<reqwest::Client>) -> Result<reqwest::Client, String> {
+    if let Some(c) = slot {
+        return Ok(c.clone());
+    }
+    let c = source::http_client()?;
+    *slot = Some(c.clone());
+    Ok(c)
+}
+
 // === the set of a generation ===
+
+/// Why one credential of a generation could not be built. Names the credential and the field
+/// under its entry, never a secret value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildError {
+    pub credential: String,
+    /// Under `credentials.<credential>`, e.g. `keys[1]`; empty for the whole entry.
+    pub field: Vec<Segment>,
+    pub message: String,
+}
+
+impl BuildError {
+    fn new(credential: &str, field: Vec<Segment>, message: impl Into<String>) -> Self {
+        BuildError {
+            credential: credential.to_owned(),
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// The YAML path of the problem: `credentials.<name>[.<field>]`.
+    pub fn path(&self) -> Vec<Segment> {
+        let mut path = vec![
+            Segment::Key("credentials".into()),
+            Segment::Key(self.credential.clone()),
+        ];
+        path.extend(self.field.iter().cloned());
+        path
+    }
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}",
+            crate::config::yaml_path::render_path(&self.path()),
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for BuildError {}
 
 /// Every named credential of one generation.
 pub struct Credentials {
@@ -424,36 +354,32 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// Builds every provider. Fails on duplicate names, keys that cannot be header values, or
-    /// when the HTTP client for token fetches cannot be built; errors name the credential only.
+    /// Builds every provider, reporting every entry that cannot be built. Config validation
+    /// rejects all of these problems but the HTTP client (see [`BuildError`]); they are checked
+    /// again here because a `Config` can be edited after validation (`sophgate test` does).
     ///
     /// One reqwest client serves every HTTP token fetch of the generation: rustls, no proxy
     /// (token endpoints are the operator's own, reached directly), TCP_NODELAY, no redirects
     /// (a redirect must not carry a client secret to another place).
-    pub fn build(specs: Vec<(String, CredentialSpec)>) -> Result<Credentials, String> {
-        let needs_http = specs.iter().any(|(_, s)| {
-            matches!(
-                s,
-                CredentialSpec::OAuth2(_) | CredentialSpec::TokenEndpoint(_)
-            )
-        });
-        let client = if needs_http {
-            Some(source::http_client()?)
-        } else {
-            None
-        };
+    pub fn build(specs: Vec<(String, CredentialSpec)>) -> Result<Credentials, Vec<BuildError>> {
+        let mut client: Option<reqwest::Client> = None;
+        let mut errors = Vec::new();
         let mut by_name = HashMap::with_capacity(specs.len());
         for (name, spec) in specs {
             if by_name.contains_key(&name) {
-                return Err(format!("credential `{name}` is defined twice"));
+                errors.push(BuildError::new(&name, Vec::new(), "is defined twice"));
+                continue;
             }
             let kind = match spec {
                 CredentialSpec::Static { key } => match bearer(&key) {
                     Some(v) => Kind::Static(Some(v)),
                     None => {
-                        return Err(format!(
-                            "credential `{name}`: the key is not a valid HTTP header value"
-                        ))
+                        errors.push(BuildError::new(
+                            &name,
+                            vec![Segment::Key("key".into())],
+                            "is not a valid HTTP header value",
+                        ));
+                        continue;
                     }
                 },
                 CredentialSpec::Pool {
@@ -462,37 +388,49 @@ impl Credentials {
                     cooldown,
                 } => {
                     let mut values = Vec::with_capacity(keys.len());
+                    let before = errors.len();
                     for (i, k) in keys.iter().enumerate() {
                         match bearer(k) {
                             Some(v) => values.push(v),
-                            None => {
-                                return Err(format!(
-                                "credential `{name}`: keys[{i}] is not a valid HTTP header value"
-                            ))
-                            }
+                            None => errors.push(BuildError::new(
+                                &name,
+                                vec![Segment::Key("keys".into()), Segment::Index(i)],
+                                "is not a valid HTTP header value",
+                            )),
                         }
                     }
-                    if values.is_empty() {
-                        return Err(format!(
-                            "credential `{name}`: a pool needs at least one key"
+                    if keys.is_empty() {
+                        errors.push(BuildError::new(
+                            &name,
+                            vec![Segment::Key("keys".into())],
+                            "a pool needs at least one key",
                         ));
+                    }
+                    if errors.len() > before {
+                        continue;
                     }
                     Kind::Pool(pool::Pool::new(values, strategy, cooldown))
                 }
-                CredentialSpec::OAuth2(s) => {
-                    let client = client.clone().ok_or("no HTTP client")?;
-                    Kind::Fetched(Arc::new(fetched::Fetched::new(
+                CredentialSpec::OAuth2(s) => match shared_client(&mut client) {
+                    Ok(c) => Kind::Fetched(Arc::new(fetched::Fetched::new(
                         &name,
-                        source::Source::OAuth2(s, client),
-                    )))
-                }
-                CredentialSpec::TokenEndpoint(s) => {
-                    let client = client.clone().ok_or("no HTTP client")?;
-                    Kind::Fetched(Arc::new(fetched::Fetched::new(
+                        source::Source::OAuth2(s, c),
+                    ))),
+                    Err(message) => {
+                        errors.push(BuildError::new(&name, Vec::new(), message));
+                        continue;
+                    }
+                },
+                CredentialSpec::TokenEndpoint(s) => match shared_client(&mut client) {
+                    Ok(c) => Kind::Fetched(Arc::new(fetched::Fetched::new(
                         &name,
-                        source::Source::Endpoint(s, client),
-                    )))
-                }
+                        source::Source::Endpoint(s, c),
+                    ))),
+                    Err(message) => {
+                        errors.push(BuildError::new(&name, Vec::new(), message));
+                        continue;
+                    }
+                },
                 CredentialSpec::Command(s) => Kind::Fetched(Arc::new(fetched::Fetched::new(
                     &name,
                     source::Source::Command(s),
@@ -501,7 +439,11 @@ impl Credentials {
             let credential = Arc::new(Credential::new(&name, kind));
             by_name.insert(name, credential);
         }
-        Ok(Credentials { by_name })
+        if errors.is_empty() {
+            Ok(Credentials { by_name })
+        } else {
+            Err(errors)
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Credential>> {

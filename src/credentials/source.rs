@@ -13,7 +13,9 @@ use base64::Engine as _;
 use http::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::Value;
 
-use super::{AuthStyle, CommandSpec, OAuth2Spec, OutputFormat, TokenBody, TokenEndpointSpec};
+use super::{
+    AuthStyle, CommandSpec, CredentialKind, OAuth2Spec, OutputFormat, TokenBody, TokenEndpointSpec,
+};
 use crate::config::raw_credentials::DEFAULT_TOKEN_TTL;
 
 /// Largest token answer read (HTTP body or command stdout); real ones are a few KiB.
@@ -46,11 +48,11 @@ pub(super) fn http_client() -> Result<reqwest::Client, String> {
 }
 
 impl Source {
-    pub(super) fn kind(&self) -> &'static str {
+    pub(super) fn kind(&self) -> CredentialKind {
         match self {
-            Source::OAuth2(..) => "oauth2",
-            Source::Endpoint(..) => "token_endpoint",
-            Source::Command(_) => "command",
+            Source::OAuth2(..) => CredentialKind::OAuth2,
+            Source::Endpoint(..) => CredentialKind::TokenEndpoint,
+            Source::Command(_) => CredentialKind::Command,
         }
     }
 

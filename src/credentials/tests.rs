@@ -72,7 +72,7 @@ async fn single_flight_on_a_cold_cache() {
     assert_eq!(m.state.fetches(), 1);
     assert_eq!(c.fetch_count(), 1);
     assert!(c.is_fetched());
-    assert_eq!(c.kind(), "oauth2");
+    assert_eq!(c.kind(), CredentialKind::OAuth2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,7 +242,7 @@ async fn token_endpoint_with_json_body_pointers_and_prefix() {
             m.token_url()
         ),
     );
-    assert_eq!(c.kind(), "token_endpoint");
+    assert_eq!(c.kind(), CredentialKind::TokenEndpoint);
     assert_eq!(auth(&c.lease().await.unwrap()), "Token tok-1");
     let req = m.state.last_request().unwrap();
     assert_eq!(req.headers["content-type"], "application/json");
@@ -288,7 +288,7 @@ async fn command_plain_json_failure_and_timeout() {
     );
     assert_eq!(auth(&plain.lease().await.unwrap()), "Bearer tok-cmd");
     assert_eq!(plain.fetch_count(), 1);
-    assert_eq!(plain.kind(), "command");
+    assert_eq!(plain.kind(), CredentialKind::Command);
 
     let json = one(
         "cloud-json",
@@ -457,7 +457,7 @@ async fn static_keys() {
     assert_eq!(auth(&l), "Bearer up-key");
     assert!(l.authorization.is_sensitive());
     assert_eq!(c.name(), "legacy");
-    assert_eq!(c.kind(), "static");
+    assert_eq!(c.kind(), CredentialKind::Static);
     let broken = Credentials::static_key("broken", Secret::new("a\nb"));
     assert!(broken.lease().await.is_err());
     let s = one("sophnet", "{type: static, key: sk-abc}");
@@ -467,14 +467,56 @@ async fn static_keys() {
 #[test]
 fn build_rejects_duplicates_and_lists_names() {
     let s = || spec("{type: static, key: k}");
-    let err = Credentials::build(vec![("x".into(), s()), ("x".into(), s())])
+    let errs = Credentials::build(vec![("x".into(), s()), ("x".into(), s())])
         .err()
         .unwrap();
-    assert!(err.contains("`x`"), "{err}");
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].to_string(), "credentials.x: is defined twice");
     let set = Credentials::build(vec![("b".into(), s()), ("a".into(), s())]).unwrap();
     assert_eq!(set.names(), ["a", "b"]);
     assert_eq!(set.len(), 2);
     assert!(set.get("c").is_none());
+}
+
+/// Specs edited after validation (as `sophgate test` does) are checked again, every problem
+/// named by its path under `credentials:` and none echoing a key.
+#[test]
+fn build_reports_every_unusable_entry_by_path() {
+    let specs = vec![
+        (
+            "s".to_owned(),
+            CredentialSpec::Static {
+                key: Secret::new("sk-a\nb"),
+            },
+        ),
+        (
+            "p".to_owned(),
+            CredentialSpec::Pool {
+                keys: vec![Secret::new("ok"), Secret::new("sk-c\u{1}d")],
+                strategy: PoolStrategy::RoundRobin,
+                cooldown: Duration::from_secs(1),
+            },
+        ),
+        (
+            "e".to_owned(),
+            CredentialSpec::Pool {
+                keys: Vec::new(),
+                strategy: PoolStrategy::RoundRobin,
+                cooldown: Duration::from_secs(1),
+            },
+        ),
+    ];
+    let errs = Credentials::build(specs).err().unwrap();
+    let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "credentials.s.key: is not a valid HTTP header value",
+            "credentials.p.keys[1]: is not a valid HTTP header value",
+            "credentials.e.keys: a pool needs at least one key",
+        ]
+    );
+    assert!(!format!("{errs:?}").contains("sk-"));
 }
 
 #[tokio::test]

@@ -14,7 +14,8 @@ use super::stages::ip_acl::IpAcl;
 use super::stages::routing::{Route, RouteTable};
 use super::upstream::forward::Upstream;
 use super::upstream::models::static_list;
-use crate::config::{Config, PluginSource};
+use crate::config::yaml_path::{k, Segment};
+use crate::config::{BuildError, Config, ConfigError, PluginSource};
 use crate::credentials::Credentials;
 use crate::scripting::{PluginSpec, Plugins};
 
@@ -52,8 +53,9 @@ fn sha256_hex(data: &[u8]) -> String {
         .collect()
 }
 
-/// Reads and compiles the config's plugins; errors name the file, line and column.
-fn load_plugins(config: &Config) -> Result<(Plugins, Vec<PluginSourceInfo>), String> {
+/// Reads and compiles the config's plugins. Errors name the plugin's entry in the config
+/// (`plugins[i]`, with its line) and, for a script error, the script's file, line and column.
+fn load_plugins(config: &Config) -> Result<(Plugins, Vec<PluginSourceInfo>), Vec<ConfigError>> {
     let mut specs = Vec::with_capacity(config.plugins.len());
     let mut infos = Vec::with_capacity(config.plugins.len());
     let mut errors = Vec::new();
@@ -71,14 +73,19 @@ fn load_plugins(config: &Config) -> Result<(Plugins, Vec<PluginSourceInfo>), Str
             PluginSource::File(path) => match std::fs::read_to_string(path) {
                 Ok(s) => (s, Some(path.clone())),
                 Err(e) => {
-                    errors.push(format!("{}: cannot read plugin: {e}", path.display()));
+                    errors.push(config.error_at(
+                        &p.yaml_path(),
+                        format!("cannot read plugin file {}: {e}", path.display()),
+                    ));
                     continue;
                 }
             },
             PluginSource::Bundled(name) => match crate::scripting::bundled(name) {
                 Some(s) => (s.to_owned(), None),
                 None => {
-                    errors.push(format!("{}: no bundled plugin named {name}", p.name));
+                    errors.push(
+                        config.error_at(&p.yaml_path(), format!("no bundled plugin named {name}")),
+                    );
                     continue;
                 }
             },
@@ -95,13 +102,19 @@ fn load_plugins(config: &Config) -> Result<(Plugins, Vec<PluginSourceInfo>), Str
         });
     }
     if !errors.is_empty() {
-        return Err(errors.join("\n"));
+        return Err(errors);
     }
     let plugins = Plugins::compile(specs, config.script_limits).map_err(|errs| {
         errs.iter()
-            .map(|e| e.to_string())
+            .map(|e| {
+                let entry = config
+                    .plugins
+                    .iter()
+                    .find(|p| !p.implicit && p.name == e.plugin);
+                let path = entry.map(|p| p.yaml_path()).unwrap_or_default();
+                config.error_at(&path, e.to_string())
+            })
             .collect::<Vec<_>>()
-            .join("\n")
     })?;
     Ok((plugins, infos))
 }
@@ -118,26 +131,33 @@ impl std::fmt::Debug for Generation {
 }
 
 impl Generation {
-    /// Derives everything a request needs from `config`. Fails without side effects.
-    pub fn build(config: Config, number: u64) -> Result<Generation, String> {
+    /// Derives everything a request needs from `config`. Fails without side effects, with
+    /// every problem located in the config file. Validation has already rejected all that the
+    /// config alone decides; what is left fails here only when run (an HTTP client, a script).
+    pub fn build(config: Config, number: u64) -> Result<Generation, BuildError> {
+        let mut errors: Vec<ConfigError> = Vec::new();
         let acl = IpAcl::new(&config.ip_allow, &config.ip_deny, &config.trusted_proxies);
-        let keys = KeyTable::new(&config.keys, config.passthrough_unknown_keys)?;
+        let keys = KeyTable::new(&config.keys, config.passthrough_unknown_keys)
+            .map_err(|e| errors.push(config.error_at(&[], e)));
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for def in &config.upstreams {
-            upstreams.push(Arc::new(Upstream::new(def)?));
+            match Upstream::new(def) {
+                Ok(u) => upstreams.push(Arc::new(u)),
+                Err(e) => errors.push(config.error_at(&def.yaml_path(), e)),
+            }
         }
-        let default_upstream = upstreams
-            .first()
-            .cloned()
-            .ok_or_else(|| "no default upstream".to_string())?;
         let by_name = |name: &str| upstreams.iter().find(|u| u.name == name).cloned();
         let mut routes = Vec::with_capacity(config.routes.len());
-        for r in &config.routes {
+        for (i, r) in config.routes.iter().enumerate() {
             let mut list = Vec::with_capacity(r.upstreams.len());
             for name in &r.upstreams {
-                list.push(
-                    by_name(name).ok_or_else(|| format!("routes: no upstream named {name}"))?,
-                );
+                match by_name(name) {
+                    Some(u) => list.push(u),
+                    None => errors.push(config.error_at(
+                        &[k("routes"), Segment::Index(i), k("upstreams")],
+                        format!("no upstream named `{name}`"),
+                    )),
+                }
             }
             routes.push(Route {
                 models: r.models.clone(),
@@ -147,9 +167,25 @@ impl Generation {
                 backoff: r.backoff,
             });
         }
-        let credentials = Credentials::build(config.credentials.clone())?;
+        let credentials = Credentials::build(config.credentials.clone()).map_err(|errs| {
+            for e in errs {
+                errors.push(config.error_at(&e.path(), e.message));
+            }
+        });
+        let plugins = load_plugins(&config).map_err(|errs| errors.extend(errs));
+        if config.upstreams.is_empty() {
+            errors.push(config.error_at(&[], "no default upstream"));
+        }
+        let default_upstream = upstreams.first().cloned();
+        let (Ok(keys), Ok(credentials), Ok((plugins, plugin_sources)), Some(default_upstream)) =
+            (keys, credentials, plugins, default_upstream)
+        else {
+            return Err(BuildError::config(errors));
+        };
+        if !errors.is_empty() {
+            return Err(BuildError::config(errors));
+        }
         let static_models = config.models.as_deref().map(static_list);
-        let (plugins, plugin_sources) = load_plugins(&config)?;
         let config_sha256 = config
             .source
             .as_ref()

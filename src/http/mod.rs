@@ -9,8 +9,8 @@
 //!   handler; [`listener`]: the accept loop that tells the two apart;
 //! - [`client`]: the pooled upstream HTTP/1.1 client and its TCP/TLS transport.
 //!
-//! No module here imports from `crate::gateway` (or any other part of the gateway); CI greps
-//! for it.
+//! No module here imports from the gateway (or any other part of the crate);
+//! `scripts/check-layout` checks it in CI.
 
 pub mod client;
 pub mod h2c;

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
-use crate::config::Config;
+use crate::config::{BuildError, Config};
 use crate::gateway::generation::Generation;
 
 /// The outcome of the last reload attempt, for `GET /admin/status`.
@@ -37,7 +37,7 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn new(config: Config) -> Result<Arc<Runtime>, String> {
+    pub fn new(config: Config) -> Result<Arc<Runtime>, BuildError> {
         let config_path = config.source.clone();
         let generation = Generation::build(config, 1)?;
         Ok(Arc::new(Runtime {
@@ -86,13 +86,13 @@ impl Runtime {
 
     /// Re-reads the config file and its plugins and swaps in a new generation in one step.
     /// On any error the current generation keeps serving and the error is kept for status.
-    pub fn reload(&self, trigger: &'static str) -> Result<u64, String> {
+    pub fn reload(&self, trigger: &'static str) -> Result<u64, BuildError> {
         let _one_at_a_time = self.reload_lock.lock();
         let result = self.build_next();
         let record = ReloadRecord {
             at: SystemTime::now(),
             trigger,
-            error: result.as_ref().err().cloned(),
+            error: result.as_ref().err().map(ToString::to_string),
         };
         if let Ok(mut slot) = self.last_reload.lock() {
             *slot = Some(record);
@@ -120,19 +120,16 @@ impl Runtime {
     }
 
     /// [`Runtime::reload`] off the async workers (it reads files and compiles scripts).
-    pub async fn reload_async(self: &Arc<Self>, trigger: &'static str) -> Result<u64, String> {
+    pub async fn reload_async(self: &Arc<Self>, trigger: &'static str) -> Result<u64, BuildError> {
         let rt = self.clone();
         tokio::task::spawn_blocking(move || rt.reload(trigger))
             .await
-            .map_err(|e| format!("reload task failed: {e}"))?
+            .map_err(|e| BuildError::Interrupted(e.to_string()))?
     }
 
-    fn build_next(&self) -> Result<Generation, String> {
-        let path = self
-            .config_path
-            .as_ref()
-            .ok_or_else(|| "this configuration has no file to reload".to_string())?;
-        let config = Config::from_file(path).map_err(|e| e.to_string())?;
+    fn build_next(&self) -> Result<Generation, BuildError> {
+        let path = self.config_path.as_ref().ok_or(BuildError::NoConfigFile)?;
+        let config = Config::from_file(path)?;
         let mut generation = Generation::build(config, 0)?;
         // Numbered only once built: failed attempts leave no gaps.
         generation.number = self.next_number.fetch_add(1, Ordering::Relaxed);

@@ -50,7 +50,7 @@ pub async fn start(listen: SocketAddr, ttft: Duration, itl: Duration) -> Result<
     .await
     .map_err(|e| format!("cannot start the mock upstream: {e}"))?;
     let config = demo_config(mock.addr, listen)?;
-    let runtime = Runtime::new(config)?;
+    let runtime = Runtime::new(config).map_err(|e| e.to_string())?;
     let gateway = match server::spawn(runtime.clone(), listen).await {
         Ok(g) => g,
         Err(e) => {

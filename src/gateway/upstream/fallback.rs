@@ -121,7 +121,7 @@ pub async fn send(
                         tracing::info!(request_id = %rid, credential = c.name(), "upstream refused the token; refetching once");
                         continue;
                     }
-                    if c.kind() == "pool"
+                    if c.is_pool()
                         && !pool_retried
                         && (status == StatusCode::TOO_MANY_REQUESTS
                             || status == StatusCode::UNAUTHORIZED)

@@ -518,3 +518,6 @@ async fn linger<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     };
     let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
+
+#[cfg(test)]
+mod tests;

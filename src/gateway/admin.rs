@@ -84,7 +84,7 @@ async fn run<B>(
     let Some(admin_key) = generation.config.admin_key.as_ref() else {
         return Err(GatewayError::not_found(path));
     };
-    let client_ip = generation.acl.client_ip(peer, req.headers());
+    let client_ip = generation.acl.client_ip(peer, req.headers())?;
     generation.acl.check(client_ip)?;
     let (route_ok, method_ok) = match path {
         "/admin/reload" => (true, req.method() == Method::POST),

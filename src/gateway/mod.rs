@@ -158,7 +158,7 @@ where
     }
 
     // 2. ip_acl (before the method check: a refused client learns nothing of the routes)
-    let client_ip = generation.acl.client_ip(ctx.peer, &parts.headers);
+    let client_ip = generation.acl.client_ip(ctx.peer, &parts.headers)?;
     ctx.set_client_ip(client_ip);
     generation.acl.check(client_ip)?;
     if !route.allows(&parts.method) {

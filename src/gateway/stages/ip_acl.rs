@@ -116,43 +116,43 @@ impl IpAcl {
     /// The address the ACL judges: the peer, unless the peer is a trusted proxy, in which case
     /// the right-most address of `X-Forwarded-For` that is not itself a trusted proxy (or
     /// `X-Real-IP` when there is no `X-Forwarded-For`).
-    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    ///
+    /// Fails closed (403 `ip_not_allowed`) when the peer is trusted but the hop that decides
+    /// cannot be read: a hop that is not an address (`unknown`, bytes that are not visible
+    /// ASCII, an empty hop) before any untrusted one, or an unreadable `X-Real-IP`. Falling
+    /// back to the peer there would judge the trusted proxy's own address instead of the
+    /// client's.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> Result<IpAddr, GatewayError> {
         let peer = canonical(peer);
         if self.trusted.is_empty() || !self.trusted.contains(peer) {
-            return peer;
+            return Ok(peer);
         }
-        let mut saw_xff = false;
-        // Hops are appended left to right; walk from the nearest one back.
-        let mut hops: Vec<IpAddr> = Vec::new();
-        for value in headers.get_all("x-forwarded-for") {
-            saw_xff = true;
-            let Ok(s) = value.to_str() else {
-                return peer;
-            };
-            for part in s.split(',') {
-                match parse_hop(part) {
-                    Some(ip) => hops.push(ip),
-                    // A malformed hop: stop believing anything further left.
-                    None => hops.clear(),
+        let mut forwarded = headers.get_all("x-forwarded-for").iter().peekable();
+        if forwarded.peek().is_some() {
+            // Hops are appended left to right (several headers in order): walk from the
+            // nearest one back.
+            let values: Vec<&[u8]> = forwarded.map(|v| v.as_bytes()).collect();
+            let mut leftmost = None;
+            for value in values.iter().rev() {
+                for hop in value.rsplit(|&b| b == b',') {
+                    let Some(ip) = parse_hop(hop) else {
+                        return Err(unreadable("an X-Forwarded-For hop is not an address"));
+                    };
+                    if !self.trusted.contains(ip) {
+                        return Ok(ip);
+                    }
+                    leftmost = Some(ip);
                 }
             }
+            // Every hop is a trusted proxy: the first one is where the request began.
+            return leftmost.ok_or_else(|| unreadable("X-Forwarded-For has no hop"));
         }
-        if saw_xff {
-            for ip in hops.iter().rev() {
-                if !self.trusted.contains(*ip) {
-                    return *ip;
-                }
+        match headers.get("x-real-ip") {
+            Some(v) => {
+                parse_hop(v.as_bytes()).ok_or_else(|| unreadable("X-Real-IP is not an address"))
             }
-            return hops.first().copied().unwrap_or(peer);
+            None => Ok(peer),
         }
-        if let Some(real) = headers
-            .get("x-real-ip")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_hop)
-        {
-            return real;
-        }
-        peer
     }
 
     pub fn check(&self, ip: IpAddr) -> Result<(), GatewayError> {
@@ -167,22 +167,41 @@ impl IpAcl {
     }
 }
 
-fn parse_hop(s: &str) -> Option<IpAddr> {
-    let s = s.trim();
+/// The refusal of a request whose client address cannot be told.
+fn unreadable(reason: &'static str) -> GatewayError {
+    tracing::warn!(
+        reason,
+        "client address unreadable behind a trusted proxy; refused"
+    );
+    GatewayError::new(
+        ErrorKind::Forbidden,
+        "ip_not_allowed",
+        "Access denied: the client address could not be determined",
+    )
+}
+
+/// One hop: an address, `v4:port`, `[v6]` or `[v6]:port`, with optional whitespace around.
+/// Anything else (including bytes that are not ASCII) is `None`.
+fn parse_hop(raw: &[u8]) -> Option<IpAddr> {
+    let s = std::str::from_utf8(raw.trim_ascii()).ok()?;
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Some(canonical(ip));
     }
-    // `[v6]:port` or `v4:port`
     if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
         return Some(canonical(sa.ip()));
     }
-    None
+    let bracketed = s.strip_prefix('[')?.strip_suffix(']')?;
+    bracketed
+        .parse::<std::net::Ipv6Addr>()
+        .ok()
+        .map(|v6| canonical(IpAddr::V6(v6)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::validate::parse_net;
+    use http::HeaderValue;
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
         list.iter().map(|s| parse_net(s).unwrap()).collect()
@@ -223,12 +242,91 @@ mod tests {
             "6.6.6.6, 5.5.5.5, 10.1.1.1".parse().unwrap(),
         );
         // untrusted peer: header ignored
-        assert_eq!(acl.client_ip(ip("9.9.9.9"), &h), ip("9.9.9.9"));
+        assert_eq!(acl.client_ip(ip("9.9.9.9"), &h).unwrap(), ip("9.9.9.9"));
         // trusted peer: right-most untrusted hop
-        assert_eq!(acl.client_ip(ip("127.0.0.1"), &h), ip("5.5.5.5"));
+        assert_eq!(acl.client_ip(ip("127.0.0.1"), &h).unwrap(), ip("5.5.5.5"));
         let mut r = HeaderMap::new();
         r.insert("x-real-ip", "7.7.7.7".parse().unwrap());
-        assert_eq!(acl.client_ip(ip("127.0.0.1"), &r), ip("7.7.7.7"));
-        assert_eq!(acl.client_ip(ip("8.8.8.8"), &r), ip("8.8.8.8"));
+        assert_eq!(acl.client_ip(ip("127.0.0.1"), &r).unwrap(), ip("7.7.7.7"));
+        assert_eq!(acl.client_ip(ip("8.8.8.8"), &r).unwrap(), ip("8.8.8.8"));
+    }
+
+    fn xff(values: &[&[u8]]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", HeaderValue::from_bytes(v).unwrap());
+        }
+        h
+    }
+
+    /// Behind a trusted proxy that appends the client (nginx's `$proxy_add_x_forwarded_for`),
+    /// whatever the client put in front, the right-most untrusted hop is the client; where the
+    /// deciding hop cannot be read the request is refused, never judged as the proxy's address.
+    #[test]
+    fn unreadable_forwarded_hops_fail_closed() {
+        let acl = IpAcl::new(&[], &nets(&["6.6.6.6"]), &nets(&["127.0.0.1"]));
+        let proxy = ip("127.0.0.1");
+        let refused = |h: &HeaderMap| {
+            let e = acl.client_ip(proxy, h).unwrap_err();
+            assert_eq!((e.status().as_u16(), e.code), (403, "ip_not_allowed"));
+        };
+        // Junk the client sent left of what the proxy appended does not matter.
+        for junk in [
+            &b"a\xff"[..],
+            b"unknown",
+            b"[::1",
+            b"",
+            b" , ",
+            b"1.2.3.4.5",
+        ] {
+            let mut v = junk.to_vec();
+            v.extend_from_slice(b", 6.6.6.6");
+            let got = acl.client_ip(proxy, &xff(&[&v])).unwrap();
+            assert_eq!(got, ip("6.6.6.6"), "{:?}", String::from_utf8_lossy(junk));
+            assert!(acl.check(got).is_err());
+        }
+        // The deciding hop unreadable: refused (it used to fall back to the proxy's address).
+        refused(&xff(&[b"6.6.6.6, a\xff"]));
+        refused(&xff(&[b"6.6.6.6, unknown"]));
+        refused(&xff(&[b"6.6.6.6,"]));
+        refused(&xff(&[b"6.6.6.6, , 127.0.0.1"]));
+        refused(&xff(&[b"6.6.6.6", b"garbage"]));
+        refused(&xff(&[b"[::1"]));
+        let mut real = HeaderMap::new();
+        real.insert("x-real-ip", HeaderValue::from_static("unknown"));
+        refused(&real);
+        // Bytes that are not visible ASCII, in a header value `to_str` refuses.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"6.6.6.6, 5.5.5.5\xff").unwrap(),
+        );
+        refused(&h);
+        // Readable forms: bracketed IPv6 with and without port, v4 with port, many headers.
+        assert_eq!(
+            acl.client_ip(proxy, &xff(&[b"[2001:db8::1]"])).unwrap(),
+            ip("2001:db8::1")
+        );
+        assert_eq!(
+            acl.client_ip(proxy, &xff(&[b"[2001:db8::1]:443"])).unwrap(),
+            ip("2001:db8::1")
+        );
+        assert_eq!(
+            acl.client_ip(proxy, &xff(&[b"6.6.6.6:80"])).unwrap(),
+            ip("6.6.6.6")
+        );
+        assert_eq!(
+            acl.client_ip(
+                proxy,
+                &xff(&[b"1.1.1.1", b"2.2.2.2, 127.0.0.1", b"127.0.0.1"])
+            )
+            .unwrap(),
+            ip("2.2.2.2")
+        );
+        // Only trusted hops: the left-most is the origin.
+        assert_eq!(
+            acl.client_ip(proxy, &xff(&[b"127.0.0.1"])).unwrap(),
+            ip("127.0.0.1")
+        );
     }
 }

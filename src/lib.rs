@@ -22,7 +22,6 @@ pub mod runtime;
 pub mod scripting;
 pub mod secret;
 pub mod server;
-pub mod token_mock;
 pub mod watch;
 
 pub use config::Config;

@@ -1,12 +1,9 @@
 //! SSE relay: events reach the client as they are produced, unchanged, `[DONE]` included.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use serde_json::json;
 use sophgate::mock::MockOptions;
@@ -157,7 +154,6 @@ async fn a_stream_the_client_reads_late_arrives_whole() {
     // the gateway's writes block while events keep coming, and the upstream finishes
     // meanwhile. Every event must still arrive, and the stream must not wait for a wake-up
     // that was already spent (skipping the body's poll after a write that waited stalls it).
-    use common::raw_upstream::{gateway_for, upstream, Mode};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (bursts, events) = (1000, 100);
     let up = upstream(Mode::Bursts(bursts, events, 1)).await;

@@ -1,16 +1,13 @@
 //! Fetched credentials end to end: single flight, refresh ahead of expiry, 401 → refetch →
 //! retry, failure handling, pools with cooldown — real token server, real upstream mock.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use sophgate::mock::{self, MockOptions, TokenCheck};
-use sophgate::token_mock::{self, TokenMock, TokenMockOptions};
+use testkit::token_mock::{self, TokenMock, TokenMockOptions};
 
 async fn token_server(ttl: Duration) -> TokenMock {
     token_mock::spawn(

@@ -11,7 +11,7 @@ use sophgate::mock::MockOptions;
 #[tokio::test]
 async fn first_event_arrives_before_upstream_finishes() {
     let opts = MockOptions {
-        itl: Duration::from_millis(150),
+        itl: Duration::from_millis(250),
         tokens: 6,
         ..MockOptions::default()
     };
@@ -32,10 +32,11 @@ async fn first_event_arrives_before_upstream_finishes() {
     let first = stream.next().await.unwrap().unwrap();
     let first_at = started.elapsed();
     assert!(first.starts_with(b"data: "), "{first:?}");
-    // The upstream needs 8 × 150 ms for the whole answer; the first event must not wait for it.
+    // The upstream needs 8 × 250 ms for the whole answer; the first event must not wait for it
+    // (the bound leaves room for a loaded machine and is still below those 2 s).
     assert_eq!(env.mock.stats.streams_completed.load(Ordering::SeqCst), 0);
     assert!(
-        first_at < Duration::from_millis(600),
+        first_at < Duration::from_millis(1200),
         "first event after {first_at:?}"
     );
     let mut rest = Vec::new();

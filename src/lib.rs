@@ -17,7 +17,6 @@ pub mod logging;
 pub mod reload;
 pub mod scripting;
 pub mod secret;
-pub mod token_mock;
 pub mod tools;
 
 pub use config::Config;

@@ -8,7 +8,7 @@ use http::StatusCode;
 
 use super::*;
 use crate::config::raw_credentials::{validate_credential, RawCredential};
-use crate::token_mock::{self, TokenMock, TokenMockOptions};
+use testkit::token_mock::{self, TokenMock, TokenMockOptions};
 
 const SECRET: &str = "cs-very-secret-value";
 

@@ -1,7 +1,8 @@
-//! The small HTTP server the mocks share (mock upstream, token server, the fixture runner's
-//! recording upstream): an accept loop that serves a handler on every connection and, when
-//! its [`ServerGuard`] drops, closes every open connection too — an upstream that really goes
-//! away, not one that keeps serving old keep-alive connections.
+//! The small HTTP server the mocks share (mock upstream, the fixture runner's recording
+//! upstream; testkit's token mock has a copy, as testkit cannot depend on sophgate): an accept
+//! loop that serves a handler on every connection and, when its [`ServerGuard`] drops, closes
+//! every open connection too — an upstream that really goes away, not one that keeps serving
+//! old keep-alive connections.
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -1,9 +1,6 @@
 //! `workers: 1` runs the real binary on tokio's current-thread scheduler, `workers: 2` on the
 //! multi-thread one: both must serve plain and streamed requests, reload on SIGHUP (the reload
 //! runs on the blocking pool) and exit cleanly on SIGTERM.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -14,7 +11,7 @@ async fn serves_reloads_and_stops_with(workers: usize) {
     let mock = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
         .await
         .unwrap();
-    let port = common::free_port();
+    let port = crate::common::free_port();
     let dir =
         std::env::temp_dir().join(format!("sophgate-workers-{workers}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -33,7 +30,7 @@ async fn serves_reloads_and_stops_with(workers: usize) {
         .env_remove("SOPHGATE_LOG")
         .spawn()
         .unwrap();
-    common::wait_for_listener(port).await;
+    crate::common::wait_for_listener(port).await;
     let c = reqwest::Client::builder().no_proxy().build().unwrap();
     let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
     let ask = |key: &'static str, stream: bool| {

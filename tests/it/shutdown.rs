@@ -1,11 +1,8 @@
 //! Graceful shutdown: stop accepting, let in-flight streams finish.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use sophgate::tools::mock::MockOptions;
 

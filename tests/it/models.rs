@@ -1,10 +1,7 @@
 //! `/v1/models`: static list, or the upstream's list cached `models_cache_ttl` seconds, with
 //! the stale copy served when the upstream fails and 502 when there is no copy.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use sophgate::tools::mock::{self, MockOptions};
 
 async fn models(env: &Env) -> reqwest::Response {

@@ -1,8 +1,5 @@
 //! The access log: one line per request with the fields operators need, and never a key or
 //! an Authorization value — checked on the real binary's output at DEBUG level.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -20,9 +17,9 @@ async fn access_log_has_the_fields_and_no_secrets() {
     let mock = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
         .await
         .unwrap();
-    let tokens = sophgate::token_mock::spawn(
+    let tokens = testkit::token_mock::spawn(
         "127.0.0.1:0".parse().unwrap(),
-        sophgate::token_mock::TokenMockOptions {
+        testkit::token_mock::TokenMockOptions {
             ttl: Duration::from_secs(300),
             client_id: "gw".into(),
             client_secret: CLIENT_SECRET.into(),
@@ -30,7 +27,7 @@ async fn access_log_has_the_fields_and_no_secrets() {
     )
     .await
     .unwrap();
-    let port = common::free_port();
+    let port = crate::common::free_port();
     let dir = std::env::temp_dir().join(format!("sophgate-logs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("config.yml");
@@ -61,7 +58,7 @@ async fn access_log_has_the_fields_and_no_secrets() {
             let _ = tx.send(line);
         }
     });
-    common::wait_for_listener(port).await;
+    crate::common::wait_for_listener(port).await;
     let c = reqwest::Client::builder().no_proxy().build().unwrap();
     let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
     let body =
@@ -148,7 +145,7 @@ fn log_file_is_written_with_daily_rotation_naming() {
     let dir = std::env::temp_dir().join(format!("sophgate-logfile-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("config.yml");
-    let port = common::free_port();
+    let port = crate::common::free_port();
     std::fs::write(
         &cfg,
         format!(

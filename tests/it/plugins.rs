@@ -1,14 +1,11 @@
 //! The plugin stage end to end: hooks change what goes upstream and what comes back, the
 //! error contract, the sandbox under load, and the bundled plugins loaded by path.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use sophgate::config::Config;
 use sophgate::gateway::server;
 use sophgate::reload::Runtime;

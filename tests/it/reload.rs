@@ -1,15 +1,12 @@
 //! Hot reload: plugin and config edits take effect within seconds while traffic flows, broken
 //! versions change nothing, no request fails or sees a mix of generations; admin endpoints.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use sophgate::config::Config;
 use sophgate::gateway::server;

@@ -1,12 +1,9 @@
 //! Every error the gateway makes itself has the right status and the OpenAI shape; upstream
 //! errors pass through unchanged; bad input never stops the gateway serving.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use sophgate::tools::mock::MockOptions;
 
 #[tokio::test]

@@ -1,12 +1,9 @@
 //! IP allow/deny lists with CIDRs (v4 and v6), deny winning, and forwarded headers believed
 //! only from trusted proxies.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::net::{IpAddr, SocketAddr};
 
-use common::*;
+use crate::common::*;
 use sophgate::tools::mock::{self, MockOptions};
 
 async fn get_models_from(env: &Env, local: Option<IpAddr>, xff: Option<&str>) -> reqwest::Response {

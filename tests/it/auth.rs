@@ -1,9 +1,6 @@
 //! Auth mapping: the upstream sees the mapped key, never the client key.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use sophgate::tools::mock::MockOptions;
 
 #[tokio::test]

@@ -1,9 +1,6 @@
 //! `default_*` fill only absent fields; `field_aliases` renames keys recursively.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use sophgate::tools::mock::MockOptions;
 

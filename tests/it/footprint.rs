@@ -2,12 +2,9 @@
 //! it in every open connection, idle or streaming), so its size is allocated and moved once per
 //! request. Rare, heavy paths (token fetches, model lists, admin reloads) are boxed inside it to
 //! keep it small; this guards that.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http_body_util::Full;
 use sophgate::tools::mock::MockOptions;
 

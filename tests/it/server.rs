@@ -1,13 +1,10 @@
 //! The accept loop: HTTP/1.1 and h2c (prior knowledge) on one port, told apart by peeking at the
 //! first bytes; silent or stalled connections are closed after `header_read_timeout`, idle h2c
 //! connections after `keep_alive_timeout`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use sophgate::tools::mock::MockOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

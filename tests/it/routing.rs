@@ -1,12 +1,9 @@
 //! Routes across upstreams: fallback before the first byte on 429, 5xx and refused
 //! connections; never a retry after it; model renaming; merged and filtered `/v1/models`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::sync::atomic::Ordering;
 
-use common::*;
+use crate::common::*;
 use sophgate::tools::mock::{self, MockHandle, MockOptions};
 
 async fn two_upstreams(a_base: &str, extra: &str) -> (Env, MockHandle) {

@@ -1,16 +1,13 @@
 //! `https://` upstreams through the pooled client: a real TLS server (rustls, the test
 //! certificate in tests/fixtures/tls) in front of the mock upstream, trusted through
 //! `api_ca_file`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use sophgate::config::Config;
 use sophgate::tools::mock::{self, MockOptions};

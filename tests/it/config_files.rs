@@ -1,6 +1,5 @@
 //! Config files: the Python forwarder's config.yml and our config.yml.example load unchanged;
 //! `sophgate check` / `serve` report every error with file, path and line, exit code 2.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
 use std::time::Duration;

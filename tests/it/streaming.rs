@@ -1,12 +1,9 @@
 //! SSE relay: events reach the client as they are produced, unchanged, `[DONE]` included.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use serde_json::json;
 use sophgate::tools::mock::MockOptions;
@@ -14,7 +11,7 @@ use sophgate::tools::mock::MockOptions;
 #[tokio::test]
 async fn first_event_arrives_before_upstream_finishes() {
     let opts = MockOptions {
-        itl: Duration::from_millis(150),
+        itl: Duration::from_millis(250),
         tokens: 6,
         ..MockOptions::default()
     };
@@ -35,10 +32,11 @@ async fn first_event_arrives_before_upstream_finishes() {
     let first = stream.next().await.unwrap().unwrap();
     let first_at = started.elapsed();
     assert!(first.starts_with(b"data: "), "{first:?}");
-    // The upstream needs 8 × 150 ms for the whole answer; the first event must not wait for it.
+    // The upstream needs 8 × 250 ms for the whole answer; the first event must not wait for it
+    // (the bound leaves room for a loaded machine and is still below those 2 s).
     assert_eq!(env.mock.stats.streams_completed.load(Ordering::SeqCst), 0);
     assert!(
-        first_at < Duration::from_millis(600),
+        first_at < Duration::from_millis(1200),
         "first event after {first_at:?}"
     );
     let mut rest = Vec::new();
@@ -157,7 +155,6 @@ async fn a_stream_the_client_reads_late_arrives_whole() {
     // the gateway's writes block while events keep coming, and the upstream finishes
     // meanwhile. Every event must still arrive, and the stream must not wait for a wake-up
     // that was already spent (skipping the body's poll after a write that waited stalls it).
-    use common::raw_upstream::{gateway_for, upstream, Mode};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (bursts, events) = (1000, 100);
     let up = upstream(Mode::Bursts(bursts, events, 1)).await;

@@ -1,7 +1,6 @@
-//! Test harness: a real mock upstream and a real gateway, both on loopback port 0.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
-
-pub mod raw_upstream;
+//! Test harness: a real mock upstream and a real gateway, both on loopback port 0. Helpers
+//! that need no sophgate types (the token mock, the raw-socket upstream, ports, polling) are
+//! in the `testkit` crate and re-exported here.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +9,8 @@ use sophgate::config::Config;
 use sophgate::gateway::server::{self, ServerHandle};
 use sophgate::reload::Runtime;
 use sophgate::tools::mock::{self, MockHandle, MockOptions};
+pub use testkit::raw_upstream::{upstream, Mode, Upstream};
+pub use testkit::{eventually, free_port, wait_for_listener};
 
 pub const CLIENT_KEY: &str = "sk-test-client";
 pub const UPSTREAM_KEY: &str = "up-test-secret";
@@ -94,44 +95,6 @@ pub async fn error_code(resp: reqwest::Response, status: u16) -> String {
     e["code"].as_str().unwrap().to_owned()
 }
 
-/// Waits until `cond` holds, polling for up to `secs` seconds.
-pub async fn eventually(secs: f64, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(secs);
-    while std::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    cond()
-}
-
-/// A loopback port that was free a moment ago: for a child process to listen on, or as an
-/// address where nothing listens.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits (at most 10 s) until something accepts connections on the loopback port: a gateway
-/// started as a child process is up.
-pub async fn wait_for_listener(port: u16) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "gateway did not start"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 /// A gateway whose upstream address has nothing listening (a port that was free a moment ago).
 pub async fn start_with_dead_upstream() -> Env {
     let port = free_port();
@@ -141,4 +104,24 @@ pub async fn start_with_dead_upstream() -> Env {
     let yaml =
         base_yaml(mock.addr, "").replace(&mock.addr.to_string(), &format!("127.0.0.1:{port}"));
     start_gateway(mock, &yaml, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// A gateway whose upstream is the raw-socket `up` (the mock it also starts gets no requests).
+pub async fn gateway_for(up: &Upstream, extra: &str) -> Env {
+    let unused = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
+        .await
+        .unwrap();
+    let yaml = base_yaml(up.addr, extra);
+    start_gateway(unused, &yaml, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// One non-streamed chat request that must be answered 200 by the raw-socket upstream.
+pub async fn ask(env: &Env, i: usize) {
+    let resp = post_chat(env, CLIENT_KEY, chat_body("m", false)).await;
+    assert_eq!(resp.status(), 200, "request {i}");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert!(v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("ok "));
 }

@@ -1,12 +1,9 @@
 //! Extended `api_keys` entries: model globs, rpm / tpm / concurrency limits with Retry-After,
 //! expiry, hashed keys, and usage counted on streams without leaking the injected event.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use sophgate::tools::mock::MockOptions;
 

@@ -1,12 +1,9 @@
 //! A client that goes away cancels the upstream request at once.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use sophgate::tools::mock::MockOptions;
 

@@ -1,6 +1,6 @@
 //! A raw HTTP/1.1 upstream for connection-level tests: counts the connections it accepted, the
 //! requests it read and the connections open now, and closes connections as told.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! `gateway_for` and `ask` (which need sophgate's types) are in `tests/it/common.rs`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,9 +9,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-use super::*;
-use sophgate::tools::mock::{self, MockOptions};
 
 #[derive(Clone, Copy, PartialEq)]
 pub enum Mode {
@@ -147,22 +144,4 @@ async fn serve(mut sock: TcpStream, mode: Mode, requests: Arc<AtomicUsize>) {
             }
         }
     }
-}
-
-pub async fn gateway_for(up: &Upstream, extra: &str) -> Env {
-    let unused = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
-        .await
-        .unwrap();
-    let yaml = base_yaml(up.addr, extra);
-    start_gateway(unused, &yaml, "127.0.0.1:0".parse().unwrap()).await
-}
-
-pub async fn ask(env: &Env, i: usize) {
-    let resp = post_chat(env, CLIENT_KEY, chat_body("m", false)).await;
-    assert_eq!(resp.status(), 200, "request {i}");
-    let v: serde_json::Value = resp.json().await.unwrap();
-    assert!(v["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap()
-        .starts_with("ok "));
 }

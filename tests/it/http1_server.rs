@@ -4,15 +4,11 @@
 //! response framing, a stalled second head, and a client that resets mid-stream.
 //!
 //! Every read is bounded (5 s), so a server that hangs fails a test instead of stalling the run.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::raw_upstream::{gateway_for, upstream, Mode};
-use common::*;
+use crate::common::*;
 use sophgate::tools::mock::MockOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -831,7 +827,7 @@ async fn streams_are_chunked_and_every_response_has_a_date() {
 }
 
 // 13. The header timeout covers later heads on a kept-alive connection too (the first head's
-// stall is in tests/server.rs).
+// stall is in tests/it/server.rs).
 #[tokio::test]
 async fn a_stalled_second_head_is_closed_after_the_header_timeout() {
     let env = start(
@@ -853,7 +849,7 @@ async fn a_stalled_second_head_is_closed_after_the_header_timeout() {
     assert_still_serving(&env).await;
 }
 
-// 14. A client that resets its socket mid-stream (the graceful close is in tests/cancel.rs).
+// 14. A client that resets its socket mid-stream (the graceful close is in tests/it/cancel.rs).
 #[tokio::test]
 async fn a_client_reset_mid_stream_leaves_the_gateway_serving() {
     let opts = MockOptions {

@@ -1,6 +1,5 @@
 //! `sophgate test`: the shipped fixtures pass, a wrong fixture fails with a useful message, a
 //! malformed fixture file is refused, and the real binary reports and exits accordingly.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

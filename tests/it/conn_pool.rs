@@ -1,15 +1,11 @@
 //! The pooled plain-HTTP upstream connections: reused when they can be, never when they
 //! cannot, and a connection the upstream closed while idle costs the client nothing.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::raw_upstream::*;
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn keep_alive_upstream_connection_is_reused() {

@@ -1,0 +1,33 @@
+//! sophgate's integration tests: one test binary (one link of the dependency tree), one module
+//! per feature. Shared helpers are in `common` (those that need sophgate's types) and in the
+//! `testkit` crate (token mock, raw-socket upstream, ports, polling).
+//!
+//! Run one feature with `cargo test --test it <module>::`, e.g. `cargo test --test it tls::`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+mod access_outcome;
+mod auth;
+mod cancel;
+mod config_files;
+mod conn_pool;
+mod credentials;
+mod defaults;
+mod errors;
+mod fixtures_cli;
+mod footprint;
+mod http1_server;
+mod ip_acl;
+mod key_policy;
+mod logs;
+mod models;
+mod plugins;
+mod reload;
+mod routing;
+mod server;
+mod shutdown;
+mod streaming;
+mod tls;
+mod token_mock;
+mod workers;

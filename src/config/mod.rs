@@ -47,7 +47,8 @@ pub struct Config {
     pub limits: Limits,
     /// Tokio worker threads; `None` = one per core.
     pub workers: Option<usize>,
-    /// Plugins in run order: the implicit `field_aliases` first, then `plugins:`.
+    /// `plugins:` in run order, after an implicit entry for the seed key `field_aliases` (listed
+    /// for `/admin/status`; the rewrite phase does that renaming natively, not as a script).
     pub plugins: Vec<PluginConfig>,
     pub script_limits: crate::scripting::ScriptLimits,
     /// Bearer key for `/admin/*`; `None` = admin endpoints disabled.
@@ -117,9 +118,9 @@ pub struct PluginConfig {
     pub name: String,
     pub source: PluginSource,
     pub params: serde_json::Value,
-    /// Loaded by the seed key `field_aliases:` rather than listed under `plugins:`. The
-    /// pipeline runs it natively (the same renaming as plugins/field_aliases.rhai, without
-    /// converting the body to script values — see benches/pipeline.rs `field_aliases`).
+    /// Stands for the seed key `field_aliases:` rather than an entry under `plugins:`: never
+    /// compiled or run as a script; the rewrite phase renames natively (the same renaming as
+    /// plugins/field_aliases.rhai, without converting the body to script values).
     pub implicit: bool,
     /// Its position under `plugins:`; `None` for the implicit one.
     pub index: Option<usize>,

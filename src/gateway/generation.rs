@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::stages::auth::KeyTable;
 use super::stages::ip_acl::IpAcl;
-use super::stages::routing::{Route, RouteTable};
+use super::stages::routing::{ModelRoute, RouteTable};
 use super::upstream::forward::Upstream;
 use super::upstream::models::static_list;
 use crate::config::yaml_path::{k, Segment};
@@ -159,7 +159,7 @@ impl Generation {
                     )),
                 }
             }
-            routes.push(Route {
+            routes.push(ModelRoute {
                 models: r.models.clone(),
                 upstreams: Arc::from(list),
                 rename: r.rename.clone(),

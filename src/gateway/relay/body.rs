@@ -22,9 +22,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 // allocation per request.
 #[allow(clippy::large_enum_variant)]
 pub enum UpstreamStream {
-    /// Read off a pooled plain-HTTP connection (no extra task, no channel hop).
+    /// Read off a pooled connection, plain or TLS (no extra task, no channel hop).
     Pooled(PooledBody),
-    /// reqwest's body stream (HTTPS and proxied upstreams) or any other stream of chunks.
+    /// reqwest's body stream (proxied upstreams, unusual targets) or any other stream of chunks.
     Stream(Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>),
 }
 

@@ -285,7 +285,7 @@ mod tests {
             assert_eq!(got, ip("6.6.6.6"), "{:?}", String::from_utf8_lossy(junk));
             assert!(acl.check(got).is_err());
         }
-        // The deciding hop unreadable: refused (it used to fall back to the proxy's address).
+        // The deciding hop unreadable: refused, never judged as the proxy's own address.
         refused(&xff(&[b"6.6.6.6, a\xff"]));
         refused(&xff(&[b"6.6.6.6, unknown"]));
         refused(&xff(&[b"6.6.6.6,"]));

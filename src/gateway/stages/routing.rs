@@ -12,7 +12,7 @@ use crate::gateway::upstream::forward::Upstream;
 
 /// A compiled `routes:` entry.
 #[derive(Debug)]
-pub struct Route {
+pub struct ModelRoute {
     pub models: Vec<String>,
     pub upstreams: Arc<[Arc<Upstream>]>,
     pub rename: Vec<(String, String)>,
@@ -35,7 +35,7 @@ pub struct Plan {
 pub struct RouteTable {
     /// Every configured upstream, `default` first.
     pub upstreams: Vec<Arc<Upstream>>,
-    pub routes: Vec<Route>,
+    pub routes: Vec<ModelRoute>,
     pub default_upstream: Arc<Upstream>,
     /// The plan of a model no route matches: the default upstream alone.
     pub default_plan: Arc<[Arc<Upstream>]>,
@@ -44,7 +44,7 @@ pub struct RouteTable {
 impl RouteTable {
     pub fn new(
         upstreams: Vec<Arc<Upstream>>,
-        routes: Vec<Route>,
+        routes: Vec<ModelRoute>,
         default_upstream: Arc<Upstream>,
     ) -> Self {
         RouteTable {

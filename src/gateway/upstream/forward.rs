@@ -28,9 +28,9 @@ pub struct Upstream {
     pub name: String,
     /// Name of the credential this upstream uses, if any.
     pub credential: Option<String>,
-    /// HTTPS and proxied requests, and the model list.
+    /// Proxied requests, targets the pool cannot send as they are, and the model list.
     client: reqwest::Client,
-    /// Plain-HTTP upstreams without a proxy: inline-driven pooled connections, with the
+    /// Upstreams without a proxy (http:// and https://): inline-driven pooled connections, with the
     /// `Host` header value to send.
     pool: Option<(Arc<ConnPool>, HeaderValue)>,
     chat_url: String,
@@ -257,7 +257,7 @@ impl Upstream {
         let bodiless = out.method == Method::HEAD;
 
         // A target that is not plain RFC 3986 text (a script may build a path with spaces, say)
-        // goes through reqwest, which percent-encodes it as before.
+        // goes through reqwest, which percent-encodes it.
         let pooled = self.pool.as_ref().and_then(|(pool, host)| {
             let path = out.url.strip_prefix(self.origin.as_str())?;
             let path = if path.is_empty() { "/" } else { path };

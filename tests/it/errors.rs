@@ -34,6 +34,24 @@ async fn bad_requests_are_400_and_the_gateway_keeps_serving() {
     assert_eq!(ok.status(), 200);
 }
 
+/// A chat body that is a JSON array is not a chat request: `[]` used to be forwarded as it
+/// was, and `[1,2]` answered "expected a string" (serde reads a struct from an array).
+#[tokio::test]
+async fn a_json_array_chat_body_is_400_expected_an_object() {
+    let env = start("", MockOptions::default()).await;
+    for body in ["[]", "[1,2]", " [\"mock-model\", []]", "[{}]"] {
+        let resp = post_chat(&env, CLIENT_KEY, body.to_string()).await;
+        assert_eq!(resp.status(), 400, "body {body:?}");
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "invalid_json", "body {body:?}: {v}");
+        assert_eq!(
+            v["error"]["message"], "Invalid JSON body: expected a JSON object",
+            "body {body:?}"
+        );
+    }
+    assert_eq!(env.mock.stats.get(&env.mock.stats.requests), 0);
+}
+
 #[tokio::test]
 async fn unknown_route_is_404_and_wrong_method_is_405() {
     let env = start("", MockOptions::default()).await;

@@ -366,7 +366,7 @@ impl Body for ResponseBody {
                         }
                         if is_sse {
                             // Headers are gone already: the error travels as the last event.
-                            Some(Ok(error_event(msg, code)))
+                            Some(Ok(error_event(msg, "upstream_error", code)))
                         } else {
                             // A plain body cannot carry an error: abort so the client sees a
                             // truncated response rather than a silently short one.

@@ -155,6 +155,9 @@ pub async fn on_response(
     Ok(Response::from_parts(parts, ResponseBody::full(bytes)))
 }
 
+/// The `error.type` of the event that ends a stream whose `on_event` hook failed.
+pub const SCRIPT_ERROR_TYPE: &str = "script_error";
+
 /// Runs `on_event` over each event of a stream, carrying `ctx` from event to event.
 pub struct ScriptEventFilter {
     plugins: Arc<Plugins>,
@@ -217,8 +220,9 @@ impl EventFilter for ScriptEventFilter {
                 EventAction::Replace(Bytes::from(out))
             }
             Err(f) => {
+                // The script failed, not the upstream: the closing event says so.
                 let e = failure_to_error(f);
-                EventAction::Stop(error_event(&e.message, e.code))
+                EventAction::Stop(error_event(&e.message, SCRIPT_ERROR_TYPE, e.code))
             }
         }
     }

@@ -457,8 +457,14 @@ mod tests {
             let e = peek_chat_scanning(array, &[]).unwrap_err();
             assert_eq!(e.message, "Invalid JSON body: expected a JSON object");
         }
-        assert!(peek_chat(b"\"s\"").unwrap_err().message.contains("expected a JSON object"));
-        assert!(!peek_chat(b"[1,").unwrap_err().message.contains("expected a string"));
+        assert!(peek_chat(b"\"s\"")
+            .unwrap_err()
+            .message
+            .contains("expected a JSON object"));
+        assert!(!peek_chat(b"[1,")
+            .unwrap_err()
+            .message
+            .contains("expected a string"));
         assert!(peek_chat(b"{\"model\":").is_err());
         assert!(peek_chat(b"").is_err());
         assert_eq!(peek_chat(b"nope").unwrap_err().status(), 400);

@@ -11,6 +11,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 
 use crate::error::{ErrorKind, GatewayError};
+use crate::gateway::relay::access_log::outcome;
 use crate::gateway::relay::body::{EventAction, EventFilter, ResponseBody};
 use crate::gateway::relay::sse::error_event;
 use crate::gateway::stages::routing::Plan;
@@ -222,7 +223,11 @@ impl EventFilter for ScriptEventFilter {
             Err(f) => {
                 // The script failed, not the upstream: the closing event says so.
                 let e = failure_to_error(f);
-                EventAction::Stop(error_event(&e.message, SCRIPT_ERROR_TYPE, e.code))
+                EventAction::Stop {
+                    event: error_event(&e.message, SCRIPT_ERROR_TYPE, e.code),
+                    outcome: outcome::SCRIPT_ERROR,
+                    code: e.code,
+                }
             }
         }
     }

@@ -71,6 +71,35 @@ async fn unknown_route_is_404_and_wrong_method_is_405() {
     assert_eq!(error_code(resp, 405).await, "method_not_allowed");
 }
 
+/// `/v1/*` passthrough forwards only the API's methods (GET, POST, DELETE); others are 405 and
+/// never reach the upstream.
+#[tokio::test]
+async fn passthrough_forwards_only_get_post_and_delete() {
+    let env = start("", MockOptions::default()).await;
+    let c = client();
+    for method in ["PUT", "PATCH", "OPTIONS", "TRACE", "PROPFIND"] {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let resp = c
+            .request(m, env.url("/v1/files/file-1"))
+            .bearer_auth(CLIENT_KEY)
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_code(resp, 405).await, "method_not_allowed", "{method}");
+    }
+    assert_eq!(env.mock.stats.get(&env.mock.stats.requests), 0);
+    let resp = c
+        .post(env.url("/v1/embeddings"))
+        .bearer_auth(CLIENT_KEY)
+        .body(r#"{"model":"mock-model","input":"x"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(resp.status(), 405);
+    assert_eq!(env.mock.stats.get(&env.mock.stats.requests), 1);
+}
+
 #[tokio::test]
 async fn oversized_bodies_are_413() {
     let env = start("limits:\n  max_body_bytes: 1024\n", MockOptions::default()).await;

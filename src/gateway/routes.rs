@@ -85,7 +85,9 @@ mod tests {
         for m in [Method::GET, Method::POST, Method::DELETE] {
             assert!(v1.allows(&m), "{m}");
         }
-        for m in ["PUT", "PATCH", "HEAD", "OPTIONS", "TRACE", "CONNECT", "PROPFIND"] {
+        for m in [
+            "PUT", "PATCH", "HEAD", "OPTIONS", "TRACE", "CONNECT", "PROPFIND",
+        ] {
             let m = Method::from_bytes(m.as_bytes()).unwrap();
             assert!(!v1.allows(&m), "{m}");
         }

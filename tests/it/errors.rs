@@ -86,7 +86,11 @@ async fn passthrough_forwards_only_get_post_and_delete() {
             .send()
             .await
             .unwrap();
-        assert_eq!(error_code(resp, 405).await, "method_not_allowed", "{method}");
+        assert_eq!(
+            error_code(resp, 405).await,
+            "method_not_allowed",
+            "{method}"
+        );
     }
     assert_eq!(env.mock.stats.get(&env.mock.stats.requests), 0);
     let resp = c

@@ -741,6 +741,21 @@ async fn expect_100_continue_gets_an_interim_response_before_the_body() {
     c.expect_open_and_quiet().await;
 }
 
+// 9b. A request refused before its body is read (auth) gets its answer, never 100 Continue.
+#[tokio::test]
+async fn expect_100_continue_is_not_sent_to_a_refused_request() {
+    let env = start("", MockOptions::default()).await;
+    let mut c = Conn::open(&env).await;
+    c.send(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer sk-wrong\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    let resp = c.response().await;
+    assert_eq!(resp.status, 401, "{resp:?}");
+    assert_eq!(env.mock.stats.get(&env.mock.stats.requests), 0);
+}
+
 // 10. HEAD.
 #[tokio::test]
 async fn head_has_no_body_and_the_connection_stays_in_sync() {

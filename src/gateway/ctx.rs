@@ -54,6 +54,9 @@ impl RequestCtx {
         log.status = resp.status().as_u16();
         // Not set by `failed`: an answer from the upstream (or the gateway's own 200s).
         log.outcome.get_or_insert(outcome::of_status(log.status));
+        log.bodiless = log.method == http::Method::HEAD
+            || matches!(log.status, 204 | 304)
+            || resp.status().is_informational();
         log.stream = resp.body().is_event_stream();
         resp.headers_mut().insert(&REQUEST_ID, rid.into_header());
         if log.enabled {

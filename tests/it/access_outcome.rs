@@ -128,6 +128,11 @@ async fn the_outcome_matches_how_the_request_ended() {
     ok.bytes().await.unwrap();
     want.push((200, "ok", "-"));
     settle().await;
+    // HEAD: the body is never sent, and that is not a client leaving.
+    let head = client().head(env.url("/health")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    want.push((200, "ok", "-"));
+    settle().await;
     // Refused by the gateway.
     let bad = post_chat(&env, "sk-wrong", chat_body("mock-model", false)).await;
     assert_eq!(bad.status(), 401);

@@ -28,6 +28,9 @@ pub struct AccessLog {
     pub outcome: Option<&'static str>,
     /// The `error.code` of an error the gateway answered or ended a stream with.
     pub error: Option<&'static str>,
+    /// The answer has no body to send (HEAD, 204, 304): the server drops it unread, which is
+    /// not a client leaving.
+    pub bodiless: bool,
 }
 
 /// The values of the access log's `outcome` field (README, "Logs").
@@ -86,6 +89,7 @@ impl AccessLog {
             bytes: 0,
             outcome: None,
             error: None,
+            bodiless: false,
         }
     }
 

@@ -54,7 +54,7 @@ async fn answers_with_content_length_end_cleanly_and_reuse_the_connection() {
         return;
     }
     // The client side stops polling after Content-Length bytes; the relay must still see the
-    // end: the access log says "ok" (not client_disconnected) and the connection is reused.
+    // end: the access log says "ok" (not client_gone) and the connection is reused.
     let logs = LogBuf::default();
     let w = logs.clone();
     let subscriber = tracing_subscriber::fmt()

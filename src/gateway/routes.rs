@@ -21,7 +21,9 @@ impl Route<'_> {
         match self {
             Route::Health | Route::Models => method == Method::GET || method == Method::HEAD,
             Route::ChatCompletions => method == Method::POST,
-            Route::V1(_) => true,
+            // What the OpenAI API uses (files and batches: GET, POST, DELETE); anything else
+            // (PUT, PATCH, TRACE, CONNECT, …) is not the API and is not forwarded.
+            Route::V1(_) => matches!(*method, Method::GET | Method::POST | Method::DELETE),
             Route::NotFound => false,
         }
     }
@@ -75,5 +77,19 @@ mod tests {
         assert_eq!(route("/v1/a//b"), Route::NotFound);
         assert_eq!(route("/"), Route::NotFound);
         assert_eq!(route("/v2/x"), Route::NotFound);
+    }
+
+    #[test]
+    fn passthrough_takes_get_post_and_delete_only() {
+        let v1 = route("/v1/files/f-1");
+        for m in [Method::GET, Method::POST, Method::DELETE] {
+            assert!(v1.allows(&m), "{m}");
+        }
+        for m in [
+            "PUT", "PATCH", "HEAD", "OPTIONS", "TRACE", "CONNECT", "PROPFIND",
+        ] {
+            let m = Method::from_bytes(m.as_bytes()).unwrap();
+            assert!(!v1.allows(&m), "{m}");
+        }
     }
 }

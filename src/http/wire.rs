@@ -27,6 +27,8 @@ pub enum ProtoError {
     BadHead(&'static str),
     BadHeader,
     SwitchingProtocols,
+    /// More than [`MAX_INTERIM`] interim (1xx) answers before the real one.
+    TooManyInterim,
     BadContentLength,
     BadChunk,
     /// The connection ended before the answer did.
@@ -40,6 +42,9 @@ impl std::fmt::Display for ProtoError {
             ProtoError::BadHead(why) => write!(f, "invalid response head: {why}"),
             ProtoError::BadHeader => f.write_str("invalid response header"),
             ProtoError::SwitchingProtocols => f.write_str("unexpected 101 Switching Protocols"),
+            ProtoError::TooManyInterim => {
+                write!(f, "more than {MAX_INTERIM} interim (1xx) answers")
+            }
             ProtoError::BadContentLength => f.write_str("invalid Content-Length"),
             ProtoError::BadChunk => f.write_str("invalid chunked encoding"),
             ProtoError::Incomplete => f.write_str("connection closed before the answer ended"),
@@ -173,11 +178,25 @@ pub struct ResponseHead {
     pub keep_alive: bool,
 }
 
+/// Most interim (1xx) answers taken before the real one: an upstream that keeps sending them
+/// would otherwise hold the request (and its slot) until the first-byte timeout.
+pub const MAX_INTERIM: usize = 32;
+
 /// Parses a response head from the front of `buf`, skipping interim (1xx) answers. `None`: the
 /// head is not complete yet, read more. The head's bytes are consumed; the body's stay.
 pub fn parse_response_head(
     buf: &mut BytesMut,
     method: &Method,
+) -> Result<Option<ResponseHead>, ProtoError> {
+    parse_response_head_counted(buf, method, &mut 0)
+}
+
+/// [`parse_response_head`] for a head read in several calls: `interim` counts the interim
+/// answers skipped so far for this response (start at 0); past [`MAX_INTERIM`] it is an error.
+pub fn parse_response_head_counted(
+    buf: &mut BytesMut,
+    method: &Method,
+    interim: &mut usize,
 ) -> Result<Option<ResponseHead>, ProtoError> {
     loop {
         // Left uninitialised: filling 128 empty slots for every answer costs more than the parse.
@@ -209,6 +228,10 @@ pub fn parse_response_head(
         }
         if status.is_informational() {
             // 100 Continue, 103 Early Hints …: the real answer follows.
+            *interim += 1;
+            if *interim > MAX_INTERIM {
+                return Err(ProtoError::TooManyInterim);
+            }
             buf.advance(len);
             continue;
         }
@@ -711,6 +734,38 @@ mod tests {
         assert!(head("HTTP/1.1 200 OK\r\ncontent-len", Method::GET)
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn interim_answers_are_capped_across_reads() {
+        let interim = "HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n";
+        let done = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        // Up to the cap, in one buffer, the real answer is found.
+        let mut buf = BytesMut::from(format!("{}{done}", interim.repeat(MAX_INTERIM)).as_bytes());
+        let h = parse_response_head(&mut buf, &Method::GET)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.status, StatusCode::OK);
+        // One more is an error.
+        let mut buf =
+            BytesMut::from(format!("{}{done}", interim.repeat(MAX_INTERIM + 1)).as_bytes());
+        assert_eq!(
+            parse_response_head(&mut buf, &Method::GET).unwrap_err(),
+            ProtoError::TooManyInterim
+        );
+        // The count carries over reads: one interim answer per read still ends.
+        let mut count = 0;
+        let mut buf = BytesMut::new();
+        let mut result = Ok(None);
+        for _ in 0..=MAX_INTERIM {
+            buf.extend_from_slice(interim.as_bytes());
+            result = parse_response_head_counted(&mut buf, &Method::GET, &mut count);
+            if result.is_err() {
+                break;
+            }
+            assert!(result.as_ref().unwrap().is_none());
+        }
+        assert_eq!(result.unwrap_err(), ProtoError::TooManyInterim);
     }
 
     #[test]

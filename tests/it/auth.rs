@@ -25,6 +25,30 @@ async fn upstream_sees_mapped_key_never_client_key() {
     assert!(!String::from_utf8_lossy(&seen.body).contains(CLIENT_KEY));
 }
 
+/// Header names with `_` stay at the gateway (nginx's default): to a server that maps `-` and
+/// `_` alike, `x_api_key` would be a second `x-api-key`.
+#[tokio::test]
+async fn header_names_with_underscores_are_not_forwarded() {
+    let env = start("", MockOptions::default()).await;
+    let resp = client()
+        .post(env.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("x_api_key", "smuggled")
+        .header("x-team_id", "smuggled")
+        .header("x-team-id", "kept")
+        .body(chat_body("mock-model", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = env.mock.stats.last_request().unwrap();
+    assert_eq!(seen.headers.get("x-team-id").unwrap(), "kept");
+    for (name, value) in &seen.headers {
+        assert!(!name.as_str().contains('_'), "{name} went upstream");
+        assert_ne!(value, "smuggled", "{name}");
+    }
+}
+
 #[tokio::test]
 async fn unknown_and_missing_keys_are_401_and_never_forwarded() {
     let env = start("", MockOptions::default()).await;

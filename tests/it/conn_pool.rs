@@ -147,6 +147,25 @@ async fn chunked_answer_after_an_interim_100_is_relayed_and_the_connection_reuse
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
 }
 
+/// An upstream that sends interim answers without end is cut off after 32 of them: 502, not a
+/// request held until the first-byte timeout.
+#[tokio::test]
+async fn endless_interim_answers_are_a_502() {
+    let endless: &'static str = Box::leak(
+        format!(
+            "{}HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}",
+            "HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n".repeat(33)
+        )
+        .into_boxed_str(),
+    );
+    let up = upstream(Mode::Raw(endless.as_bytes(), true)).await;
+    let env = gateway_for(&up, "").await;
+    let (status, body) = ask_raw(&env).await;
+    assert_eq!(status, 502);
+    let v: serde_json::Value = serde_json::from_str(&body.unwrap()).unwrap();
+    assert_eq!(v["error"]["code"], "upstream_error");
+}
+
 #[tokio::test]
 async fn an_answer_that_is_not_http_is_a_502_and_the_gateway_keeps_serving() {
     let up = upstream(Mode::Raw(b"SSH-2.0-OpenSSH_9.6\r\n\r\n", true)).await;

@@ -34,6 +34,24 @@ async fn bad_requests_are_400_and_the_gateway_keeps_serving() {
     assert_eq!(ok.status(), 200);
 }
 
+/// A chat body that is a JSON array is not a chat request: `[]` used to be forwarded as it
+/// was, and `[1,2]` answered "expected a string" (serde reads a struct from an array).
+#[tokio::test]
+async fn a_json_array_chat_body_is_400_expected_an_object() {
+    let env = start("", MockOptions::default()).await;
+    for body in ["[]", "[1,2]", " [\"mock-model\", []]", "[{}]"] {
+        let resp = post_chat(&env, CLIENT_KEY, body.to_string()).await;
+        assert_eq!(resp.status(), 400, "body {body:?}");
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "invalid_json", "body {body:?}: {v}");
+        assert_eq!(
+            v["error"]["message"], "Invalid JSON body: expected a JSON object",
+            "body {body:?}"
+        );
+    }
+    assert_eq!(env.mock.stats.get(&env.mock.stats.requests), 0);
+}
+
 #[tokio::test]
 async fn unknown_route_is_404_and_wrong_method_is_405() {
     let env = start("", MockOptions::default()).await;
@@ -51,6 +69,39 @@ async fn unknown_route_is_404_and_wrong_method_is_405() {
     assert_eq!(error_code(resp, 405).await, "method_not_allowed");
     let resp = c.post(env.url("/health")).send().await.unwrap();
     assert_eq!(error_code(resp, 405).await, "method_not_allowed");
+}
+
+/// `/v1/*` passthrough forwards only the API's methods (GET, POST, DELETE); others are 405 and
+/// never reach the upstream.
+#[tokio::test]
+async fn passthrough_forwards_only_get_post_and_delete() {
+    let env = start("", MockOptions::default()).await;
+    let c = client();
+    for method in ["PUT", "PATCH", "OPTIONS", "TRACE", "PROPFIND"] {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let resp = c
+            .request(m, env.url("/v1/files/file-1"))
+            .bearer_auth(CLIENT_KEY)
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_code(resp, 405).await,
+            "method_not_allowed",
+            "{method}"
+        );
+    }
+    assert_eq!(env.mock.stats.get(&env.mock.stats.requests), 0);
+    let resp = c
+        .post(env.url("/v1/embeddings"))
+        .bearer_auth(CLIENT_KEY)
+        .body(r#"{"model":"mock-model","input":"x"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(resp.status(), 405);
+    assert_eq!(env.mock.stats.get(&env.mock.stats.requests), 1);
 }
 
 #[tokio::test]

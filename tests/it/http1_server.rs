@@ -651,6 +651,33 @@ async fn garbage_request_line_is_a_json_400() {
     assert_still_serving(&env).await;
 }
 
+// 7b. RFC 9112 §3.2: Host is required once on HTTP/1.1, and must be a host.
+#[tokio::test]
+async fn a_missing_repeated_or_malformed_host_is_400() {
+    let env = start("", MockOptions::default()).await;
+    for head in [
+        "GET /health HTTP/1.1\r\n\r\n",
+        "GET /health HTTP/1.1\r\nHost: gw\r\nHost: gw\r\n\r\n",
+        "GET /health HTTP/1.1\r\nHost: gw\r\nhost: other\r\n\r\n",
+        "GET /health HTTP/1.1\r\nHost: user@gw\r\n\r\n",
+        "GET /health HTTP/1.1\r\nHost: gw/x\r\n\r\n",
+        "GET /health HTTP/1.1\r\nHost: a b\r\n\r\n",
+    ] {
+        let mut c = Conn::open(&env).await;
+        c.send(head).await;
+        let resp = c.response().await;
+        assert_eq!(resp.status, 400, "{head:?}: {resp:?}");
+        assert_eq!(resp.error_type(), "invalid_request_error");
+        assert!(resp.text().contains("invalid_host"), "{resp:?}");
+        c.expect_closed().await;
+    }
+    // HTTP/1.0 may leave it out.
+    let mut c = Conn::open(&env).await;
+    c.send("GET /health HTTP/1.0\r\n\r\n").await;
+    assert_health(&c.response().await);
+    assert_still_serving(&env).await;
+}
+
 // 8a. Oversized header section.
 #[tokio::test]
 async fn a_header_section_over_64_kib_is_431() {
@@ -712,6 +739,21 @@ async fn expect_100_continue_gets_an_interim_response_before_the_body() {
     c.send(&body).await;
     assert_chat_completion(&c.response().await);
     c.expect_open_and_quiet().await;
+}
+
+// 9b. A request refused before its body is read (auth) gets its answer, never 100 Continue.
+#[tokio::test]
+async fn expect_100_continue_is_not_sent_to_a_refused_request() {
+    let env = start("", MockOptions::default()).await;
+    let mut c = Conn::open(&env).await;
+    c.send(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer sk-wrong\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    let resp = c.response().await;
+    assert_eq!(resp.status, 401, "{resp:?}");
+    assert_eq!(env.mock.stats.get(&env.mock.stats.requests), 0);
 }
 
 // 10. HEAD.

@@ -252,6 +252,39 @@ fn on_event(ev) {
     assert!(text.ends_with("data: [DONE]\n\n"));
 }
 
+/// An `on_event` hook that fails mid-stream ends the stream with an error event whose type
+/// is the script's (`script_error`), not the upstream's.
+#[tokio::test]
+async fn a_script_error_mid_stream_ends_it_with_a_script_error_event() {
+    let dir = temp_dir("event-error");
+    let src = r#"
+fn on_event(ev) {
+    ev.ctx.n = (ev.ctx.n ?? 0) + 1;
+    if ev.ctx.n == 3 { let x = (); x.boom(); }
+}
+"#;
+    let env = start_with_plugins(
+        &dir,
+        &[("boom.rhai", src)],
+        "plugins:\n  - path: boom.rhai",
+        MockOptions {
+            tokens: 6,
+            ..MockOptions::default()
+        },
+    )
+    .await;
+    let resp = post_chat(&env, CLIENT_KEY, chat_body("mock-model", true)).await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 3, "two events, then the error: {text}");
+    let last = events[2].strip_prefix("data: ").unwrap();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(v["error"]["type"], "script_error", "{text}");
+    assert_eq!(v["error"]["code"], "script_error", "{text}");
+    assert!(!text.contains("upstream_error"), "{text}");
+}
+
 #[tokio::test]
 async fn bundled_plugins_load_by_path_from_any_folder() {
     let dir = temp_dir("bundled");

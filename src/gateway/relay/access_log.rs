@@ -23,7 +23,43 @@ pub struct AccessLog {
     pub stream: bool,
     pub first_byte: Option<Duration>,
     pub bytes: u64,
-    pub outcome: &'static str,
+    /// How the request ended (see [`outcome`]); `None` until it is known: a record dropped
+    /// with none is a client that left before the answer began.
+    pub outcome: Option<&'static str>,
+    /// The `error.code` of an error the gateway answered or ended a stream with.
+    pub error: Option<&'static str>,
+    /// The answer has no body to send (HEAD, 204, 304): the server drops it unread, which is
+    /// not a client leaving.
+    pub bodiless: bool,
+}
+
+/// The values of the access log's `outcome` field (README, "Logs").
+pub mod outcome {
+    /// A 2xx/3xx answer, delivered whole.
+    pub const OK: &str = "ok";
+    /// The client left before the answer ended (`status=0`: before it began).
+    pub const CLIENT_GONE: &str = "client_gone";
+    /// A 4xx the gateway answered itself (the code is in `error`).
+    pub const REJECTED: &str = "rejected";
+    /// The upstream answered 4xx/5xx (passed through), could not be reached or used (502), or
+    /// broke off its answer.
+    pub const UPSTREAM_ERROR: &str = "upstream_error";
+    /// The upstream did not answer in time (504), or went silent or ran over the total time
+    /// mid-answer.
+    pub const TIMEOUT: &str = "timeout";
+    /// A script failed: 500 `script_error`, or an `on_event` hook ended a stream.
+    pub const SCRIPT_ERROR: &str = "script_error";
+    /// Any other 5xx the gateway answered itself.
+    pub const ERROR: &str = "error";
+
+    /// The outcome of an answer that reached the client's side whole, by its status.
+    pub fn of_status(status: u16) -> &'static str {
+        if status < 400 {
+            OK
+        } else {
+            UPSTREAM_ERROR
+        }
+    }
 }
 
 impl AccessLog {
@@ -51,7 +87,9 @@ impl AccessLog {
             stream: false,
             first_byte: None,
             bytes: 0,
-            outcome: "ok",
+            outcome: None,
+            error: None,
+            bodiless: false,
         }
     }
 
@@ -85,7 +123,8 @@ impl AccessLog {
             latency_ms = format_args!("{latency_ms:.3}"),
             ttfb_ms = format_args!("{}", ttfb_ms.map(|t| format!("{t:.3}")).unwrap_or_else(|| "-".into())),
             bytes = self.bytes,
-            outcome = self.outcome,
+            outcome = self.outcome.unwrap_or(outcome::CLIENT_GONE),
+            error = self.error.unwrap_or("-"),
             "request"
         );
     }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::gateway::relay::access_log::AccessLog;
+use crate::gateway::relay::access_log::{outcome, AccessLog};
 use crate::gateway::relay::sse::{error_event, SseFramer};
 use crate::http::client::pool::PooledBody;
 
@@ -51,8 +51,13 @@ pub enum EventAction {
     Keep,
     Drop,
     Replace(Bytes),
-    /// Send these bytes in place of the event, then end the stream (e.g. an error event).
-    Stop(Bytes),
+    /// Send `event` in place of the event, then end the stream (e.g. an error event); the
+    /// access log gets `outcome` and the error `code`.
+    Stop {
+        event: Bytes,
+        outcome: &'static str,
+        code: &'static str,
+    },
 }
 
 /// Looks at (and may change or drop) each complete SSE event of a streamed answer.
@@ -85,6 +90,8 @@ pub struct Relay {
     /// Whole-answer deadline (`timeouts.total`), if any.
     total: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
+    /// A filter ended the stream: the access log's outcome and error code.
+    stopped: Option<(&'static str, &'static str)>,
     filters: Vec<Box<dyn EventFilter>>,
     observers: Vec<Box<dyn BodyObserver>>,
     /// Released when the body is finished or dropped.
@@ -103,6 +110,7 @@ impl Relay {
             relayed: 0,
             total: None,
             done: false,
+            stopped: None,
             filters: Vec::new(),
             observers: Vec::new(),
             _guards: Vec::new(),
@@ -159,9 +167,14 @@ impl Relay {
                         break;
                     }
                     EventAction::Replace(b) => current = Some(b),
-                    EventAction::Stop(b) => {
-                        current = Some(b);
+                    EventAction::Stop {
+                        event,
+                        outcome,
+                        code,
+                    } => {
+                        current = Some(event);
                         self.done = true;
+                        self.stopped = Some((outcome, code));
                         break;
                     }
                 }
@@ -342,31 +355,42 @@ impl Body for ResponseBody {
             Inner::Full(b) => b.take().map(Ok),
             Inner::Relay(r) => {
                 let is_sse = r.sse.is_some();
-                match r.poll_next(cx) {
+                let next = r.poll_next(cx);
+                if let Some((outcome, code)) = r.stopped.take() {
+                    if let Some(log) = this.log.as_mut() {
+                        log.outcome = Some(outcome);
+                        log.error = Some(code);
+                    }
+                }
+                match next {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(None) => None,
                     Poll::Ready(Some(Ok(b))) => Some(Ok(b)),
                     Poll::Ready(Some(Err(kind))) => {
-                        let (msg, code) = match kind {
+                        let (msg, code, ended) = match kind {
                             RelayError::Broken => (
                                 "The upstream connection broke before the answer was complete",
                                 "upstream_stream_broken",
+                                outcome::UPSTREAM_ERROR,
                             ),
                             RelayError::Idle => (
                                 "The upstream stopped sending before the answer was complete",
                                 "upstream_idle_timeout",
+                                outcome::TIMEOUT,
                             ),
                             RelayError::Total => (
                                 "The upstream answer took longer than the total time allowed",
                                 "upstream_total_timeout",
+                                outcome::TIMEOUT,
                             ),
                         };
                         if let Some(log) = this.log.as_mut() {
-                            log.outcome = code;
+                            log.outcome = Some(ended);
+                            log.error = Some(code);
                         }
                         if is_sse {
                             // Headers are gone already: the error travels as the last event.
-                            Some(Ok(error_event(msg, code)))
+                            Some(Ok(error_event(msg, "upstream_error", code)))
                         } else {
                             // A plain body cannot carry an error: abort so the client sees a
                             // truncated response rather than a silently short one.
@@ -423,13 +447,13 @@ impl Body for ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         if let Some(log) = self.log.as_mut() {
-            if log.enabled {
+            if log.enabled && !log.bodiless {
                 let unfinished = match &self.inner {
                     Inner::Full(b) => b.is_some(),
                     Inner::Relay(r) => !r.done,
                 };
                 if unfinished {
-                    log.outcome = "client_disconnected";
+                    log.outcome = Some(outcome::CLIENT_GONE);
                 }
             }
         }

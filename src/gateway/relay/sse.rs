@@ -66,10 +66,12 @@ impl SseFramer {
     }
 }
 
-/// The final event sent when the upstream stream fails after the response has started.
-pub fn error_event(message: &str, code: &str) -> Bytes {
+/// The final event sent when a stream fails after the response has started: `kind` is the
+/// error's `type` (`upstream_error` when the upstream failed, `script_error` when an `on_event`
+/// hook did).
+pub fn error_event(message: &str, kind: &str, code: &str) -> Bytes {
     let body = serde_json::json!({
-        "error": {"message": message, "type": "upstream_error", "param": null, "code": code}
+        "error": {"message": message, "type": kind, "param": null, "code": code}
     });
     Bytes::from(format!("data: {body}\n\n"))
 }
@@ -102,6 +104,16 @@ mod tests {
             Bytes::from_static(b"data: x\r\n\r\n")
         );
         assert_eq!(f.take_rest(), None);
+    }
+
+    #[test]
+    fn error_events_carry_their_type() {
+        let ev = error_event("m", "script_error", "script_error");
+        let text = std::str::from_utf8(&ev).unwrap();
+        let data = text.strip_prefix("data: ").unwrap().trim_end();
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["error"]["type"], "script_error");
+        assert!(text.ends_with("\n\n"));
     }
 
     #[test]

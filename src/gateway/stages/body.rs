@@ -411,6 +411,19 @@ pub fn peek_chat(body: &[u8]) -> Result<ChatPeek<'_>, GatewayError> {
             "The request body is empty; expected a JSON object",
         ));
     }
+    // serde reads a struct from a JSON array too (`[]` would be a chat request with no
+    // fields, `[1,2]` one whose `model` is not a string): anything but an object is refused
+    // here, with serde_json's own message when it is not JSON at all.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        let what = match serde_json::from_slice::<IgnoredAny>(body) {
+            Ok(_) => "expected a JSON object".to_string(),
+            Err(e) => e.to_string(),
+        };
+        return Err(GatewayError::bad_request(
+            "invalid_json",
+            format!("Invalid JSON body: {what}"),
+        ));
+    }
     serde_json::from_slice::<ChatPeek<'_>>(body).map_err(|e| {
         let what = if e.is_data() {
             match e.to_string() {
@@ -436,6 +449,22 @@ mod tests {
         assert!(p.temperature.is_none());
         assert!(p.max_tokens.is_none());
         assert!(peek_chat(b"[1,2]").is_err());
+        for array in [&b"[]"[..], b" [1,2]", b"[\"m\"]", b"[{}]"] {
+            let e = peek_chat(array).unwrap_err();
+            assert_eq!(e.code, "invalid_json");
+            assert_eq!(e.message, "Invalid JSON body: expected a JSON object");
+            // The scanning path (what the pipeline calls) says the same.
+            let e = peek_chat_scanning(array, &[]).unwrap_err();
+            assert_eq!(e.message, "Invalid JSON body: expected a JSON object");
+        }
+        assert!(peek_chat(b"\"s\"")
+            .unwrap_err()
+            .message
+            .contains("expected a JSON object"));
+        assert!(!peek_chat(b"[1,")
+            .unwrap_err()
+            .message
+            .contains("expected a string"));
         assert!(peek_chat(b"{\"model\":").is_err());
         assert!(peek_chat(b"").is_err());
         assert_eq!(peek_chat(b"nope").unwrap_err().status(), 400);

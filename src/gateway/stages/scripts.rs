@@ -11,6 +11,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 
 use crate::error::{ErrorKind, GatewayError};
+use crate::gateway::relay::access_log::outcome;
 use crate::gateway::relay::body::{EventAction, EventFilter, ResponseBody};
 use crate::gateway::relay::sse::error_event;
 use crate::gateway::stages::routing::Plan;
@@ -155,6 +156,9 @@ pub async fn on_response(
     Ok(Response::from_parts(parts, ResponseBody::full(bytes)))
 }
 
+/// The `error.type` of the event that ends a stream whose `on_event` hook failed.
+pub const SCRIPT_ERROR_TYPE: &str = "script_error";
+
 /// Runs `on_event` over each event of a stream, carrying `ctx` from event to event.
 pub struct ScriptEventFilter {
     plugins: Arc<Plugins>,
@@ -217,8 +221,13 @@ impl EventFilter for ScriptEventFilter {
                 EventAction::Replace(Bytes::from(out))
             }
             Err(f) => {
+                // The script failed, not the upstream: the closing event says so.
                 let e = failure_to_error(f);
-                EventAction::Stop(error_event(&e.message, e.code))
+                EventAction::Stop {
+                    event: error_event(&e.message, SCRIPT_ERROR_TYPE, e.code),
+                    outcome: outcome::SCRIPT_ERROR,
+                    code: e.code,
+                }
             }
         }
     }

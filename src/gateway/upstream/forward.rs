@@ -61,8 +61,14 @@ pub struct OutboundRequest<'a> {
 }
 
 /// Whether a client header goes upstream: not hop-by-hop (by name, or named in the client's
-/// `Connection` header: `listed`), and not one the gateway sets itself.
+/// `Connection` header: `listed`), not one the gateway sets itself, and no `_` in its name
+/// (nginx's default, `underscores_in_headers off`: `x_api_key` and `x-api-key` may be one
+/// header to a server behind us that maps `-` to `_`, which lets a client smuggle a second
+/// value of a header past our view of it).
 fn goes_upstream(name: &HeaderName, listed: &[HeaderName]) -> bool {
+    if name.as_str().contains('_') {
+        return false;
+    }
     let gateway_owned = matches!(
         name.as_str(),
         "proxy-authorization"
@@ -517,10 +523,12 @@ mod tests {
         h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
         h.insert("x-request-id", HeaderValue::from_static("client-id"));
         h.insert("x-kept", HeaderValue::from_static("2"));
+        h.insert("x_api_key", HeaderValue::from_static("3"));
+        h.insert("x-request_id", HeaderValue::from_static("4"));
         let out = upstream_header_lines(&h, None, None);
         let names: Vec<&str> = out.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, ["content-type", "x-kept"]);
-        assert_eq!(h.len(), 10, "the client's map is left as it was");
+        assert_eq!(h.len(), 12, "the client's map is left as it was");
     }
 
     #[test]

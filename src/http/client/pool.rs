@@ -157,9 +157,12 @@ impl Conn {
 
     /// Reads until the answer's head is in.
     async fn read_head(&mut self, method: &Method) -> Result<wire::ResponseHead, PoolError> {
+        // Interim answers seen so far, over every read of this head.
+        let mut interim = 0;
         loop {
             if let Some(head) =
-                wire::parse_response_head(&mut self.buf, method).map_err(PoolError::Protocol)?
+                wire::parse_response_head_counted(&mut self.buf, method, &mut interim)
+                    .map_err(PoolError::Protocol)?
             {
                 return Ok(head);
             }

@@ -142,7 +142,24 @@ struct ReadSide<R> {
     body: BodyDecoder,
     /// The body's bytes broke the framing, or the connection ended inside it.
     body_failed: bool,
+    /// Where the request's `Expect: 100-continue` stands.
+    expect: Expect,
 }
+
+/// `Expect: 100-continue` (RFC 9110 §10.1.1): the client waits for `100 Continue` before it
+/// sends the body. The interim answer goes out only once the handler first reads the body, so a
+/// request it refuses first (ACL, auth) gets its final answer without ever inviting the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// Nothing to send: no `Expect`, the body came with the head, or it was sent.
+    Nothing,
+    /// Asked for; the body was not read yet.
+    Asked,
+    /// The body was read: `100 Continue` is due.
+    Due,
+}
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 impl<R: AsyncRead + Unpin> ReadSide<R> {
     /// Reads once into the buffer, reserving `want` bytes of room.
@@ -152,6 +169,10 @@ impl<R: AsyncRead + Unpin> ReadSide<R> {
     }
 
     fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        if self.expect == Expect::Asked {
+            // The connection loop writes it (this task, right after this poll).
+            self.expect = Expect::Due;
+        }
         loop {
             if self.body_failed {
                 return Poll::Ready(Some(Err(io::Error::new(
@@ -382,6 +403,7 @@ pub async fn serve<R, W, H>(
         buf: BytesMut::new(),
         body: BodyDecoder::new(Framing::Empty),
         body_failed: false,
+        expect: Expect::Nothing,
     });
     let mut out: Vec<u8> = Vec::new();
     let mut idle = IdleTimer::default();
@@ -418,6 +440,7 @@ pub async fn serve<R, W, H>(
         let body = {
             let mut s = lock(&side);
             s.body_failed = false;
+            s.expect = Expect::Nothing;
             match framing {
                 Framing::Length(n) if s.buf.len() as u64 >= n => {
                     s.body = BodyDecoder::new(Framing::Empty);
@@ -426,6 +449,9 @@ pub async fn serve<R, W, H>(
                 }
                 Framing::Length(_) | Framing::Chunked => {
                     s.body = BodyDecoder::new(framing);
+                    if expect_continue {
+                        s.expect = Expect::Asked;
+                    }
                     RequestBody {
                         inner: Inner::Streamed(&side),
                     }
@@ -436,18 +462,34 @@ pub async fn serve<R, W, H>(
                 }
             }
         };
-        if expect_continue
-            && matches!(body.inner, Inner::Streamed(_))
-            && wr
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await
-                .is_err()
-        {
-            return;
-        }
         let mut handled = handler.handle(request.map(|()| body));
+        // Bytes of `100 Continue` written so far (it goes out whole or not at all).
+        let mut interim = 0usize;
+        let mut ready = None;
         let answered = poll_fn(|cx| {
-            if let Poll::Ready(resp) = handled.as_mut().poll(cx) {
+            if ready.is_none() {
+                if let Poll::Ready(resp) = handled.as_mut().poll(cx) {
+                    ready = Some(resp);
+                }
+            }
+            // Due once the handler read the body; not begun when the answer is already here
+            // (the client then never needs to send the body), finished when begun.
+            let begun = interim > 0 && interim < CONTINUE.len();
+            if begun || (ready.is_none() && lock(&side).expect == Expect::Due) {
+                while interim < CONTINUE.len() {
+                    match Pin::new(&mut wr).poll_write(cx, &CONTINUE[interim..]) {
+                        Poll::Ready(Ok(n)) if n > 0 => interim += n,
+                        Poll::Ready(_) => return Poll::Ready(None),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                match Pin::new(&mut wr).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => lock(&side).expect = Expect::Nothing,
+                    Poll::Ready(Err(_)) => return Poll::Ready(None),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if let Some(resp) = ready.take() {
                 return Poll::Ready(Some(resp));
             }
             if lock(&side).poll_client_gone(cx) {

@@ -50,6 +50,12 @@ impl Handler for Echo {
             if head.uri.path() == "/hang" {
                 std::future::pending::<()>().await;
             }
+            if head.uri.path() == "/refuse" {
+                // Answers without reading the body (as the gateway does for a refused key).
+                let mut resp = Response::new(full("refused"));
+                *resp.status_mut() = StatusCode::UNAUTHORIZED;
+                return resp;
+            }
             let body = body.collect().await.unwrap().to_bytes();
             let text = format!(
                 "{} {} {}",
@@ -264,4 +270,38 @@ async fn shutdown_closes_an_idle_connection_and_lets_a_running_request_finish() 
         "{text}"
     );
     task.await.unwrap();
+}
+
+/// `Expect: 100-continue`: the interim answer goes out when the handler first reads the body,
+/// and never when it answers without reading it.
+#[tokio::test]
+async fn continue_is_sent_only_when_the_body_is_read() {
+    let (mut client, _task, _stop) = connect(Echo::default());
+    client
+        .write_all(b"POST /refuse HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        .await
+        .unwrap();
+    let answers = read_answers(&mut client, 1).await;
+    assert_eq!(
+        answers,
+        [(401, "refused".to_owned())],
+        "no 100 before the refusal"
+    );
+
+    let (mut client, _task, _stop) = connect(Echo::default());
+    client
+        .write_all(
+            b"POST /late HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut interim = vec![0u8; super::CONTINUE.len()];
+    tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut interim))
+        .await
+        .expect("100 Continue within 5 s")
+        .unwrap();
+    assert_eq!(interim, super::CONTINUE);
+    client.write_all(b"hello").await.unwrap();
+    let answers = read_answers(&mut client, 1).await;
+    assert_eq!(answers, [(200, "POST /late hello".to_owned())]);
 }

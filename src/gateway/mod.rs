@@ -177,8 +177,15 @@ where
             cfg.models_cache_ttl,
             &principal,
         ))
-        .await?;
-        return Ok(Step::Respond(json_response(http::StatusCode::OK, list)));
+        .await;
+        return match list {
+            Ok(list) => Ok(Step::Respond(json_response(http::StatusCode::OK, list))),
+            // The upstream refused this key's credential: its answer, as for any request.
+            Err(models::ModelsError::Refused { status, body }) => {
+                Ok(Step::Respond(json_response(status, body)))
+            }
+            Err(models::ModelsError::Gateway(e)) => Err(e),
+        };
     }
 
     // 4. body: read whole, then one pass for the model and what the rewrite needs

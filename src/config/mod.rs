@@ -5,6 +5,7 @@
 pub mod credential_spec;
 pub mod env;
 mod error;
+pub mod forward_headers;
 pub mod load;
 pub mod raw;
 pub mod raw_credentials;
@@ -52,6 +53,8 @@ pub struct Config {
     pub script_limits: crate::scripting::ScriptLimits,
     /// Bearer key for `/admin/*`; `None` = admin endpoints disabled.
     pub admin_key: Option<Secret>,
+    /// Which client headers go upstream (`forward_headers`).
+    pub forward_headers: forward_headers::ForwardHeaders,
     /// Non-fatal remarks `sophgate check` prints.
     pub warnings: Vec<String>,
     /// The CA certificate files (`api_ca_file`, `upstreams[].ca_file`), resolved: watched for

@@ -50,6 +50,15 @@ pub struct RawConfig {
     pub routes: Option<Vec<RawRoute>>,
     pub plugins: Option<Vec<RawPlugin>>,
     pub admin: Option<RawAdmin>,
+    pub forward_headers: Option<RawForwardHeaders>,
+}
+
+/// `forward_headers:`: client header names (or `prefix*`) to drop, or to forward after all.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwardHeaders {
+    pub drop: Option<Vec<String>>,
+    pub keep: Option<Vec<String>>,
 }
 
 /// `plugins:` entry: a Rhai file and its parameters.

@@ -106,6 +106,7 @@ fn example_documents_every_key() {
         "expires_at",
         "sha256:",
         "access_log",
+        "forward_headers:",
     ] {
         assert!(
             text.contains(key),

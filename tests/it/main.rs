@@ -17,6 +17,7 @@ mod defaults;
 mod errors;
 mod fixtures_cli;
 mod footprint;
+mod forward_headers;
 mod http1_server;
 mod ip_acl;
 mod key_policy;

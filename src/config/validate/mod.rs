@@ -5,6 +5,7 @@
 mod acl;
 mod credentials;
 mod defaults;
+mod forward_headers;
 mod keys;
 mod listen;
 mod logging;
@@ -144,6 +145,7 @@ pub fn validate(
     let plugins = plugins::plugins(&mut c, &field_aliases, raw.plugins, base_dir);
     let admin_key = listen::admin_key(&mut c, raw.admin);
     let logging = logging::logging(&mut c, raw.log_level, raw.logging);
+    let forward_headers = forward_headers::forward_headers(&mut c, raw.forward_headers);
 
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
@@ -170,6 +172,7 @@ pub fn validate(
         plugins,
         script_limits,
         admin_key,
+        forward_headers,
         warnings: c.warnings,
         ca_files,
         locator: c.locator,

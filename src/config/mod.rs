@@ -9,6 +9,7 @@ pub mod forward_headers;
 pub mod load;
 pub mod raw;
 pub mod raw_credentials;
+pub mod schema_errors;
 pub mod validate;
 pub mod yaml_path;
 
@@ -315,7 +316,14 @@ impl Config {
                 Err(errors)
             }
             Err(more) => {
-                errors.0.extend(more.0);
+                // A value the schema refused (or whose `${VAR}` is missing) was dropped or left
+                // unexpanded: what validation then says about that place follows from it.
+                let reported: Vec<String> = errors.0.iter().map(|e| e.path.clone()).collect();
+                errors.0.extend(
+                    more.0
+                        .into_iter()
+                        .filter(|e| !reported.iter().any(|p| schema_errors::is_under(&e.path, p))),
+                );
                 errors.sort();
                 Err(errors)
             }

@@ -46,7 +46,8 @@ pub struct RawConfig {
     pub logging: Option<RawLogging>,
     /// Named upstream credentials (see `raw_credentials`); YAML here, typed per entry.
     pub credentials: Option<BTreeMap<String, serde_yaml::Value>>,
-    pub upstreams: Option<BTreeMap<String, RawUpstream>>,
+    /// Named upstreams; YAML here, typed per entry (an entry with errors still has a name).
+    pub upstreams: Option<BTreeMap<String, serde_yaml::Value>>,
     pub routes: Option<Vec<RawRoute>>,
     pub plugins: Option<Vec<RawPlugin>>,
     pub admin: Option<RawAdmin>,

@@ -104,7 +104,10 @@ pub fn validate(
         names: credential_names,
         specs: credentials,
     } = credentials::credentials(&mut c, raw.credentials);
-    let mut upstream_defs = upstreams::upstreams(
+    let upstreams::Upstreams {
+        defs: mut upstream_defs,
+        broken: broken_upstreams,
+    } = upstreams::upstreams(
         &mut c,
         &upstream,
         raw.upstreams,
@@ -112,7 +115,12 @@ pub fn validate(
         &mut ca_files,
         base_dir,
     );
-    let upstream_names: Vec<String> = upstream_defs.iter().map(|u| u.name.clone()).collect();
+    // Entries with errors of their own count as names: no second error where they are used.
+    let upstream_names: Vec<String> = upstream_defs
+        .iter()
+        .map(|u| u.name.clone())
+        .chain(broken_upstreams)
+        .collect();
     let routes = upstreams::routes(&mut c, raw.routes, &upstream_names);
     let passthrough_unknown_keys = raw.passthrough_unknown_keys.unwrap_or(false);
     let keys = keys::api_keys(

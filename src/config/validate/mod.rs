@@ -152,7 +152,7 @@ pub fn validate(
     }
     let plugins = plugins::plugins(&mut c, &field_aliases, raw.plugins, base_dir);
     let admin_key = listen::admin_key(&mut c, raw.admin);
-    let logging = logging::logging(&mut c, raw.log_level, raw.logging);
+    let logging = logging::logging(&mut c, raw.log_level, raw.logging, base_dir);
     let forward_headers = forward_headers::forward_headers(&mut c, raw.forward_headers);
 
     if !c.errors.is_empty() {

@@ -22,6 +22,7 @@ mod http1_server;
 mod ip_acl;
 mod key_policy;
 mod logs;
+mod mock_endpoints;
 mod models;
 mod plugins;
 mod reload;

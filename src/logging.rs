@@ -1,5 +1,6 @@
 //! tracing setup from the `log_level` / `logging` config: text or JSON, to stderr or to a
-//! rotated file (daily by default, 10 files kept — the Python forwarder's retention).
+//! file that keeps its name and is rotated beside itself ([`rolling`]; daily by default, 10
+//! rotated files kept — the Python forwarder's retention).
 //! `SOPHGATE_LOG` (a tracing filter) overrides `log_level` when set.
 
 use std::fmt::{self, Write as _};
@@ -12,7 +13,9 @@ use tracing_subscriber::fmt::format::{self, FormatFields};
 use tracing_appender::non_blocking::{ErrorCounter, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogFormat, LoggingConfig, Rotation};
+use crate::config::{LogFormat, LoggingConfig};
+
+pub mod rolling;
 
 /// Installs the global subscriber. Keep the guard alive until exit so buffered lines flush.
 pub fn init(cfg: &LoggingConfig) -> Result<Option<WorkerGuard>, String> {
@@ -25,29 +28,9 @@ pub fn init(cfg: &LoggingConfig) -> Result<Option<WorkerGuard>, String> {
     };
     let (writer, guard) = match &cfg.file {
         Some(path) => {
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or_else(|| std::path::Path::new("."));
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("sophgate.log");
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("logging.file: cannot create {}: {e}", dir.display()))?;
-            let rotation = match cfg.rotation {
-                Rotation::Daily => tracing_appender::rolling::Rotation::DAILY,
-                Rotation::Hourly => tracing_appender::rolling::Rotation::HOURLY,
-                Rotation::Never => tracing_appender::rolling::Rotation::NEVER,
-            };
-            let appender = tracing_appender::rolling::Builder::new()
-                .rotation(rotation)
-                .filename_prefix(name)
-                .max_log_files(cfg.retention_days.max(1))
-                .build(dir)
-                .map_err(|e| format!("logging.file: {e}"))?;
-            let (nb, guard) = tracing_appender::non_blocking(appender);
-            (nb, guard)
+            let file = rolling::RollingFile::open(path, cfg.rotation, cfg.retention_days)
+                .map_err(|e| format!("logging.file: cannot open {}: {e}", path.display()))?;
+            tracing_appender::non_blocking(file)
         }
         None => tracing_appender::non_blocking(std::io::stderr()),
     };

@@ -7,7 +7,8 @@ use serde_yaml::Value;
 
 use super::env;
 use super::raw::RawConfig;
-use super::yaml_path::{find_line, path_segments, render_path, Segment};
+use super::schema_errors::{deserialize_all, is_under};
+use super::yaml_path::{find_line, render_path, Segment};
 use super::{ConfigError, ConfigErrors};
 
 /// Parses `text` (the contents of `file`) into the raw schema.
@@ -66,26 +67,23 @@ pub fn parse_raw_partial(
         })
     });
 
-    // serde stops at the first error; to report them all, drop the offending node and retry.
-    for _ in 0..64 {
-        match serde_path_to_error::deserialize::<_, RawConfig>(value.clone()) {
-            Ok(raw) => return (Some(raw), errors),
-            Err(e) => {
-                let segments = path_segments(e.path());
-                let message = e.inner().to_string();
-                errors.push(ConfigError {
-                    file: file.to_owned(),
-                    line: find_line(text, &segments),
-                    path: render_path(&segments),
-                    message: tidy_message(&message),
-                });
-                if !remove_at(&mut value, &segments) {
-                    break;
-                }
-            }
+    // Every schema problem at once; none on a node whose `${VAR}` is missing (its value is
+    // the unexpanded text: any complaint about it would follow from the missing variable).
+    let env_paths: Vec<String> = errors.iter().map(|e| e.path.clone()).collect();
+    let (raw, problems) = deserialize_all::<RawConfig>(value);
+    for (segments, message) in problems {
+        let path = render_path(&segments);
+        if env_paths.iter().any(|p| is_under(&path, p)) {
+            continue;
         }
+        errors.push(ConfigError {
+            file: file.to_owned(),
+            line: find_line(text, &segments),
+            path,
+            message,
+        });
     }
-    (None, errors)
+    (raw, errors)
 }
 
 /// Reads the file at `path`.
@@ -98,81 +96,6 @@ pub fn read_text(path: &Path) -> Result<String, ConfigErrors> {
             message: format!("cannot read config file: {e}"),
         })
     })
-}
-
-fn unknown_field(message: &str) -> Option<&str> {
-    let rest = message.strip_prefix("unknown field `")?;
-    let end = rest.find('`')?;
-    Some(&rest[..end])
-}
-
-fn tidy_message(message: &str) -> String {
-    if message.starts_with("data did not match any variant of untagged enum RawModel") {
-        return "expected a model id or an object with `id`".into();
-    }
-    if let Some(name) = unknown_field(message) {
-        let candidates: Vec<&str> = message
-            .split_once(", expected ")
-            .map(|(_, e)| e.split('`').skip(1).step_by(2).collect())
-            .unwrap_or_default();
-        let best = candidates
-            .iter()
-            .map(|c| (edit_distance(name, c), *c))
-            .filter(|(d, c)| *d <= 2.max(c.len() / 4))
-            .min();
-        return match best {
-            Some((_, c)) => format!("unknown key `{name}` (did you mean `{c}`?)"),
-            None if !candidates.is_empty() => {
-                format!(
-                    "unknown key `{name}` (known keys here: {})",
-                    candidates.join(", ")
-                )
-            }
-            None => format!("unknown key `{name}`"),
-        };
-    }
-    message.to_owned()
-}
-
-/// Levenshtein distance, for "did you mean" hints on short key names.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
-fn remove_at(value: &mut Value, path: &[Segment]) -> bool {
-    let Some((last, parents)) = path.split_last() else {
-        return false;
-    };
-    let mut cur = value;
-    for seg in parents {
-        let next = match (seg, cur) {
-            (Segment::Key(k), Value::Mapping(m)) => m.get_mut(k.as_str()),
-            (Segment::Index(i), Value::Sequence(s)) => s.get_mut(*i),
-            _ => None,
-        };
-        match next {
-            Some(n) => cur = n,
-            None => return false,
-        }
-    }
-    match (last, cur) {
-        (Segment::Key(k), Value::Mapping(m)) => m.remove(k.as_str()).is_some(),
-        (Segment::Index(i), Value::Sequence(s)) if *i < s.len() => {
-            s.remove(*i);
-            true
-        }
-        _ => false,
-    }
 }
 
 fn expand_tree(

@@ -5,9 +5,11 @@
 pub mod credential_spec;
 pub mod env;
 mod error;
+pub mod forward_headers;
 pub mod load;
 pub mod raw;
 pub mod raw_credentials;
+pub mod schema_errors;
 pub mod validate;
 pub mod yaml_path;
 
@@ -53,6 +55,8 @@ pub struct Config {
     pub script_limits: crate::scripting::ScriptLimits,
     /// Bearer key for `/admin/*`; `None` = admin endpoints disabled.
     pub admin_key: Option<Secret>,
+    /// Which client headers go upstream (`forward_headers`).
+    pub forward_headers: forward_headers::ForwardHeaders,
     /// Non-fatal remarks `sophgate check` prints.
     pub warnings: Vec<String>,
     /// The CA certificate files (`api_ca_file`, `upstreams[].ca_file`), resolved: watched for
@@ -313,7 +317,14 @@ impl Config {
                 Err(errors)
             }
             Err(more) => {
-                errors.0.extend(more.0);
+                // A value the schema refused (or whose `${VAR}` is missing) was dropped or left
+                // unexpanded: what validation then says about that place follows from it.
+                let reported: Vec<String> = errors.0.iter().map(|e| e.path.clone()).collect();
+                errors.0.extend(
+                    more.0
+                        .into_iter()
+                        .filter(|e| !reported.iter().any(|p| schema_errors::is_under(&e.path, p))),
+                );
                 errors.sort();
                 Err(errors)
             }

@@ -46,10 +46,20 @@ pub struct RawConfig {
     pub logging: Option<RawLogging>,
     /// Named upstream credentials (see `raw_credentials`); YAML here, typed per entry.
     pub credentials: Option<BTreeMap<String, serde_yaml::Value>>,
-    pub upstreams: Option<BTreeMap<String, RawUpstream>>,
+    /// Named upstreams; YAML here, typed per entry (an entry with errors still has a name).
+    pub upstreams: Option<BTreeMap<String, serde_yaml::Value>>,
     pub routes: Option<Vec<RawRoute>>,
     pub plugins: Option<Vec<RawPlugin>>,
     pub admin: Option<RawAdmin>,
+    pub forward_headers: Option<RawForwardHeaders>,
+}
+
+/// `forward_headers:`: client header names (or `prefix*`) to drop, or to forward after all.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwardHeaders {
+    pub drop: Option<Vec<String>>,
+    pub keep: Option<Vec<String>>,
 }
 
 /// `plugins:` entry: a Rhai file and its parameters.

@@ -63,6 +63,13 @@ pub fn key_label(client_key: &str) -> String {
 /// and list items by their `- ` markers. Returns the deepest line it could find.
 pub fn find_line(text: &str, path: &[Segment]) -> Option<usize> {
     let lines: Vec<&str> = text.lines().collect();
+    // Top-level keys sit at the indentation of the first one: a key of the same name deeper in
+    // the file (`models:` inside a route) is not the top-level one.
+    let top_indent = lines
+        .iter()
+        .map(|l| (l.len() - l.trim_start().len(), l.trim_start()))
+        .find(|(_, t)| !t.is_empty() && !t.starts_with('#') && !t.starts_with("---"))
+        .map(|(i, _)| i);
     let mut start = 0usize;
     let mut min_indent: isize = -1;
     let mut found: Option<usize> = None;
@@ -82,6 +89,7 @@ pub fn find_line(text: &str, path: &[Segment]) -> Option<usize> {
                 break;
             }
             match seg {
+                Segment::Key(_) if found.is_none() && Some(indent) != top_indent => {}
                 Segment::Key(k) => {
                     let body = trimmed.strip_prefix("- ").unwrap_or(trimmed);
                     let body = body.trim_start_matches(['"', '\'']);
@@ -157,6 +165,13 @@ mod tests {
         assert_eq!(p(route(1, "attempts")), Some(7));
         // A key the item lacks points at the item, not at a later item's key.
         assert_eq!(p(route(0, "attempts")), Some(4));
+    }
+
+    #[test]
+    fn top_level_keys_are_not_found_inside_others() {
+        let text = "routes:\n  - models: [a]\n    upstreams: [b]\nmodels: [x]\n";
+        assert_eq!(find_line(text, &[k("models"), Segment::Index(0)]), Some(4));
+        assert_eq!(find_line(text, &[k("upstreams")]), None);
     }
 
     #[test]

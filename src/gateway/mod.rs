@@ -177,8 +177,15 @@ where
             cfg.models_cache_ttl,
             &principal,
         ))
-        .await?;
-        return Ok(Step::Respond(json_response(http::StatusCode::OK, list)));
+        .await;
+        return match list {
+            Ok(list) => Ok(Step::Respond(json_response(http::StatusCode::OK, list))),
+            // The upstream refused this key's credential: its answer, as for any request.
+            Err(models::ModelsError::Refused { status, body }) => {
+                Ok(Step::Respond(json_response(status, body)))
+            }
+            Err(models::ModelsError::Gateway(e)) => Err(e),
+        };
     }
 
     // 4. body: read whole, then one pass for the model and what the rewrite needs
@@ -237,8 +244,12 @@ where
 
     // 7. scripts: on_request sees (and may change) body, headers and upstream path
     let mut headers = std::mem::take(&mut parts.headers);
+    // The client headers `forward_headers` keeps from the upstream are gone before the
+    // scripts: what a script leaves (or sets) is what goes.
+    cfg.forward_headers.strip(&mut headers);
     let mut script_ctx = None;
     let (mut body_value, mut body_changed) = (rewritten.tree, rewritten.changed);
+    let text_edited = rewritten.text_edited;
     if hooks {
         let out = scripts::on_request(
             &generation.plugins,
@@ -263,11 +274,19 @@ where
         }
         script_ctx = Some(out.ctx);
     }
-    if let Some(value) = body_value.filter(|_| body_changed) {
-        bytes = Bytes::from(
-            serde_json::to_vec(&value)
-                .map_err(|_| GatewayError::internal("could not encode the request"))?,
-        );
+    let reencoded = match body_value.filter(|_| body_changed) {
+        Some(value) => {
+            bytes = Bytes::from(
+                serde_json::to_vec(&value)
+                    .map_err(|_| GatewayError::internal("could not encode the request"))?,
+            );
+            true
+        }
+        None => false,
+    };
+    if text_edited || reencoded {
+        // The gateway wrote this body: it is JSON, whatever the client called its own.
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
 
     // 8. policy: limits last, so a refused request does not use up the key's budget

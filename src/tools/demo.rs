@@ -73,6 +73,9 @@ Try it:
   curl -s http://{addr}/v1/chat/completions \
     -H 'Authorization: Bearer {DEMO_CLIENT_KEY}' -H 'Content-Type: application/json' \
     -d '{{"model":"mock-model","messages":[{{"role":"user","content":"Hi"}}],"stream":true}}'
+  curl -s http://{addr}/v1/models -H 'Authorization: Bearer {DEMO_CLIENT_KEY}'
+  curl -s http://{addr}/v1/embeddings -H 'Authorization: Bearer {DEMO_CLIENT_KEY}' \
+    -H 'Content-Type: application/json' -d '{{"model":"mock-embedding","input":"Hi"}}'
 
   python3 - <<'PY'
   from openai import OpenAI

@@ -1,6 +1,7 @@
 //! An OpenAI-compatible mock upstream: a real HTTP server for the demo, the tests and the
 //! benchmarks. It answers `POST …/chat/completions` (JSON or SSE, paced by `ttft`/`itl`),
-//! `GET …/models`, streams a tool call split over several deltas when the request has `tools`,
+//! `GET …/models`, `POST …/embeddings`, `…/completions` and `…/moderations` (deterministic;
+//! see [`endpoints`]), streams a tool call split over several deltas when the request has `tools`,
 //! honours `stream_options.include_usage`, and injects faults chosen by model name:
 //!
 //! | model        | behaviour                                              |
@@ -31,6 +32,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::tools::loopback::{self, ServerGuard};
+
+mod endpoints;
 
 pub const MOCK_MODELS: &[&str] = &[
     "mock-model",
@@ -265,6 +268,9 @@ async fn handle(
             .collect();
         return json_resp(StatusCode::OK, &json!({"object": "list", "data": data}));
     }
+    if let Some(endpoint) = endpoints::Endpoint::of(&path) {
+        return other_endpoint(endpoint, &parts.method, &body);
+    }
     if !path.ends_with("/chat/completions") {
         return error_resp(
             StatusCode::NOT_FOUND,
@@ -424,6 +430,50 @@ async fn handle(
     );
     h.insert("cache-control", http::HeaderValue::from_static("no-cache"));
     r
+}
+
+/// `/embeddings`, `/completions`, `/moderations` (see [`endpoints`]).
+fn other_endpoint(
+    endpoint: endpoints::Endpoint,
+    method: &Method,
+    body: &[u8],
+) -> Response<MockBody> {
+    if method != Method::POST {
+        return error_resp(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "mock upstream: use POST",
+            "invalid_request_error",
+            "method_not_allowed",
+        );
+    }
+    let req: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return error_resp(
+                StatusCode::BAD_REQUEST,
+                &format!("mock upstream: invalid JSON: {e}"),
+                "invalid_request_error",
+                "invalid_json",
+            )
+        }
+    };
+    match endpoints::answer(endpoint, &req, body) {
+        Ok(endpoints::Answer::Json(v)) => json_resp(StatusCode::OK, &v),
+        Ok(endpoints::Answer::Events(bytes)) => {
+            let mut r = Response::new(MockBody::Full(Some(bytes)));
+            r.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("text/event-stream"),
+            );
+            r
+        }
+        Err(message) => error_resp(
+            StatusCode::BAD_REQUEST,
+            &format!("mock upstream: {message}"),
+            "invalid_request_error",
+            "invalid_request",
+        ),
+    }
 }
 
 struct AbandonGuard(Arc<MockStats>);

@@ -106,6 +106,7 @@ fn example_documents_every_key() {
         "expires_at",
         "sha256:",
         "access_log",
+        "forward_headers:",
     ] {
         assert!(
             text.contains(key),
@@ -223,4 +224,129 @@ fn build_errors_are_located_in_the_config() {
         errs.to_string(),
         "<inline>:5: routes[0].upstreams: no upstream named `ghost`"
     );
+}
+
+/// The errors of `text`, as `(path, line, message)`.
+fn errors_of(text: &str) -> Vec<(String, Option<usize>, String)> {
+    Config::from_yaml(text, &|_| None)
+        .unwrap_err()
+        .0
+        .into_iter()
+        .map(|e| (e.path, e.line, e.message))
+        .collect()
+}
+
+#[test]
+fn type_errors_speak_the_users_language() {
+    let text = "timeout: soon\ndefault_max_tokens: -5\nworkers: many\nforce_close: \"yes please\"\nlimits: 5\nip_whitelist: 10.0.0.1\nadmin: {key: 123456789012345678}\n";
+    let errs = errors_of(text);
+    let messages: Vec<(&str, &str)> = errs
+        .iter()
+        .map(|(p, _, m)| (p.as_str(), m.as_str()))
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            ("timeout", "expected a number, got text"),
+            (
+                "default_max_tokens",
+                "expected a whole number (0 or more), got a negative number"
+            ),
+            ("workers", "expected a whole number (0 or more), got text"),
+            ("force_close", "expected true or false, got text"),
+            (
+                "limits",
+                "expected a map (key: value entries), got a whole number"
+            ),
+            ("ip_whitelist", "expected a list, got text"),
+            (
+                "admin.key",
+                "expected text, got a whole number (put it in quotes)"
+            ),
+        ]
+    );
+    for (_, _, m) in &errs {
+        for rust in [
+            "f64",
+            "u64",
+            "usize",
+            "u32",
+            "struct",
+            "sequence",
+            "invalid type",
+        ] {
+            assert!(!m.contains(rust), "{m}");
+        }
+    }
+    // No value is quoted back (it may be a secret).
+    assert!(!errs
+        .iter()
+        .any(|(_, _, m)| m.contains("123456789012345678")));
+}
+
+#[test]
+fn a_missing_variable_is_one_error_per_key() {
+    let text = "api_host: ${NO_HOST}\ntimeout: ${NO_TIMEOUT}\nlimits:\n  max_body_bytes: ${NO_MAX}\nip_whitelist: [\"${NO_IP}\"]\napi_keys:\n  sk-a: {rpm: \"${NO_RPM}\"}\n";
+    let errs = errors_of(text);
+    let found: Vec<(&str, Option<usize>)> = errs.iter().map(|(p, l, _)| (p.as_str(), *l)).collect();
+    assert_eq!(found.len(), 5, "{errs:?}");
+    assert_eq!(found[0], ("api_host", Some(1)));
+    assert_eq!(found[1], ("timeout", Some(2)));
+    assert_eq!(found[2], ("limits.max_body_bytes", Some(4)));
+    assert_eq!(found[3], ("ip_whitelist[0]", Some(5)));
+    assert_eq!(found[4].1, Some(7));
+    assert!(
+        errs.iter()
+            .all(|(_, _, m)| m.starts_with("environment variable")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn every_error_of_a_key_policy_is_shown() {
+    let text =
+        "api_keys:\n  sk-a:\n    name: a\n    rpm: lots\n    bogus: 1\n    credential: nope\n";
+    let errs = errors_of(text);
+    let found: Vec<(Option<usize>, &str)> = errs.iter().map(|(_, l, m)| (*l, m.as_str())).collect();
+    assert_eq!(found.len(), 3, "{errs:?}");
+    assert_eq!(found[0].0, Some(4));
+    assert!(
+        found[0].1.starts_with("expected a whole number"),
+        "{errs:?}"
+    );
+    assert_eq!(found[1].0, Some(5));
+    assert!(found[1].1.starts_with("unknown key `bogus`"), "{errs:?}");
+    assert_eq!(found[2].0, Some(6));
+    assert!(
+        found[2].1.contains("no credential named `nope`"),
+        "{errs:?}"
+    );
+    assert!(errs.iter().all(|(p, _, _)| !p.contains("sk-a")));
+}
+
+#[test]
+fn no_follow_on_errors() {
+    // A bad value of a required key is not also "missing"; an upstream with errors is still
+    // a name routes and keys may use; list items keep the indexes they have in the file.
+    let text = "upstreams:\n  a:\n    base_url: 5\n    bogus: 1\nroutes:\n  - models: x\n    upstreams: [a]\n  - models: [y]\n    upstreams: [a]\nmodels: [1, ok, {idd: x}]\n";
+    let errs = errors_of(text);
+    let found: Vec<(&str, Option<usize>)> = errs.iter().map(|(p, l, _)| (p.as_str(), *l)).collect();
+    assert_eq!(
+        found,
+        [
+            ("upstreams.a.base_url", Some(3)),
+            ("upstreams.a.bogus", Some(4)),
+            ("routes[0].models", Some(6)),
+            ("models[0]", Some(10)),
+            ("models[2]", Some(10)),
+        ],
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn errors_are_sorted_by_line_across_schema_and_meaning() {
+    let text = "log_level: LOUD\ntimeout: soon\nip_blacklist: [nonsense]\nlimits:\n  bogus: 1\napi_host: ftp://x\n";
+    let lines: Vec<Option<usize>> = errors_of(text).into_iter().map(|(_, l, _)| l).collect();
+    assert_eq!(lines, [Some(1), Some(2), Some(3), Some(5), Some(6)]);
 }

@@ -131,6 +131,10 @@ async fn access_log_has_the_fields_and_no_secrets() {
     ] {
         assert!(ok.get(field).is_some(), "access log lacks {field}: {ok}");
     }
+    // Numbers in JSON, not strings.
+    assert!(ok["latency_ms"].as_f64().is_some_and(|v| v > 0.0), "{ok}");
+    assert!(ok["ttfb_ms"].as_f64().is_some_and(|v| v > 0.0), "{ok}");
+    assert!(ok["bytes"].is_u64(), "{ok}");
     assert_eq!(ok["model"], "mock-model");
     assert_eq!(ok["status"], 200);
     assert_eq!(ok["stream"], true);
@@ -141,21 +145,23 @@ async fn access_log_has_the_fields_and_no_secrets() {
 }
 
 #[test]
-fn log_file_is_written_with_daily_rotation_naming() {
+fn log_file_keeps_its_name_relative_to_the_config_folder() {
     let dir = std::env::temp_dir().join(format!("sophgate-logfile-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
     let cfg = dir.join("config.yml");
     let port = crate::common::free_port();
     std::fs::write(
         &cfg,
         format!(
-            "listen: \"127.0.0.1:{port}\"\napi_keys: {{ \"sk-a\": \"up-a\" }}\nlogging:\n  file: {}/logs/gw.log\n  rotation: daily\n  retention_days: 3\n",
-            dir.display()
+            "listen: \"127.0.0.1:{port}\"\napi_keys: {{ \"sk-a\": \"up-a\" }}\nlogging:\n  file: logs/gw.log\n  rotation: daily\n  retention_days: 3\n"
         ),
     )
     .unwrap();
+    // Started from another folder: the relative path is the config's, not the working dir's.
     let mut child = Command::new(env!("CARGO_BIN_EXE_sophgate"))
         .args(["serve", "-c", cfg.to_str().unwrap()])
+        .current_dir(&elsewhere)
         .env_remove("SOPHGATE_LOG")
         .spawn()
         .unwrap();
@@ -168,14 +174,17 @@ fn log_file_is_written_with_daily_rotation_naming() {
         .args(["-TERM", &child.id().to_string()])
         .status();
     assert!(child.wait().unwrap().success());
-    let files: Vec<_> = std::fs::read_dir(dir.join("logs"))
+    assert!(
+        !elsewhere.join("logs").exists(),
+        "log written under the working dir"
+    );
+    let files: Vec<String> = std::fs::read_dir(dir.join("logs"))
         .unwrap()
-        .map(|e| e.unwrap().path())
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(files.len(), 1, "{files:?}");
-    let name = files[0].file_name().unwrap().to_str().unwrap().to_owned();
-    assert!(name.starts_with("gw.log."), "dated file name: {name}");
-    let text = std::fs::read_to_string(&files[0]).unwrap();
+    // The live file under its own name; rotated ones would be gw.log.<date> beside it.
+    assert_eq!(files, ["gw.log"]);
+    let text = std::fs::read_to_string(dir.join("logs").join("gw.log")).unwrap();
     assert!(text.contains("sophgate serving"), "{text}");
     std::fs::remove_dir_all(&dir).ok();
 }

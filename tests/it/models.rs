@@ -87,3 +87,58 @@ async fn no_copy_and_no_upstream_is_502() {
     let resp = models(&env).await;
     assert_eq!(error_code(resp, 502).await, "upstream_models_unavailable");
 }
+
+/// Two client keys mapped to two upstream keys of which the upstream accepts one: each client
+/// sees what the upstream says to its own credential, whichever asks first (issue 17, item 6).
+async fn two_accounts(refused_first: bool) {
+    let mock = mock::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        MockOptions {
+            require_key: Some(UPSTREAM_KEY.into()),
+            ..MockOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let yaml = format!(
+        "listen: \"127.0.0.1:0\"\napi_host: \"http://{{mock}}\"\nmodels_cache_ttl: 60\napi_keys:\n  \"{CLIENT_KEY}\": \"{UPSTREAM_KEY}\"\n  \"sk-other-client\": \"up-refused-key\"\n"
+    );
+    let env = start_gateway(mock, &yaml, "127.0.0.1:0".parse().unwrap()).await;
+    let ask = |key: &'static str| {
+        let url = env.url("/v1/models");
+        async move { client().get(url).bearer_auth(key).send().await.unwrap() }
+    };
+    let order: [&'static str; 2] = if refused_first {
+        ["sk-other-client", CLIENT_KEY]
+    } else {
+        [CLIENT_KEY, "sk-other-client"]
+    };
+    for _round in 0..2 {
+        for key in order {
+            let resp = ask(key).await;
+            if key == CLIENT_KEY {
+                assert_eq!(resp.status(), 200, "the accepted key gets the list");
+                let v: serde_json::Value = resp.json().await.unwrap();
+                assert!(v["data"].as_array().unwrap().len() > 1, "{v}");
+            } else {
+                assert_eq!(resp.status(), 401, "the upstream's own status");
+                let v: serde_json::Value = resp.json().await.unwrap();
+                assert_eq!(v["error"]["code"], "invalid_api_key", "{v}");
+                let text = v.to_string();
+                assert!(!text.contains(UPSTREAM_KEY) && !text.contains("up-refused-key"));
+            }
+        }
+    }
+    // The accepted list was fetched once and then cached; the refusal is asked again.
+    assert_eq!(env.mock.stats.get(&env.mock.stats.requests), 3);
+}
+
+#[tokio::test]
+async fn each_key_sees_its_own_credentials_list_refused_key_first() {
+    two_accounts(true).await;
+}
+
+#[tokio::test]
+async fn each_key_sees_its_own_credentials_list_accepted_key_first() {
+    two_accounts(false).await;
+}

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use super::Collector;
 use crate::config::credential_spec::CredentialSpec;
 use crate::config::raw_credentials::{validate_credential, RawCredential};
+use crate::config::schema_errors::deserialize_all;
 use crate::config::yaml_path::{k, Segment};
 
 /// The credentials: the names of every entry (broken ones too, so references to them are not
@@ -23,27 +24,16 @@ pub(super) fn credentials(
     let mut specs = Vec::with_capacity(raw.len());
     for (name, value) in raw {
         let base = vec![k("credentials"), Segment::Key(name.clone())];
-        match serde_path_to_error::deserialize::<_, RawCredential>(value) {
-            Err(e) => {
-                let mut path = base;
-                path.extend(e.path().iter().filter_map(|seg| match seg {
-                    serde_path_to_error::Segment::Map { key } => Some(Segment::Key(key.clone())),
-                    serde_path_to_error::Segment::Seq { index } => Some(Segment::Index(*index)),
-                    _ => None,
-                }));
-                // serde's message may quote the offending value; keep only its shape.
-                let msg = e.inner().to_string();
-                let msg = if msg.starts_with("unknown field")
-                    || msg.starts_with("missing field")
-                    || msg.starts_with("unknown variant")
-                {
-                    msg
-                } else {
-                    "has the wrong type or shape".to_owned()
-                };
-                c.err(&path, msg);
-            }
-            Ok(raw_cred) => match validate_credential(raw_cred) {
+        let (raw_cred, problems) = deserialize_all::<RawCredential>(value);
+        for (sub, message) in &problems {
+            // Worded without the offending value: it may be a secret.
+            let mut path = base.clone();
+            path.extend(sub.iter().cloned());
+            c.err(&path, message.clone());
+        }
+        match raw_cred.filter(|_| problems.is_empty()) {
+            None => {}
+            Some(raw_cred) => match validate_credential(raw_cred) {
                 Ok(spec) => specs.push((name, spec)),
                 Err(errs) => {
                     for (sub, msg) in errs {

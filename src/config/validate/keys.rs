@@ -8,7 +8,8 @@ use sha2::{Digest, Sha256};
 
 use super::Collector;
 use crate::config::raw::RawKeyPolicy;
-use crate::config::yaml_path::{k, key_label, Segment};
+use crate::config::schema_errors::deserialize_all;
+use crate::config::yaml_path::{k, key_label, render_path, Segment};
 use crate::config::{KeyConfig, KeyId};
 use crate::secret::Secret;
 
@@ -77,19 +78,22 @@ fn api_key(
             key.upstream_key = Some(Secret::new(upstream_key));
         }
         v @ serde_yaml::Value::Mapping(_) => {
-            let policy: RawKeyPolicy = match serde_path_to_error::deserialize(v) {
-                Ok(p) => p,
-                Err(e) => {
-                    let field = e.path().to_string();
-                    c.err_masked(
-                        &line_path,
-                        &format!("{shown}.{field}"),
-                        e.inner().to_string(),
-                    );
-                    return None;
-                }
-            };
-            apply_policy(c, &mut key, policy, &line_path, &shown, known);
+            // Every problem of the map at once (an unknown field hides no other), each at its
+            // field's line; what is left is still checked.
+            let (policy, problems) = deserialize_all::<RawKeyPolicy>(v);
+            let refused = !problems.is_empty();
+            for (sub, message) in problems {
+                let mut at = line_path.to_vec();
+                at.extend(sub.iter().cloned());
+                let shown_at = format!("{shown}{}", rendered_suffix(&sub));
+                c.err_masked(&at, &shown_at, message);
+            }
+            if let Some(policy) = policy {
+                apply_policy(c, &mut key, policy, &line_path, &shown, known);
+            }
+            if refused {
+                return None;
+            }
         }
         _ => {
             c.err_masked(&line_path, &shown, "expected an upstream key (a string) or a policy map {name, credential, upstream, models, rpm, tpm, max_concurrent, expires_at}");
@@ -97,6 +101,23 @@ fn api_key(
         }
     }
     Some(key)
+}
+
+/// `.rpm`, `.models[2]`: a path inside a policy as it follows the key's label.
+fn rendered_suffix(sub: &[Segment]) -> String {
+    let inner = render_path(sub);
+    if inner.is_empty() || inner.starts_with('[') {
+        inner
+    } else {
+        format!(".{inner}")
+    }
+}
+
+/// The path of a policy field, to find its line.
+fn field(line_path: &[Segment], name: &str) -> Vec<Segment> {
+    let mut p = line_path.to_vec();
+    p.push(k(name));
+    p
 }
 
 /// The extended form: checks the policy's references and ranges and sets it on `key`.
@@ -114,7 +135,7 @@ fn apply_policy(
     if let Some(cred) = &policy.credential {
         if !known.credentials.contains(cred) {
             c.err_masked(
-                line_path,
+                &field(line_path, "credential"),
                 &format!("{shown}.credential"),
                 format!("no credential named `{cred}` under credentials:"),
             );
@@ -123,7 +144,7 @@ fn apply_policy(
     if let Some(u) = &policy.upstream {
         if !known.upstreams.contains(u) {
             c.err_masked(
-                line_path,
+                &field(line_path, "upstream"),
                 &format!("{shown}.upstream"),
                 format!("no upstream named `{u}`"),
             );
@@ -136,7 +157,7 @@ fn apply_policy(
     ] {
         if v == Some(0) {
             c.err_masked(
-                line_path,
+                &field(line_path, n),
                 &format!("{shown}.{n}"),
                 "must be at least 1 (omit it for no limit)",
             );
@@ -146,7 +167,7 @@ fn apply_policy(
         match parse_time(exp) {
             Some(t) => key.expires_at = Some(t),
             None => c.err_masked(
-                line_path,
+                &field(line_path, "expires_at"),
                 &format!("{shown}.expires_at"),
                 "expected an RFC 3339 time (2027-01-31T00:00:00Z), a date (2027-01-31) or Unix seconds",
             ),

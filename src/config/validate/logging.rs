@@ -1,6 +1,6 @@
 //! `log_level` (the seed key) and `logging:`.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use super::Collector;
 use crate::config::raw::RawLogging;
@@ -32,6 +32,7 @@ pub(super) fn logging(
     c: &mut Collector,
     level: Option<String>,
     raw: Option<RawLogging>,
+    base_dir: &Path,
 ) -> LoggingConfig {
     let level = log_level(c, level);
     let lg = raw.unwrap_or_default();
@@ -63,10 +64,24 @@ pub(super) fn logging(
             Rotation::Daily
         }
     };
+    if let Some(f) = lg
+        .file
+        .as_deref()
+        .filter(|f| f.ends_with('/') || f.ends_with('\\'))
+    {
+        c.err(
+            &[k("logging"), k("file")],
+            format!("`{f}` names a folder; give the log file's name, e.g. {f}sophgate.log"),
+        );
+    }
     LoggingConfig {
         level,
         format,
-        file: lg.file.filter(|f| !f.trim().is_empty()).map(PathBuf::from),
+        // Relative to the config file's folder, as plugin and CA paths are.
+        file: lg
+            .file
+            .filter(|f| !f.trim().is_empty())
+            .map(|f| base_dir.join(f)),
         rotation,
         retention_days: lg.retention_days.unwrap_or(10),
         access_log: lg.access_log.unwrap_or(true),

@@ -5,6 +5,7 @@
 mod acl;
 mod credentials;
 mod defaults;
+mod forward_headers;
 mod keys;
 mod listen;
 mod logging;
@@ -103,7 +104,10 @@ pub fn validate(
         names: credential_names,
         specs: credentials,
     } = credentials::credentials(&mut c, raw.credentials);
-    let mut upstream_defs = upstreams::upstreams(
+    let upstreams::Upstreams {
+        defs: mut upstream_defs,
+        broken: broken_upstreams,
+    } = upstreams::upstreams(
         &mut c,
         &upstream,
         raw.upstreams,
@@ -111,7 +115,12 @@ pub fn validate(
         &mut ca_files,
         base_dir,
     );
-    let upstream_names: Vec<String> = upstream_defs.iter().map(|u| u.name.clone()).collect();
+    // Entries with errors of their own count as names: no second error where they are used.
+    let upstream_names: Vec<String> = upstream_defs
+        .iter()
+        .map(|u| u.name.clone())
+        .chain(broken_upstreams)
+        .collect();
     let routes = upstreams::routes(&mut c, raw.routes, &upstream_names);
     let passthrough_unknown_keys = raw.passthrough_unknown_keys.unwrap_or(false);
     let keys = keys::api_keys(
@@ -143,7 +152,8 @@ pub fn validate(
     }
     let plugins = plugins::plugins(&mut c, &field_aliases, raw.plugins, base_dir);
     let admin_key = listen::admin_key(&mut c, raw.admin);
-    let logging = logging::logging(&mut c, raw.log_level, raw.logging);
+    let logging = logging::logging(&mut c, raw.log_level, raw.logging, base_dir);
+    let forward_headers = forward_headers::forward_headers(&mut c, raw.forward_headers);
 
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
@@ -170,6 +180,7 @@ pub fn validate(
         plugins,
         script_limits,
         admin_key,
+        forward_headers,
         warnings: c.warnings,
         ca_files,
         locator: c.locator,

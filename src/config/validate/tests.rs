@@ -157,3 +157,15 @@ fn plugins_remember_where_they_are_configured() {
     let e = cfg.error_at(&cfg.plugins[1].yaml_path(), "x");
     assert_eq!((e.path.as_str(), e.line), ("plugins[0]", Some(4)));
 }
+
+#[test]
+fn a_log_file_that_names_a_folder_is_an_error() {
+    let errs = Config::from_yaml("logging:\n  file: logs/\n", &|_| None).unwrap_err();
+    assert_eq!(errs.0[0].path, "logging.file");
+    assert_eq!(errs.0[0].line, Some(2));
+    let cfg = Config::from_yaml("logging:\n  file: logs/gw.log\n", &|_| None).unwrap();
+    assert_eq!(
+        cfg.logging.file.unwrap(),
+        std::path::Path::new("logs/gw.log")
+    );
+}

@@ -14,6 +14,7 @@ use tokio_rustls::rustls::RootCertStore;
 
 use super::{Collector, DEFAULT_API_HOST, DEFAULT_CHAT_PATH, DEFAULT_UPSTREAM};
 use crate::config::raw::{RawRoute, RawUpstream};
+use crate::config::schema_errors::deserialize_all;
 use crate::config::yaml_path::{k, Segment};
 use crate::config::{RouteDef, UpstreamConfig, UpstreamDef};
 use crate::secret::Secret;
@@ -284,13 +285,14 @@ fn default_upstream(upstream: &UpstreamConfig) -> UpstreamDef {
 pub(super) fn upstreams(
     c: &mut Collector,
     flat: &UpstreamConfig,
-    raw: Option<std::collections::BTreeMap<String, RawUpstream>>,
+    raw: Option<std::collections::BTreeMap<String, serde_yaml::Value>>,
     credential_names: &[String],
     ca_files: &mut Vec<PathBuf>,
     base_dir: &Path,
-) -> Vec<UpstreamDef> {
+) -> Upstreams {
     let mut upstreams = vec![default_upstream(flat)];
-    for (name, u) in raw.unwrap_or_default() {
+    let mut broken = Vec::new();
+    for (name, value) in raw.unwrap_or_default() {
         let base = [k("upstreams"), Segment::Key(name.clone())];
         if name == DEFAULT_UPSTREAM {
             c.err(
@@ -299,6 +301,19 @@ pub(super) fn upstreams(
             );
             continue;
         }
+        // Typed per entry, so an entry with a bad field still names an upstream (a route
+        // naming it is not reported a second time).
+        let (u, problems) = deserialize_all::<RawUpstream>(value);
+        let refused = !problems.is_empty();
+        for (sub, message) in problems {
+            let mut at = base.to_vec();
+            at.extend(sub);
+            c.err(&at, message);
+        }
+        let Some(u) = u.filter(|_| !refused) else {
+            broken.push(name);
+            continue;
+        };
         upstreams.push(named_upstream(
             c,
             &base,
@@ -309,7 +324,16 @@ pub(super) fn upstreams(
             base_dir,
         ));
     }
-    upstreams
+    Upstreams {
+        defs: upstreams,
+        broken,
+    }
+}
+
+/// The upstreams: the usable ones, and the names of entries with schema errors.
+pub(super) struct Upstreams {
+    pub defs: Vec<UpstreamDef>,
+    pub broken: Vec<String>,
 }
 
 fn named_upstream(

@@ -106,10 +106,11 @@ impl AccessLog {
             return;
         }
         self.enabled = false;
-        let latency_ms = self
-            .start
-            .map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0);
-        let ttfb_ms = self.first_byte.map(|d| d.as_secs_f64() * 1000.0);
+        // Numbers, so a JSON log holds numbers (rounded to the microsecond); no time to first
+        // byte (nothing was sent) leaves the field out.
+        let ms = |d: Duration| (d.as_secs_f64() * 1_000_000.0).round() / 1000.0;
+        let latency_ms = self.start.map_or(0.0, |s| ms(s.elapsed()));
+        let ttfb_ms = self.first_byte.map(ms);
         tracing::info!(
             target: TARGET,
             request_id = %self.request_id,
@@ -120,8 +121,8 @@ impl AccessLog {
             model = %self.model.as_deref().unwrap_or("-"),
             status = self.status,
             stream = self.stream,
-            latency_ms = format_args!("{latency_ms:.3}"),
-            ttfb_ms = format_args!("{}", ttfb_ms.map(|t| format!("{t:.3}")).unwrap_or_else(|| "-".into())),
+            latency_ms,
+            ttfb_ms,
             bytes = self.bytes,
             outcome = self.outcome.unwrap_or(outcome::CLIENT_GONE),
             error = self.error.unwrap_or("-"),

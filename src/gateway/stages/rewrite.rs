@@ -34,6 +34,8 @@ pub struct Rewritten {
     pub tree: Option<Value>,
     /// Whether `tree` differs from the bytes (they must be encoded again).
     pub changed: bool,
+    /// Whether the bytes were edited in place (keys renamed in the text).
+    pub text_edited: bool,
 }
 
 /// Applies `edits` to `bytes` (in place when the text edit suffices).
@@ -49,16 +51,20 @@ pub fn apply(
         Some(chat) => {
             let needs_defaults = needed(edits.defaults, &chat);
             let text_only = aliases && !(needs_defaults || rename || edits.inject_usage || hooks);
-            if text_only && rename_scanned(bytes, facts.renames, edits.aliases) {
-                return Ok(Rewritten {
-                    tree: None,
-                    changed: false,
-                });
+            if text_only {
+                if let Some(text_edited) = rename_scanned(bytes, facts.renames, edits.aliases) {
+                    return Ok(Rewritten {
+                        tree: None,
+                        changed: false,
+                        text_edited,
+                    });
+                }
             }
             if !(needs_defaults || rename || edits.inject_usage || aliases || hooks) {
                 return Ok(Rewritten {
                     tree: None,
                     changed: false,
+                    text_edited: false,
                 });
             }
             let mut value: Value = serde_json::from_slice(bytes).map_err(|e| {
@@ -82,15 +88,17 @@ pub fn apply(
             Ok(Rewritten {
                 tree: Some(value),
                 changed: needs_defaults || rename || edits.inject_usage || renamed,
+                text_edited: false,
             })
         }
         None => {
             // Other endpoints: aliases alone are renamed in the text when it is valid JSON.
-            let text_done = aliases
-                && !hooks
-                && !rename
-                && facts.json
-                && rename_scanned(bytes, facts.renames, edits.aliases);
+            let text_edit = if aliases && !hooks && !rename && facts.json {
+                rename_scanned(bytes, facts.renames, edits.aliases)
+            } else {
+                None
+            };
+            let text_done = text_edit.is_some();
             let mut tree = if !text_done && (hooks || rename || aliases) {
                 serde_json::from_slice::<Value>(bytes).ok()
             } else {
@@ -104,7 +112,11 @@ pub fn apply(
                 }
                 changed |= rename_fields(v, edits.aliases);
             }
-            Ok(Rewritten { tree, changed })
+            Ok(Rewritten {
+                tree,
+                changed,
+                text_edited: text_edit.unwrap_or(false),
+            })
         }
     }
 }
@@ -117,21 +129,25 @@ fn needed(defaults: &Defaults, chat: &ChatFacts) -> bool {
 }
 
 /// Applies `field_aliases` to the body's text when that needs no tree, with the keys the body
-/// phase's scan found (or scanning now, where serde_json peeked instead); `false` leaves the
-/// body as it was for the tree path (see [`rename_keys_in_text`]).
-fn rename_scanned(bytes: &mut Bytes, renames: Renames<'_>, aliases: &[(String, String)]) -> bool {
+/// phase's scan found (or scanning now, where serde_json peeked instead): whether a key was
+/// renamed; `None` leaves the body as it was for the tree path (see [`rename_keys_in_text`]).
+fn rename_scanned(
+    bytes: &mut Bytes,
+    renames: Renames<'_>,
+    aliases: &[(String, String)],
+) -> Option<bool> {
     let renamed = match renames {
         Renames::NotScanned => rename_keys_in_text(bytes, aliases),
         Renames::InText(found) => apply_renames(bytes, &found),
         Renames::NeedsTree => TextRename::NeedsTree,
     };
     match renamed {
-        TextRename::Unchanged => true,
+        TextRename::Unchanged => Some(false),
         TextRename::Renamed(v) => {
             *bytes = Bytes::from(v);
-            true
+            Some(true)
         }
-        TextRename::NeedsTree => false,
+        TextRename::NeedsTree => None,
     }
 }
 

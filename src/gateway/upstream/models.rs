@@ -1,20 +1,56 @@
 //! `GET /v1/models`: the static `models:` list when configured, else the upstream's list,
-//! fetched with the caller's mapped credential and cached for `models_cache_ttl`. A failed
-//! refresh serves the stale copy; with no copy at all the client gets 502.
+//! fetched with the caller's mapped credential and cached per credential for
+//! `models_cache_ttl`. A failed refresh serves that credential's stale copy; with no copy at
+//! all the client gets 502. An upstream that refuses the credential (401/403) is answered
+//! with its own status and error.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderValue, StatusCode};
 
 use super::credential::{credential_for, CredentialChoice};
 use super::errors::upstream_error_text;
 use super::forward::Upstream;
+use super::models_cache::StaleCovers;
 use crate::config::ModelEntry;
 use crate::credentials::Credentials;
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::stages::auth::Principal;
 use crate::gateway::stages::routing::RouteTable;
+
+/// Why there is no list.
+#[derive(Debug)]
+pub enum ModelsError {
+    /// The gateway's own answer (502 and the like).
+    Gateway(GatewayError),
+    /// The upstream refused the credential: its status (401 or 403) and its error body, which
+    /// the client gets as they are, as with any other upstream error.
+    Refused { status: StatusCode, body: Bytes },
+}
+
+impl From<GatewayError> for ModelsError {
+    fn from(e: GatewayError) -> Self {
+        ModelsError::Gateway(e)
+    }
+}
+
+impl StaleCovers for ModelsError {
+    fn stale_covers(&self) -> bool {
+        matches!(self, ModelsError::Gateway(_))
+    }
+}
+
+impl std::fmt::Display for ModelsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelsError::Gateway(e) => e.fmt(f),
+            ModelsError::Refused { status, .. } => {
+                write!(f, "the upstream refused the credential ({status})")
+            }
+        }
+    }
+}
 
 /// The model list a principal sees: the static list, or the merged lists of every upstream it
 /// can reach; in both cases only the models its `models` globs allow.
@@ -24,7 +60,7 @@ pub async fn list_for(
     static_models: Option<&Bytes>,
     ttl: Duration,
     principal: &Principal,
-) -> Result<Bytes, GatewayError> {
+) -> Result<Bytes, ModelsError> {
     let globs: &[String] = principal
         .policy
         .as_ref()
@@ -34,7 +70,7 @@ pub async fn list_for(
         return if globs.is_empty() {
             Ok(list.clone())
         } else {
-            filter_merge(std::slice::from_ref(list), globs)
+            Ok(filter_merge(std::slice::from_ref(list), globs)?)
         };
     }
     let upstreams = routing.reachable(principal);
@@ -46,7 +82,7 @@ pub async fn list_for(
             CredentialChoice::Named(c) => match c.lease().await {
                 Ok(l) => Some(l),
                 Err(e) => {
-                    last_err = Some(e.into_gateway_error());
+                    last_err = Some(ModelsError::Gateway(e.into_gateway_error()));
                     continue;
                 }
             },
@@ -59,7 +95,7 @@ pub async fn list_for(
         };
         match up
             .models_cache
-            .get(ttl, fetch(up, up.models_url(), auth))
+            .get(ttl, auth, fetch(up, up.models_url(), auth))
             .await
         {
             Ok(b) => lists.push(b),
@@ -68,17 +104,17 @@ pub async fn list_for(
     }
     if lists.is_empty() {
         return Err(last_err.unwrap_or_else(|| {
-            GatewayError::new(
+            ModelsError::Gateway(GatewayError::new(
                 ErrorKind::BadGateway,
                 "upstream_models_unavailable",
                 "No upstream model list",
-            )
+            ))
         }));
     }
     if lists.len() == 1 && globs.is_empty() {
         return Ok(lists.swap_remove(0));
     }
-    filter_merge(&lists, globs)
+    Ok(filter_merge(&lists, globs)?)
 }
 
 /// Merges OpenAI model lists (first occurrence of an id wins) and keeps the allowed ids.
@@ -119,7 +155,7 @@ async fn fetch(
     upstream: &Upstream,
     url: &str,
     authorization: Option<&HeaderValue>,
-) -> Result<Bytes, GatewayError> {
+) -> Result<Bytes, ModelsError> {
     let mut req = upstream.client().get(url).timeout(Duration::from_secs(30));
     if let Some(a) = authorization {
         req = req.header(http::header::AUTHORIZATION, a.clone());
@@ -129,25 +165,56 @@ async fn fetch(
     };
     let resp = req.send().await.map_err(|e| {
         tracing::warn!(error = %upstream_error_text(&e), "model list fetch failed");
-        bad("The upstream model list could not be fetched")
+        ModelsError::from(bad("The upstream model list could not be fetched"))
     })?;
-    if !resp.status().is_success() {
+    let status = resp.status();
+    if !status.is_success() {
         tracing::warn!(
-            status = resp.status().as_u16(),
+            upstream = %upstream.name,
+            status = status.as_u16(),
             "upstream refused the model list"
         );
-        return Err(bad("The upstream refused the model list request"));
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(refused(status, resp).await);
+        }
+        return Err(bad("The upstream refused the model list request").into());
     }
     let body = resp.bytes().await.map_err(|e| {
         tracing::warn!(error = %upstream_error_text(&e), "model list body failed");
-        bad("The upstream model list could not be read")
+        ModelsError::from(bad("The upstream model list could not be read"))
     })?;
     // Only cache something that is a model list.
     let ok = serde_json::from_slice::<serde_json::Value>(&body)
         .map(|v| v.get("data").is_some_and(|d| d.is_array()))
         .unwrap_or(false);
     if !ok {
-        return Err(bad("The upstream model list was not in the OpenAI format"));
+        return Err(bad("The upstream model list was not in the OpenAI format").into());
     }
     Ok(body)
 }
+
+/// The upstream's refusal as the client gets it: its status, and its JSON error body (a body
+/// that is not JSON, or cannot be read, is replaced by the gateway's own error of that status).
+async fn refused(status: StatusCode, resp: reqwest::Response) -> ModelsError {
+    let body = resp.bytes().await.ok().filter(|b| {
+        b.len() <= MAX_REFUSAL_BYTES
+            && serde_json::from_slice::<serde_json::Value>(b).is_ok_and(|v| v.is_object())
+    });
+    let body = body.unwrap_or_else(|| {
+        let kind = if status == StatusCode::FORBIDDEN {
+            ErrorKind::Forbidden
+        } else {
+            ErrorKind::Unauthorized
+        };
+        GatewayError::new(
+            kind,
+            "upstream_refused",
+            "The upstream refused the credential for the model list",
+        )
+        .body_bytes()
+    });
+    ModelsError::Refused { status, body }
+}
+
+/// The largest upstream refusal body passed on.
+const MAX_REFUSAL_BYTES: usize = 64 * 1024;

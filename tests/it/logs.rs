@@ -165,8 +165,10 @@ fn log_file_keeps_its_name_relative_to_the_config_folder() {
         .env_remove("SOPHGATE_LOG")
         .spawn()
         .unwrap();
+    // Up means answering, not only listening: the SIGTERM handler is installed after the bind,
+    // and a SIGTERM that came between the two killed it (seen when all tests share a process).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while !answers_health(port) {
         assert!(Instant::now() < deadline, "gateway did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -187,4 +189,17 @@ fn log_file_keeps_its_name_relative_to_the_config_folder() {
     let text = std::fs::read_to_string(dir.join("logs").join("gw.log")).unwrap();
     assert!(text.contains("sophgate serving"), "{text}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// True when the gateway on the loopback port answers `GET /health` with 200.
+fn answers_health(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let mut answer = String::new();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        .is_ok()
+        && s.read_to_string(&mut answer).is_ok()
+        && answer.starts_with("HTTP/1.1 200")
 }

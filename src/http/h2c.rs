@@ -19,7 +19,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use super::server::{Handler, RequestBody};
@@ -102,8 +102,8 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for CountedBody<B> {
 
 /// Serves one h2c connection until the client closes it, it idles for `keep_alive`, or
 /// `stop` turns true (then in-flight streams finish first: hyper's graceful shutdown).
-pub async fn serve<H>(
-    stream: TcpStream,
+pub async fn serve<H, I>(
+    stream: I,
     builder: &http2::Builder<TokioExecutor>,
     keep_alive: Duration,
     mut stop: watch::Receiver<bool>,
@@ -112,6 +112,7 @@ pub async fn serve<H>(
 ) where
     H: Handler + Clone + Send + Sync + 'static,
     H::Body: Unpin + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
     let counter = Arc::clone(&activity);

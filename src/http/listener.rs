@@ -1,6 +1,6 @@
 //! The accept loop: HTTP/1.1 ([`super::server`]) and h2c with prior knowledge
-//! ([`super::h2c`]) on one port, told apart by the first bytes; `TCP_NODELAY` on every
-//! accepted socket; graceful shutdown (stop accepting, let in-flight requests and streams
+//! ([`super::h2c`]) on one port, told apart by the first bytes (read when they arrive, then
+//! handed on to the protocol); `TCP_NODELAY` on every accepted socket; graceful shutdown (stop accepting, let in-flight requests and streams
 //! finish within the grace period, then close what is left).
 
 use std::future::Future;

@@ -1,6 +1,7 @@
-//! The accept loop: HTTP/1.1 and h2c (prior knowledge) on one port, told apart by peeking at the
-//! first bytes; silent or stalled connections are closed after `header_read_timeout`, idle h2c
-//! connections after `keep_alive_timeout`.
+//! The accept loop: HTTP/1.1 and h2c (prior knowledge) on one port, told apart by reading the
+//! first bytes (handed on to the protocol; a stalled preface costs no CPU); silent or stalled
+//! connections are closed after `header_read_timeout`, idle h2c connections after
+//! `keep_alive_timeout`.
 
 use std::time::{Duration, Instant};
 
@@ -206,8 +207,11 @@ async fn stalled_h2c_prefaces_cost_no_cpu_and_both_protocols_still_work() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (cpu, wall) = (thread_cpu() - cpu0, wall0.elapsed());
     eprintln!("{n} stalled prefaces: {cpu:?} CPU in {wall:?}");
+    // Waiting costs nothing (0 ticks measured); the old 1 ms polling cost 0.4 s per second
+    // for 2,000 connections on a 2-core machine shared with other builds (a whole core when
+    // it had one), so the bound is 10 % of the wall time (10 ms ticks).
     assert!(
-        cpu.as_secs_f64() < 0.3 * wall.as_secs_f64(),
+        cpu.as_secs_f64() < 0.1 * wall.as_secs_f64(),
         "{n} stalled prefaces used {cpu:?} of CPU in {wall:?}"
     );
 

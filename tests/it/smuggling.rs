@@ -64,7 +64,8 @@ fn forwarded(up: &Upstream, id: &str) -> Vec<u8> {
 }
 
 /// Sends `wire` on a new connection; the statuses of the first `want` answers (fewer if the
-/// connection closes first), and whether the connection is closed after them.
+/// connection closes first or nothing more comes within [`IO_TIMEOUT`]), and whether the
+/// connection is closed after them.
 async fn exchange(env: &Env, wire: &[u8], want: usize) -> (Vec<u16>, bool) {
     let mut s = TcpStream::connect(env.gateway.addr).await.unwrap();
     // A server may answer and close before it read everything: the answer is still there.
@@ -97,7 +98,8 @@ async fn exchange(env: &Env, wire: &[u8], want: usize) -> (Vec<u16>, bool) {
         }
         let mut chunk = [0u8; 16 * 1024];
         match tokio::time::timeout(IO_TIMEOUT, s.read(&mut chunk)).await {
-            Err(_) => panic!("no answer within {IO_TIMEOUT:?}; got {statuses:?}"),
+            // No answer (the gateway waits for more): the case fails on its statuses.
+            Err(_) => return (statuses, false),
             Ok(Ok(0)) | Ok(Err(_)) => eof = true,
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }

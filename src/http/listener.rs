@@ -1,7 +1,8 @@
 //! The accept loop: HTTP/1.1 ([`super::server`]) and h2c with prior knowledge
 //! ([`super::h2c`]) on one port, told apart by the first bytes (read when they arrive, then
-//! handed on to the protocol); `TCP_NODELAY` on every accepted socket; graceful shutdown (stop accepting, let in-flight requests and streams
-//! finish within the grace period, then close what is left).
+//! handed on to the protocol); `TCP_NODELAY` on every accepted socket; graceful shutdown
+//! (stop accepting, let in-flight requests and streams finish within the grace period, then
+//! close what is left).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -67,7 +68,8 @@ pub async fn serve<S: Service>(
                         Some((Protocol::Http2, read)) => {
                             // hyper reads the preface again, from the buffer first; writes that
                             // stay blocked for `send` end the connection, as on HTTP/1.1.
-                            let io = SendTimeout::new(Rewind::new(read.freeze(), stream), timeouts.send);
+                            let io = Rewind::new(read.freeze(), stream);
+                            let io = SendTimeout::new(io, timeouts.send);
                             super::h2c::serve(io, &h2, timeouts.keep_alive, stop, handler, peer)
                                 .await;
                         }

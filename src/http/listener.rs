@@ -70,7 +70,8 @@ pub async fn serve<S: Service>(
                             // stay blocked for `send` end the connection, as on HTTP/1.1.
                             let io = Rewind::new(read.freeze(), stream);
                             let io = SendTimeout::new(io, timeouts.send);
-                            super::h2c::serve(io, &h2, timeouts.keep_alive, stop, handler, peer)
+                            let (keep_alive, send) = (timeouts.keep_alive, timeouts.send);
+                            super::h2c::serve(io, &h2, keep_alive, send, stop, handler, peer)
                                 .await;
                         }
                     }

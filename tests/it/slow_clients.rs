@@ -1,6 +1,7 @@
-//! Slow readers (issue 17 item 3): a client that stops reading its answer is cut off after
-//! `limits.send_timeout`, so it cannot hold a `connection_limit` slot for ever; and the wait
-//! for such a slot counts toward `first_byte_timeout` (504 when it runs out).
+//! Slow readers (issue 17 item 3): a client that stops reading its answer (HTTP/1.1, or an h2c
+//! client that stops granting flow-control window) is cut off after `limits.send_timeout`, so
+//! it cannot hold a `connection_limit` slot for ever; and the wait for such a slot counts
+//! toward `first_byte_timeout` (504 when it runs out).
 
 use std::time::{Duration, Instant};
 
@@ -108,4 +109,53 @@ async fn waiting_for_a_connection_limit_slot_counts_toward_the_first_byte_timeou
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
     let again = post_chat(&env, CLIENT_KEY, chat_body("mock-model", false)).await;
     assert_eq!(again.status(), 200);
+}
+
+/// An h2c client that stops reading does not block the socket (flow control stops the
+/// gateway first): the connection is ended once hyper has waited `send_timeout` for window.
+#[tokio::test]
+async fn an_h2c_client_that_stops_reading_is_cut_off_and_frees_its_slot() {
+    let up = upstream(Mode::Raw(large_stream(), true)).await;
+    let env = gateway_for(
+        &up,
+        "connection_limit: 1\nlimits:\n  send_timeout: 0.5\n  first_byte_timeout: 20\n",
+    )
+    .await;
+    let tcp = tokio::net::TcpStream::connect(env.gateway.addr)
+        .await
+        .unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(conn);
+    let req = http::Request::post(format!("http://{}/v1/chat/completions", env.gateway.addr))
+        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
+    let (answer, mut send) = h2.send_request(req, false).unwrap();
+    send.send_data(chat_body("m", true).into(), true).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .expect("the answer's head")
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    // The body is never read and its window never released: the gateway can send 64 KiB.
+    let _unread = answer.into_body();
+
+    let t0 = Instant::now();
+    let resp = tokio::time::timeout(
+        Duration::from_secs(15),
+        post_chat(&env, CLIENT_KEY, chat_body("m", true)),
+    )
+    .await
+    .expect("the victim was served once the h2c reader was cut off");
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.trim_end().ends_with("data: [DONE]"),
+        "the victim's stream is whole"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(15));
+    // The gateway closed the h2c connection.
+    let ended = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    assert!(ended.is_ok(), "the h2c connection is closed");
 }

@@ -352,6 +352,27 @@ fn cases() -> Vec<Case> {
             closed: false,
             upstream: vec!["a"],
         },
+        // Chunked named twice (two lines, or a list) is read as one chunked coding, as hyper
+        // reads it; the body goes upstream re-framed, so no one downstream reads it otherwise.
+        Case {
+            what: "transfer-encoding chunked on two lines",
+            wire: format!("{}{}", head("a", &format!("{te}{te}")), chunked(&b)).into(),
+            statuses: vec![200],
+            closed: false,
+            upstream: vec!["a"],
+        },
+        Case {
+            what: "transfer-encoding chunked, chunked",
+            wire: format!(
+                "{}{}",
+                head("a", "Transfer-Encoding: chunked, chunked\r\n"),
+                chunked(&b)
+            )
+            .into(),
+            statuses: vec![200],
+            closed: false,
+            upstream: vec!["a"],
+        },
         Case {
             what: "bare LF ending the head's lines",
             wire: format!(

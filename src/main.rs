@@ -241,6 +241,9 @@ fn serve(path: &std::path::Path) -> ExitCode {
     };
     rt.block_on(async move {
         let listen = cfg.listen;
+        // Before the port opens: a SIGTERM that comes as soon as a client can connect drains
+        // instead of killing the process.
+        let shutdown = shutdown_signal();
         let runtime = match Runtime::new(cfg) {
             Ok(r) => r,
             Err(e) => {
@@ -267,31 +270,39 @@ fn serve(path: &std::path::Path) -> ExitCode {
         if let Err(e) = sophgate::reload::watch::spawn(runtime.clone()) {
             tracing::warn!("{e}; reload with SIGHUP or POST /admin/reload instead");
         }
-        server::serve(listener, runtime, shutdown_signal()).await;
+        server::serve(listener, runtime, shutdown).await;
         ExitCode::SUCCESS
     })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when
+/// the future is first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = tokio::signal::ctrl_c() => {},
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            let recv = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            };
+            tokio::select! {
+                _ = recv(term) => {},
+                _ = recv(int) => {},
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -273,6 +273,9 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// How long an HTTP/1.1 connection may sit idle between requests.
     pub keep_alive_timeout: Duration,
+    /// How long a write to a client may stay blocked (the client reads nothing) before the
+    /// connection is ended (nginx's `send_timeout`).
+    pub send_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub stream_idle_timeout: Duration,
     pub shutdown_grace: Duration,

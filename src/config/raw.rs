@@ -165,6 +165,7 @@ pub struct RawLimits {
     pub max_body_bytes: Option<u64>,
     pub header_read_timeout: Option<f64>,
     pub keep_alive_timeout: Option<f64>,
+    pub send_timeout: Option<f64>,
     pub first_byte_timeout: Option<f64>,
     pub stream_idle_timeout: Option<f64>,
     pub shutdown_grace: Option<f64>,

@@ -86,6 +86,7 @@ impl Service for GatewayService {
         let timeouts = Timeouts {
             header_read: limits.header_read_timeout,
             keep_alive: limits.keep_alive_timeout,
+            send: limits.send_timeout,
         };
         (Gateway::new(self.runtime.clone(), peer.ip()), timeouts)
     }

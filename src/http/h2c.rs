@@ -6,11 +6,16 @@
 //!
 //! A request counts as open from the moment hyper hands it over until its answer's body is sent
 //! whole or dropped (a client that resets the stream), so a long stream never looks idle.
+//!
+//! `limits.send_timeout` here: a client that stops reading does not block the socket (HTTP/2
+//! flow control stops the sender first), so besides the socket's own write timeout the
+//! connection is ended once hyper has owed an answer's body its next poll for that long (the
+//! body handed over a frame and hyper, out of window, did not come back for another).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -19,7 +24,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use super::server::{Handler, RequestBody};
@@ -35,7 +40,15 @@ struct Activity {
     open: AtomicUsize,
     /// Milliseconds after `began` at which `open` last fell to zero (0: never had a request).
     idle_since_ms: AtomicU64,
+    /// The answers' bodies hyper is sending.
+    bodies: Mutex<Vec<Weak<Owed>>>,
 }
+
+/// Since when (milliseconds after [`Activity::began`]) hyper owes an answer's body its next
+/// poll: the body handed over a frame and hyper has not asked for another. 0: nothing owed
+/// (hyper waits for the body, or the body is done).
+#[derive(Default)]
+struct Owed(AtomicU64);
 
 impl Activity {
     fn new() -> Self {
@@ -43,7 +56,36 @@ impl Activity {
             began: Instant::now(),
             open: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
+            bodies: Mutex::new(Vec::new()),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        (self.began.elapsed().as_millis() as u64).max(1)
+    }
+
+    /// Watches a new answer's body.
+    fn track(&self) -> Arc<Owed> {
+        let owed = Arc::new(Owed::default());
+        let mut bodies = self.bodies.lock().unwrap_or_else(PoisonError::into_inner);
+        bodies.retain(|b| b.strong_count() > 0);
+        bodies.push(Arc::downgrade(&owed));
+        owed
+    }
+
+    /// The longest time hyper has owed any body its next poll.
+    fn stalled_for(&self) -> Duration {
+        let now = self.now_ms();
+        let bodies = self.bodies.lock().unwrap_or_else(PoisonError::into_inner);
+        let oldest = bodies
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|o| o.0.load(Ordering::Acquire))
+            .filter(|&t| t != 0)
+            .min();
+        oldest.map_or(Duration::ZERO, |t| {
+            Duration::from_millis(now.saturating_sub(t))
+        })
     }
 
     fn begin(self: &Arc<Self>) -> OpenRequest {
@@ -77,7 +119,8 @@ impl Drop for OpenRequest {
 /// The handler's answer body, holding its request open until it is sent or dropped.
 struct CountedBody<B> {
     body: B,
-    _open: OpenRequest,
+    open: OpenRequest,
+    owed: Arc<Owed>,
 }
 
 impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for CountedBody<B> {
@@ -88,7 +131,14 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for CountedBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        let owed = match &polled {
+            Poll::Ready(Some(Ok(_))) => this.open.0.now_ms(),
+            _ => 0,
+        };
+        this.owed.0.store(owed, Ordering::Release);
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -100,18 +150,21 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for CountedBody<B> {
     }
 }
 
-/// Serves one h2c connection until the client closes it, it idles for `keep_alive`, or
-/// `stop` turns true (then in-flight streams finish first: hyper's graceful shutdown).
-pub async fn serve<H>(
-    stream: TcpStream,
+/// Serves one h2c connection until the client closes it, it idles for `keep_alive`, hyper
+/// owes an answer's body its next poll for `send` (the client stopped reading), or `stop`
+/// turns true (then in-flight streams finish first: hyper's graceful shutdown).
+pub async fn serve<H, I>(
+    stream: I,
     builder: &http2::Builder<TokioExecutor>,
     keep_alive: Duration,
+    send: Duration,
     mut stop: watch::Receiver<bool>,
     handler: H,
     peer: SocketAddr,
 ) where
     H: Handler + Clone + Send + Sync + 'static,
     H::Body: Unpin + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
     let counter = Arc::clone(&activity);
@@ -122,7 +175,8 @@ pub async fn serve<H>(
         let handled = handler.handle(req.map(RequestBody::incoming));
         async move {
             let resp = handled.await;
-            Ok::<_, std::convert::Infallible>(resp.map(|body| CountedBody { body, _open: open }))
+            let owed = open.0.track();
+            Ok::<_, std::convert::Infallible>(resp.map(|body| CountedBody { body, open, owed }))
         }
     });
     let conn = builder.serve_connection(TokioIo::new(stream), service);
@@ -131,6 +185,8 @@ pub async fn serve<H>(
     tokio::pin!(stopping);
     let idle_check = tokio::time::sleep(keep_alive);
     tokio::pin!(idle_check);
+    let stall_check = tokio::time::sleep(send / 4);
+    tokio::pin!(stall_check);
     let served = loop {
         tokio::select! {
             served = conn.as_mut() => break served,
@@ -156,6 +212,13 @@ pub async fn serve<H>(
                     None => keep_alive,
                 };
                 idle_check.as_mut().reset(tokio::time::Instant::now() + next);
+            }
+            _ = stall_check.as_mut() => {
+                if activity.stalled_for() >= send {
+                    tracing::debug!(%peer, "closing an h2c connection whose client stopped reading");
+                    return;
+                }
+                stall_check.as_mut().reset(tokio::time::Instant::now() + send / 4);
             }
         }
     };

@@ -1,17 +1,21 @@
 //! The accept loop: HTTP/1.1 ([`super::server`]) and h2c with prior knowledge
-//! ([`super::h2c`]) on one port, told apart by the first bytes; `TCP_NODELAY` on every
-//! accepted socket; graceful shutdown (stop accepting, let in-flight requests and streams
-//! finish within the grace period, then close what is left).
+//! ([`super::h2c`]) on one port, told apart by the first bytes (read when they arrive, then
+//! handed on to the protocol); `TCP_NODELAY` on every accepted socket; graceful shutdown
+//! (stop accepting, let in-flight requests and streams finish within the grace period, then
+//! close what is left).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::rewind::Rewind;
+use super::send_timeout::SendTimeout;
 use super::server::{self, Handler, Timeouts};
 
 /// What the accept loop serves: a handler per connection, and the limits in force when it
@@ -58,11 +62,16 @@ pub async fn serve<S: Service>(
                 tokio::spawn(async move {
                     match sniff(&stream, timeouts.header_read).await {
                         None => {}
-                        Some(Protocol::Http1) => {
-                            server::serve_tcp(stream, timeouts, stop, handler).await;
+                        Some((Protocol::Http1, read)) => {
+                            server::serve_tcp(stream, read, timeouts, stop, handler).await;
                         }
-                        Some(Protocol::Http2) => {
-                            super::h2c::serve(stream, &h2, timeouts.keep_alive, stop, handler, peer)
+                        Some((Protocol::Http2, read)) => {
+                            // hyper reads the preface again, from the buffer first; writes that
+                            // stay blocked for `send` end the connection, as on HTTP/1.1.
+                            let io = Rewind::new(read.freeze(), stream);
+                            let io = SendTimeout::new(io, timeouts.send);
+                            let (keep_alive, send) = (timeouts.keep_alive, timeouts.send);
+                            super::h2c::serve(io, &h2, keep_alive, send, stop, handler, peer)
                                 .await;
                         }
                     }
@@ -93,27 +102,39 @@ enum Protocol {
     Http2,
 }
 
-/// Which protocol a new connection speaks, from its first bytes, peeked: they stay in the
-/// socket for the protocol's reader (hyper's h2, or [`server::serve`]), which reads them into
-/// its own buffer; no rewind wrapper. `None`: the client closed, failed, or sent nothing within
-/// `within` (the head's own timeout starts when its first read leaves it incomplete, so a
-/// first head may take up to twice `header_read_timeout`).
-async fn sniff(stream: &TcpStream, within: Duration) -> Option<Protocol> {
+/// The first read's room: a usual request head fits (it becomes the HTTP/1.1 server's read
+/// buffer).
+const FIRST_READ: usize = 4 * 1024;
+
+/// Which protocol a new connection speaks, from its first bytes, and those bytes (read, for
+/// the protocol's reader to start from: [`server::serve_tcp`]'s buffer, or a [`Rewind`] under
+/// hyper). Waits for readability, never polls: a connection that sent part of the preface and
+/// stopped costs nothing until it sends more or `within` runs out. No buffer is allocated
+/// before the first bytes arrive. `None`: the client closed, failed, or did not send the
+/// preface or another protocol's first bytes within `within` (the head's own timeout starts
+/// when its first read leaves it incomplete, so a first head may take up to twice
+/// `header_read_timeout`).
+async fn sniff(stream: &TcpStream, within: Duration) -> Option<(Protocol, BytesMut)> {
     let look = async {
-        let mut first = [0u8; H2_PREFACE.len()];
+        let mut read = BytesMut::new();
         loop {
-            let n = stream.peek(&mut first).await.ok()?;
-            if n == 0 {
-                return None;
+            stream.readable().await.ok()?;
+            if read.capacity() == read.len() {
+                read.reserve(FIRST_READ);
             }
-            if !H2_PREFACE.starts_with(&first[..n]) {
-                return Some(Protocol::Http1);
+            match stream.try_read_buf(&mut read) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return None,
             }
-            if n == H2_PREFACE.len() {
-                return Some(Protocol::Http2);
+            let seen = read.len().min(H2_PREFACE.len());
+            if read[..seen] != H2_PREFACE[..seen] {
+                return Some((Protocol::Http1, read));
             }
-            // Part of the preface so far (rare): peeking at once would see the same bytes.
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            if seen == H2_PREFACE.len() {
+                return Some((Protocol::Http2, read));
+            }
         }
     };
     tokio::time::timeout(within, look).await.ok().flatten()

@@ -7,6 +7,8 @@
 //! - [`server`]: the client-facing HTTP/1.1 connection loop, generic over its IO, calling a
 //!   [`server::Handler`]; [`h2c`]: HTTP/2 with prior knowledge on hyper, through the same
 //!   handler; [`listener`]: the accept loop that tells the two apart;
+//! - [`rewind`]: an IO that yields the bytes the accept loop read before it; [`send_timeout`]:
+//!   writes towards the client that fail once blocked for `limits.send_timeout`;
 //! - [`client`]: the pooled upstream HTTP/1.1 client and its TCP/TLS transport.
 //!
 //! No module here imports from the gateway (or any other part of the crate);
@@ -16,6 +18,8 @@ pub mod client;
 pub mod h2c;
 pub mod headers;
 pub mod listener;
+pub mod rewind;
+pub mod send_timeout;
 pub mod server;
 pub mod wire;
 

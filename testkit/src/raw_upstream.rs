@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,6 +32,18 @@ pub struct Upstream {
     pub requests: Arc<AtomicUsize>,
     /// Connections open right now.
     pub open: Arc<AtomicUsize>,
+    /// Every request read, head and body, byte for byte as it arrived, in order.
+    pub received: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Upstream {
+    /// The requests read so far, byte for byte.
+    pub fn received(&self) -> Vec<Vec<u8>> {
+        self.received
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 pub async fn upstream(mode: Mode) -> Upstream {
@@ -40,7 +52,9 @@ pub async fn upstream(mode: Mode) -> Upstream {
     let connections = Arc::new(AtomicUsize::new(0));
     let requests = Arc::new(AtomicUsize::new(0));
     let open = Arc::new(AtomicUsize::new(0));
+    let received = Arc::new(Mutex::new(Vec::new()));
     let (c, r, o) = (connections.clone(), requests.clone(), open.clone());
+    let log = received.clone();
     tokio::spawn(async move {
         loop {
             let Ok((sock, _)) = listener.accept().await else {
@@ -48,9 +62,9 @@ pub async fn upstream(mode: Mode) -> Upstream {
             };
             c.fetch_add(1, Ordering::SeqCst);
             o.fetch_add(1, Ordering::SeqCst);
-            let (r, o) = (r.clone(), o.clone());
+            let (r, o, log) = (r.clone(), o.clone(), log.clone());
             tokio::spawn(async move {
-                serve(sock, mode, r).await;
+                serve(sock, mode, r, log).await;
                 o.fetch_sub(1, Ordering::SeqCst);
             });
         }
@@ -60,10 +74,16 @@ pub async fn upstream(mode: Mode) -> Upstream {
         connections,
         requests,
         open,
+        received,
     }
 }
 
-async fn serve(mut sock: TcpStream, mode: Mode, requests: Arc<AtomicUsize>) {
+async fn serve(
+    mut sock: TcpStream,
+    mode: Mode,
+    requests: Arc<AtomicUsize>,
+    received: Arc<Mutex<Vec<Vec<u8>>>>,
+) {
     let mut buf = Vec::new();
     loop {
         // Head, then as many body bytes as Content-Length says.
@@ -90,7 +110,11 @@ async fn serve(mut sock: TcpStream, mode: Mode, requests: Arc<AtomicUsize>) {
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
-        buf.drain(..head_end + len);
+        let request: Vec<u8> = buf.drain(..head_end + len).collect();
+        received
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(request);
         let n = requests.fetch_add(1, Ordering::SeqCst) + 1;
         if let Mode::Raw(answer, close) = mode {
             if sock.write_all(answer).await.is_err() || close {

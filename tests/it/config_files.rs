@@ -85,6 +85,7 @@ fn example_documents_every_key() {
         "limits:",
         "max_body_bytes",
         "header_read_timeout",
+        "send_timeout",
         "first_byte_timeout",
         "stream_idle_timeout",
         "shutdown_grace",

@@ -29,6 +29,8 @@ mod reload;
 mod routing;
 mod server;
 mod shutdown;
+mod slow_clients;
+mod smuggling;
 mod streaming;
 mod tls;
 mod token_mock;

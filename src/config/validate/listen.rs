@@ -55,6 +55,7 @@ pub(super) fn limits(c: &mut Collector, raw: Option<RawLimits>) -> (Limits, Scri
             rl.keep_alive_timeout,
             75.0,
         ),
+        send_timeout: c.seconds(&[k("limits"), k("send_timeout")], rl.send_timeout, 60.0),
         first_byte_timeout: c.seconds(
             &[k("limits"), k("first_byte_timeout")],
             rl.first_byte_timeout,

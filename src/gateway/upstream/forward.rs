@@ -248,14 +248,29 @@ impl Upstream {
         &self,
         out: OutboundRequest<'_>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
-        let permit = match &self.limiter {
-            Some(sem) => Some(
-                sem.clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| GatewayError::internal("upstream limiter closed"))?,
-            ),
-            None => None,
+        // The wait for a `connection_limit` slot counts toward the first-byte timeout: when
+        // every slot is held (by long streams, or clients that stopped reading) a request gets
+        // its 504 in time instead of waiting for as long as they last.
+        let (permit, first_byte_timeout) = match &self.limiter {
+            Some(sem) => {
+                let began = tokio::time::Instant::now();
+                let acquired =
+                    tokio::time::timeout(self.first_byte_timeout, sem.clone().acquire_owned())
+                        .await;
+                let permit = match acquired {
+                    Err(_) => {
+                        tracing::warn!(
+                            upstream = %self.name,
+                            "no connection_limit slot came free within first_byte_timeout"
+                        );
+                        return Err(self.first_byte_timeout_error());
+                    }
+                    Ok(p) => p.map_err(|_| GatewayError::internal("upstream limiter closed"))?,
+                };
+                let left = self.first_byte_timeout.saturating_sub(began.elapsed());
+                (Some(permit), left)
+            }
+            None => (None, self.first_byte_timeout),
         };
 
         let lines = upstream_header_lines(out.headers, out.authorization, out.request_id);
@@ -279,7 +294,7 @@ impl Upstream {
                     host,
                     headers: &lines,
                     body: out.body,
-                    first_byte_timeout: self.first_byte_timeout,
+                    first_byte_timeout,
                 };
                 let answer = match pool.send(request).await {
                     Err(PoolError::FirstByteTimeout) => return Err(self.first_byte_timeout_error()),
@@ -305,7 +320,7 @@ impl Upstream {
                 // Boxed: reqwest's future is large and would otherwise widen every caller's
                 // state (and the moves of it) on the pooled path too.
                 let request = Box::pin(request);
-                let mut resp = match tokio::time::timeout(self.first_byte_timeout, request).await {
+                let mut resp = match tokio::time::timeout(first_byte_timeout, request).await {
                     Err(_) => return Err(self.first_byte_timeout_error()),
                     Ok(Err(e)) => return Err(map_send_error(&e)),
                     Ok(Ok(r)) => r,

@@ -14,7 +14,8 @@
 //!   ambiguous framing (`Content-Length` with `Transfer-Encoding`, differing lengths) are 400:
 //!   the handler's [`Handler::reject`] words the answer, and the connection closes after it;
 //! - while the request runs and while its answer streams, the socket is watched: a client that
-//!   goes away cancels the request (its future is dropped);
+//!   goes away cancels the request (its future is dropped); one that stops reading is cut off
+//!   once a write has been blocked for `Timeouts::send`;
 //! - an answer of known size goes out in one write with its head; a streamed one is chunked,
 //!   each batch of ready frames written as it comes (one write per SSE event when paced).
 //!
@@ -38,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::http::send_timeout::SendTimeout;
 use crate::http::wire::{BodyDecoder, Decoded, Framing};
 use crate::http::BoxError;
 use head::{parse_head, Head};
@@ -60,13 +62,16 @@ const KEEP_READ_BUFFER: usize = 16 * 1024;
 const LINGER_TIME: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 1024 * 1024;
 
-/// The connection's time limits (`limits.header_read_timeout`, `limits.keep_alive_timeout`).
+/// The connection's time limits (`limits.header_read_timeout`, `limits.keep_alive_timeout`,
+/// `limits.send_timeout`).
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     /// For a request head to arrive whole once its first bytes came.
     pub header_read: Duration,
     /// For the next request to begin on an idle keep-alive connection.
     pub keep_alive: Duration,
+    /// For a blocked write to the client to make progress; past it the connection ends.
+    pub send: Duration,
 }
 
 /// The idle deadline of a keep-alive connection. Moved forward only when it would otherwise
@@ -376,20 +381,38 @@ async fn read_head<R: AsyncRead + Unpin>(
 
 /// Serves one HTTP/1.1 connection until the client closes it, it breaks a rule, or the server
 /// shuts down (the request in progress finishes first; its answer says `connection: close`).
+/// `read`: bytes already read from the stream (the accept loop's look at the first ones).
 pub async fn serve_tcp<H: Handler>(
     stream: TcpStream,
+    read: BytesMut,
     timeouts: Timeouts,
     shutdown: watch::Receiver<bool>,
     handler: H,
 ) {
-    let (read, write) = stream.into_split();
-    serve(read, write, timeouts, shutdown, handler).await
+    let (io, wr) = stream.into_split();
+    serve_buffered(io, read, wr, timeouts, shutdown, handler).await
 }
 
 /// [`serve_tcp`] over any pair of read and write halves.
 pub async fn serve<R, W, H>(
     io: R,
-    mut wr: W,
+    wr: W,
+    timeouts: Timeouts,
+    shutdown: watch::Receiver<bool>,
+    handler: H,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin,
+    H: Handler,
+{
+    serve_buffered(io, BytesMut::new(), wr, timeouts, shutdown, handler).await
+}
+
+/// [`serve`], with `read` already read from `io` (the start of the first request).
+pub async fn serve_buffered<R, W, H>(
+    io: R,
+    read: BytesMut,
+    wr: W,
     timeouts: Timeouts,
     mut shutdown: watch::Receiver<bool>,
     handler: H,
@@ -398,9 +421,12 @@ pub async fn serve<R, W, H>(
     W: AsyncWrite + Unpin,
     H: Handler,
 {
+    // Every write to the client, the answers' and the `100 Continue`, fails once blocked
+    // for `send`: the connection then ends, dropping its request.
+    let mut wr = SendTimeout::new(wr, timeouts.send);
     let side = Mutex::new(ReadSide {
         io,
-        buf: BytesMut::new(),
+        buf: read,
         body: BodyDecoder::new(Framing::Empty),
         body_failed: false,
         expect: Expect::Nothing,

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::watch;
 
-use super::{serve, Handled, Handler, HeadError, RequestBody, Timeouts};
+use super::{serve, serve_buffered, Handled, Handler, HeadError, RequestBody, Timeouts};
 use crate::http::BoxError;
 
 type TestBody = BoxBody<Bytes, BoxError>;
@@ -77,6 +77,7 @@ impl Handler for Echo {
 const TIMEOUTS: Timeouts = Timeouts {
     header_read: Duration::from_secs(5),
     keep_alive: Duration::from_secs(5),
+    send: Duration::from_secs(5),
 };
 
 /// Serves one connection over a duplex pipe; returns the client's end.
@@ -304,4 +305,56 @@ async fn continue_is_sent_only_when_the_body_is_read() {
     client.write_all(b"hello").await.unwrap();
     let answers = read_answers(&mut client, 1).await;
     assert_eq!(answers, [(200, "POST /late hello".to_owned())]);
+}
+
+/// Bytes the accept loop already read (its protocol sniff) are the start of the first request.
+#[tokio::test]
+async fn bytes_read_before_the_loop_begin_the_first_request() {
+    let (mut client, server) = duplex(64 * 1024);
+    let (_stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        let (r, w) = tokio::io::split(server);
+        let read = bytes::BytesMut::from(&b"POST /seeded HTTP/1.1\r\nHost: x\r\nContent-"[..]);
+        serve_buffered(r, read, w, TIMEOUTS, stop, Echo::default()).await;
+    });
+    client.write_all(b"Length: 2\r\n\r\nhi").await.unwrap();
+    let answers = read_answers(&mut client, 1).await;
+    assert_eq!(answers, vec![(200, "POST /seeded hi".to_string())]);
+}
+
+/// A client that stops reading a large answer is cut off once a write has been blocked for
+/// `Timeouts::send`: the connection ends (and with it the request) instead of waiting forever.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
+    let handler = Echo::default();
+    let timeouts = Timeouts {
+        send: Duration::from_millis(300),
+        ..TIMEOUTS
+    };
+    let (mut client, server) = duplex(64 * 1024);
+    let (_stop_tx, stop) = watch::channel(false);
+    let served = handler.clone();
+    let task = tokio::spawn(async move {
+        let (r, w) = tokio::io::split(server);
+        serve(r, w, timeouts, stop, served).await;
+    });
+    let body = vec![b'x'; 512 * 1024];
+    let head = format!(
+        "POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    client.write_all(&body).await.unwrap();
+    // The echo (larger than the pipe) now waits for the client to read; it never does.
+    let began = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the connection ends after the send timeout")
+        .unwrap();
+    assert!(
+        began.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        began.elapsed()
+    );
+    assert!(handler.dropped.load(Ordering::SeqCst));
 }

@@ -124,7 +124,8 @@ async fn plugin_edits_reload_under_load_with_zero_failed_requests() {
                         .get("x-versions")
                         .map(|v| v.to_str().unwrap().to_owned());
                     if status != 200 {
-                        failures.push(format!("plain {status}"));
+                        let body = resp.text().await.unwrap_or_default();
+                        failures.push(format!("plain {status}: {body}"));
                     } else if let Some(v) = versions {
                         let (a, b) = v.split_once('/').unwrap();
                         if a != b {

@@ -206,12 +206,15 @@ pub fn parse_request_head(buf: &mut BytesMut) -> Result<Option<Request<()>>, Hea
     parse_head(buf).map(|head| head.map(|h| h.request))
 }
 
-/// [`parse_head`] with the framing, keep-alive and `Expect: 100-continue` the connection loop
-/// acts on: for the fuzz targets (`crate::fuzzing`), not an API.
+/// A request head with what the connection loop acts on: the framing of its body, keep-alive,
+/// `Expect: 100-continue`.
 #[doc(hidden)]
-pub fn parse_request_head_framing(
-    buf: &mut BytesMut,
-) -> Result<Option<(Request<()>, Framing, bool, bool)>, HeadError> {
+pub type HeadParts = (Request<()>, Framing, bool, bool);
+
+/// [`parse_head`] with the framing, keep-alive and `Expect: 100-continue` the connection loop
+/// acts on: for the fuzz targets (through `sophgate::fuzzing`), not an API.
+#[doc(hidden)]
+pub fn parse_request_head_framing(buf: &mut BytesMut) -> Result<Option<HeadParts>, HeadError> {
     parse_head(buf).map(|head| head.map(|h| (h.request, h.body, h.keep_alive, h.expect_continue)))
 }
 

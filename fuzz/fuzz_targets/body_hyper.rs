@@ -30,8 +30,11 @@ thread_local! {
     );
 }
 
+/// A decoder's reading of a body: its bytes, or a refusal.
+type Verdict = Result<Vec<u8>, ()>;
+
 /// hyper's reading of the body: `Ok(bytes)` or `Err(())` (an error, or no request at all).
-fn hyper_body(framing: Framing, payload: &[u8], cuts: &[usize]) -> Result<Vec<u8>, ()> {
+fn hyper_body(framing: Framing, payload: &[u8], cuts: &[usize]) -> Verdict {
     let mut wire = b"POST / HTTP/1.1\r\nhost: fuzz\r\n".to_vec();
     let head_len = match framing {
         Framing::Length(n) => {
@@ -44,7 +47,7 @@ fn hyper_body(framing: Framing, payload: &[u8], cuts: &[usize]) -> Result<Vec<u8
         }
     };
     wire.extend_from_slice(payload);
-    let slot: Arc<Mutex<Option<Result<Vec<u8>, ()>>>> = Arc::new(Mutex::new(None));
+    let slot: Arc<Mutex<Option<Verdict>>> = Arc::new(Mutex::new(None));
     let seen = slot.clone();
     RT.with(|rt| {
         rt.borrow().block_on(async move {

@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let lookup = |name: &str| (name.len() % 2 == 0).then(|| format!("v-{name}"));
+    let lookup = |name: &str| name.len().is_multiple_of(2).then(|| format!("v-{name}"));
     if let Err(errors) = Config::from_yaml(text, &lookup) {
         assert!(!errors.0.is_empty(), "an error with no message");
         for e in &errors.0 {

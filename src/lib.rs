@@ -10,6 +10,8 @@
 pub mod config;
 pub mod credentials;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod glob;
 pub mod http;

@@ -9,6 +9,7 @@ mod common;
 
 mod access_outcome;
 mod auth;
+mod body_vs_hyper;
 mod cancel;
 mod config_files;
 mod conn_pool;

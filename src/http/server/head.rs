@@ -250,6 +250,18 @@ pub fn parse_request_head(buf: &mut BytesMut) -> Result<Option<Request<()>>, Hea
     parse_head(buf).map(|head| head.map(|h| h.request))
 }
 
+/// A request head with what the connection loop acts on: the framing of its body, keep-alive,
+/// `Expect: 100-continue`.
+#[doc(hidden)]
+pub type HeadParts = (Request<()>, Framing, bool, bool);
+
+/// [`parse_head`] with the framing, keep-alive and `Expect: 100-continue` the connection loop
+/// acts on: for the fuzz targets (through `sophgate::fuzzing`), not an API.
+#[doc(hidden)]
+pub fn parse_request_head_framing(buf: &mut BytesMut) -> Result<Option<HeadParts>, HeadError> {
+    parse_head(buf).map(|head| head.map(|h| (h.request, h.body, h.keep_alive, h.expect_continue)))
+}
+
 fn head_too_large() -> HeadError {
     HeadError::too_large(
         "request_header_too_large",

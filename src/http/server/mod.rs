@@ -42,6 +42,8 @@ use tokio::sync::watch;
 use crate::http::send_timeout::SendTimeout;
 use crate::http::wire::{BodyDecoder, Decoded, Framing};
 use crate::http::BoxError;
+#[doc(hidden)]
+pub use head::parse_request_head_framing;
 use head::{parse_head, Head};
 pub use head::{parse_request_head, HeadError, MAX_HEADERS, MAX_HEAD_BYTES};
 use respond::respond;

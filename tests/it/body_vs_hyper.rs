@@ -65,18 +65,10 @@ async fn theirs(payload: &[u8], cuts: &[usize]) -> Option<Vec<u8>> {
     let (mut read, mut write) = tokio::io::split(client);
     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
         let seen = seen.clone();
-        if std::env::var_os("BODY_VS_HYPER_DEBUG").is_some() {
-            eprintln!("service: {req:?}");
-        }
         async move {
             let body = req.into_body().collect().await;
             let mut slot = seen.lock().unwrap();
             if slot.is_none() {
-                if let Err(e) = &body {
-                    if std::env::var_os("BODY_VS_HYPER_DEBUG").is_some() {
-                        eprintln!("hyper: {e:?}");
-                    }
-                }
                 *slot = Some(body.ok().map(|b| b.to_bytes().to_vec()));
             }
             Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
@@ -89,10 +81,7 @@ async fn theirs(payload: &[u8], cuts: &[usize]) -> Option<Vec<u8>> {
         .half_close(true)
         .serve_connection(TokioIo::new(server), service);
     let writer = async move {
-        let w = write.write_all(head).await;
-        if std::env::var_os("BODY_VS_HYPER_DEBUG").is_some() {
-            eprintln!("head written: {w:?}");
-        }
+        let _ = write.write_all(head).await;
         let mut fed = 0;
         for &end in cuts {
             if write.write_all(&payload[fed..end]).await.is_err() {
@@ -106,10 +95,7 @@ async fn theirs(payload: &[u8], cuts: &[usize]) -> Option<Vec<u8>> {
     let reader = async move {
         let _ = read.read_to_end(&mut Vec::new()).await;
     };
-    let (served, _, _) = tokio::join!(conn, writer, reader);
-    if std::env::var_os("BODY_VS_HYPER_DEBUG").is_some() {
-        eprintln!("conn: {served:?}");
-    }
+    let _ = tokio::join!(conn, writer, reader);
     let answer = slot.lock().unwrap().take();
     answer.flatten()
 }

@@ -265,7 +265,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
             keys = generation.keys.len(),
             "sophgate serving"
         );
-        spawn_reload_on_sighup(runtime.clone());
+        sophgate::reload::on_sighup(runtime.clone());
         sophgate::logging::report_dropped_lines(std::time::Duration::from_secs(10));
         if let Err(e) = sophgate::reload::watch::spawn(runtime.clone()) {
             tracing::warn!("{e}; reload with SIGHUP or POST /admin/reload instead");
@@ -304,22 +304,6 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-}
-
-fn spawn_reload_on_sighup(runtime: std::sync::Arc<Runtime>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut hup) = signal(SignalKind::hangup()) {
-            tokio::spawn(async move {
-                while hup.recv().await.is_some() {
-                    let _ = runtime.reload_async("sighup").await;
-                }
-            });
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = runtime;
 }
 
 fn run_demo(listen: SocketAddr, ttft_ms: u64, itl_ms: u64, check: bool) -> ExitCode {

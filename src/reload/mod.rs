@@ -1,7 +1,8 @@
 //! The live generation and its replacement: an `ArcSwap` cell holding the current
 //! [`Generation`], and [`Runtime::reload`], which builds the next one whole and swaps it in
 //! (or keeps the old one and records why not). What triggers a reload: the file watch
-//! ([`watch`]), SIGHUP (`main`), and `POST /admin/reload`.
+//! ([`watch`]), SIGHUP ([`on_sighup`]), and `POST /admin/reload` (the admin endpoint calls
+//! [`Runtime::reload_async`]).
 
 pub mod watch;
 
@@ -135,4 +136,21 @@ impl Runtime {
         generation.number = self.next_number.fetch_add(1, Ordering::Relaxed);
         Ok(generation)
     }
+}
+
+/// Reloads on every SIGHUP, in the background (a no-op where there are no Unix signals).
+pub fn on_sighup(runtime: Arc<Runtime>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    let _ = runtime.reload_async("sighup").await;
+                }
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = runtime;
 }

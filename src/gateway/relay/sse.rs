@@ -12,19 +12,25 @@ pub struct SseFramer {
     pending: BytesMut,
 }
 
-/// Index just past the last event terminator (`\n\n` or `\r\n\r\n`) in `buf`, if any.
+/// Most bytes held back waiting for an event's end. An upstream that never ends an event (or
+/// ends lines in a way the framer does not see) is passed on as it comes past this, rather
+/// than buffered without bound.
+pub const MAX_PENDING: usize = 1024 * 1024;
+
+/// Index just past the last event terminator in `buf`, if any: an empty line after a line
+/// ending, with LF, CRLF or CR line endings (`\n\n`, `\n\r\n`, `\r\r`). A CR at the very end
+/// may be the first half of a CRLF: it ends nothing until the next byte is known.
 pub fn last_boundary(buf: &[u8]) -> Option<usize> {
     let mut i = buf.len();
     while i >= 2 {
         i -= 1;
-        if buf[i] != b'\n' {
-            continue;
-        }
-        if buf[i - 1] == b'\n' {
-            return Some(i + 1);
-        }
-        if i >= 3 && buf[i - 1] == b'\r' && buf[i - 2] == b'\n' {
-            return Some(i + 1);
+        match buf[i] {
+            b'\n' if buf[i - 1] == b'\n' => return Some(i + 1),
+            b'\n' if i >= 3 && buf[i - 1] == b'\r' && buf[i - 2] == b'\n' => return Some(i + 1),
+            b'\r' if buf[i - 1] == b'\r' && buf.get(i + 1).is_some_and(|&b| b != b'\n') => {
+                return Some(i + 1)
+            }
+            _ => {}
         }
     }
     None
@@ -47,7 +53,11 @@ impl SseFramer {
             }
         } else {
             self.pending.extend_from_slice(&chunk);
-            let end = last_boundary(&self.pending)?;
+            let end = match last_boundary(&self.pending) {
+                Some(end) => end,
+                None if self.pending.len() > MAX_PENDING => self.pending.len(),
+                None => return None,
+            };
             Some(self.pending.split_to(end).freeze())
         }
     }
@@ -114,6 +124,33 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(data).unwrap();
         assert_eq!(v["error"]["type"], "script_error");
         assert!(text.ends_with("\n\n"));
+    }
+
+    #[test]
+    fn cr_only_line_endings_end_events() {
+        let mut f = SseFramer::default();
+        let out = f
+            .push(Bytes::from_static(b"data: 1\r\rdata: 2\r\rdata: 3"))
+            .unwrap();
+        assert_eq!(out, Bytes::from_static(b"data: 1\r\rdata: 2\r\r"));
+        assert!(f.has_partial());
+        // A CR last in the buffer might begin a CRLF: nothing is cut there yet.
+        assert_eq!(last_boundary(b"data: 1\r\n\r"), None);
+        assert_eq!(last_boundary(b"data: 1\r\n\r\n"), Some(11));
+    }
+
+    #[test]
+    fn a_stream_that_never_ends_an_event_is_not_buffered_without_bound() {
+        let mut f = SseFramer::default();
+        let piece = Bytes::from(vec![b'x'; 64 * 1024]);
+        let mut passed = 0;
+        for _ in 0..40 {
+            if let Some(out) = f.push(piece.clone()) {
+                passed += out.len();
+            }
+        }
+        assert!(passed > 0, "held back everything");
+        assert!(f.pending.len() <= MAX_PENDING, "{}", f.pending.len());
     }
 
     #[test]

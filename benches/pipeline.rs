@@ -570,9 +570,8 @@ fn answer_head(n: usize) -> Vec<u8> {
 }
 
 fn bench_upstream_http1(c: &mut Criterion) -> BenchResult {
-    use sophgate::http::wire::{
-        encode_request_head, parse_response_head, BodyDecoder, Decoded, Framing,
-    };
+    use sophgate::http::body_decoder::{BodyDecoder, Decoded};
+    use sophgate::http::wire::{encode_request_head, parse_response_head, Framing};
     let mut group = c.benchmark_group("upstream_http1");
 
     // The request head the gateway writes: method, target, host, 5 client headers,

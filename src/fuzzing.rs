@@ -10,5 +10,6 @@ pub use crate::gateway::stages::body::{
 pub use crate::gateway::stages::ip_acl::IpAcl;
 pub use crate::gateway::stages::json_scan::{scan as json_scan, Scan, MAX_DEPTH};
 pub use crate::gateway::stages::rewrite::{apply_renames, rename_fields, TextRename};
+pub use crate::http::body_decoder::{BodyDecoder, Decoded};
 pub use crate::http::server::{parse_request_head, parse_request_head_framing, HeadError};
-pub use crate::http::wire::{parse_response_head, BodyDecoder, Decoded, Framing, ProtoError};
+pub use crate::http::wire::{parse_response_head, Framing, ProtoError};

@@ -1,4 +1,4 @@
-//! The request body decoder (`http::wire::BodyDecoder`, chunked or by length) on arbitrary
+//! The request body decoder (`http::body_decoder::BodyDecoder`, chunked or by length) on arbitrary
 //! bytes cut at arbitrary places: it never panics, and what it makes of the bytes (accept or
 //! the error, the body, what is left after it) does not depend on how the network split them.
 //! `body_hyper` compares it with hyper's decoder.

@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 
+use crate::http::wire::hex_into;
+
 /// A static name: inserting a `&str` name builds (and allocates) a `HeaderName` every time.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -70,15 +72,6 @@ impl RequestId {
 impl std::fmt::Display for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// Writes the low `out.len()` hex digits of `v` into `out`.
-pub(crate) fn hex_into(out: &mut [u8], mut v: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in out.iter_mut().rev() {
-        *b = DIGITS[(v & 0xf) as usize];
-        v >>= 4;
     }
 }
 

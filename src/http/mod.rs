@@ -1,7 +1,8 @@
 //! The HTTP layer: everything that speaks HTTP on a socket, and nothing of the gateway.
 //!
 //! - [`wire`]: the HTTP/1.1 wire format as pure functions over byte buffers (request heads
-//!   out, response heads and body framing in, the body decoder both sides use);
+//!   out, response heads and the framing they choose in);
+//! - [`body_decoder`]: the body decoder both sides use (length, chunked, until close);
 //! - [`headers`]: the one hop-by-hop predicate, the per-thread header-name cache and the pool
 //!   of recycled header maps;
 //! - [`server`]: the client-facing HTTP/1.1 connection loop, generic over its IO, calling a
@@ -14,6 +15,7 @@
 //! No module here imports from the gateway (or any other part of the crate);
 //! `scripts/check-layout` checks it in CI.
 
+pub mod body_decoder;
 pub mod client;
 pub mod h2c;
 pub mod headers;

@@ -1,4 +1,4 @@
-//! Differential: sophgate's request body decoder (`http::wire::BodyDecoder`) against hyper's,
+//! Differential: sophgate's request body decoder (`http::body_decoder::BodyDecoder`) against hyper's,
 //! on the same bytes cut at the same places. hyper's HTTP/1.1 server reads each body from an
 //! in-process pipe (`tokio::io::duplex`); the inputs are random edits of chunked bodies and the
 //! probe's hand-made ones (issue 17). Bounded and seeded: the same inputs on every run.

@@ -34,7 +34,8 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use super::transport::{TlsSetup, Transport};
-use crate::http::wire::{self, BodyDecoder, Decoded, ProtoError};
+use crate::http::body_decoder::{BodyDecoder, Decoded};
+use crate::http::wire::{self, ProtoError};
 
 /// First read size of a fresh connection: a usual answer head, or a few SSE events. Small
 /// because a streaming answer holds its buffer for the whole stream; answers that fill it get

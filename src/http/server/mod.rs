@@ -39,8 +39,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::http::body_decoder::{BodyDecoder, Decoded};
 use crate::http::send_timeout::SendTimeout;
-use crate::http::wire::{BodyDecoder, Decoded, Framing};
+use crate::http::wire::Framing;
 use crate::http::BoxError;
 #[doc(hidden)]
 pub use head::parse_request_head_framing;

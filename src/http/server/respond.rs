@@ -273,11 +273,7 @@ async fn flush<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut Vec<u8>) -> io::Resu
 fn hex(n: usize, buf: &mut [u8; 16]) -> &[u8] {
     let digits = ((usize::BITS - n.leading_zeros()).div_ceil(4).max(1)) as usize;
     let start = buf.len() - digits;
-    let mut v = n as u64;
-    for b in buf[start..].iter_mut().rev() {
-        *b = b"0123456789abcdef"[(v & 0xf) as usize];
-        v >>= 4;
-    }
+    wire::hex_into(&mut buf[start..], n as u64);
     &buf[start..]
 }
 

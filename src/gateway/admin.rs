@@ -1,6 +1,7 @@
-//! `/admin/*`: `POST /admin/reload` and `GET /admin/status`, guarded by `admin.key` (a Bearer
-//! key compared by digest) and by the IP lists. Without `admin.key` the routes do not exist
-//! (404), so an unconfigured gateway exposes nothing.
+//! `/admin/*`: `POST /admin/reload`, `GET /admin/status` and `GET /admin/live`, guarded by
+//! `admin.key` (a Bearer key compared by digest) and by the IP lists; the status page
+//! (`GET /admin` and its assets) holds no data and needs only the IP lists. Without
+//! `admin.key` the routes do not exist (404), so an unconfigured gateway exposes nothing.
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -17,6 +18,7 @@ use crate::error::GatewayError;
 use crate::gateway::relay::body::ResponseBody;
 use crate::gateway::request_id::{RequestId, REQUEST_ID};
 use crate::gateway::stages::auth::bearer_token;
+use crate::observe::status_page;
 use crate::reload::Runtime;
 
 /// RFC 3339 (UTC, seconds) without a date-time crate.
@@ -86,9 +88,13 @@ async fn run<B>(
     };
     let client_ip = generation.acl.client_ip(peer, req.headers())?;
     generation.acl.check(client_ip)?;
+    if let Some((content_type, body)) = status_page::asset(path) {
+        return page(req.method(), path, content_type, body);
+    }
     let (route_ok, method_ok) = match path {
         "/admin/reload" => (true, req.method() == Method::POST),
         "/admin/status" => (true, req.method() == Method::GET),
+        "/admin/live" => (true, req.method() == Method::GET),
         _ => (false, false),
     };
     if !route_ok {
@@ -117,7 +123,67 @@ async fn run<B>(
             ),
         });
     }
+    if path == "/admin/live" {
+        let mut resp = json_response(StatusCode::OK, live(runtime));
+        status_page::harden(resp.headers_mut());
+        return Ok(resp);
+    }
     Ok(json_response(StatusCode::OK, status(runtime)))
+}
+
+/// One of the status page's files.
+fn page(
+    method: &Method,
+    path: &str,
+    content_type: &'static str,
+    body: &'static str,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    if method != Method::GET && method != Method::HEAD {
+        return Err(GatewayError::method_not_allowed(method, path));
+    }
+    let mut r = Response::new(ResponseBody::full(Bytes::from_static(body.as_bytes())));
+    let (name, value) = status_page::content_type(content_type);
+    r.headers_mut().insert(name, value);
+    status_page::harden(r.headers_mut());
+    Ok(r)
+}
+
+/// The body of `GET /admin/live`: the live statistics, the configured upstreams' recent
+/// outcomes, the config generation and the last reload's result.
+pub fn live(runtime: &Runtime) -> serde_json::Value {
+    let g = runtime.current();
+    let upstreams: Vec<&str> = g
+        .routing
+        .upstreams
+        .iter()
+        .map(|u| u.name.as_str())
+        .collect();
+    let snapshot = crate::observe::live::snapshot(&upstreams);
+    let mut v = serde_json::to_value(&snapshot).unwrap_or_else(|_| json!({}));
+    let last = runtime.last_reload().map(|r| {
+        json!({
+            "at": rfc3339(r.at),
+            "trigger": r.trigger,
+            "ok": r.error.is_none(),
+            "error": r.error,
+        })
+    });
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert(
+            "config".into(),
+            json!({
+                "generation": g.number,
+                "loaded_at": rfc3339(g.loaded_at),
+                "sha256": g.config_sha256,
+                "last_reload": last,
+                "reloads": {
+                    "succeeded": runtime.reloads_ok.load(Ordering::Relaxed),
+                    "failed": runtime.reloads_failed.load(Ordering::Relaxed),
+                },
+            }),
+        );
+    }
+    v
 }
 
 /// The body of `GET /admin/status`.

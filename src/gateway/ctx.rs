@@ -58,10 +58,12 @@ impl RequestCtx {
             || matches!(log.status, 204 | 304)
             || resp.status().is_informational();
         log.stream = resp.body().is_event_stream();
-        resp.headers_mut().insert(&REQUEST_ID, rid.into_header());
-        if log.enabled {
-            resp.body_mut().set_log(Box::new(log));
+        if log.stream {
+            crate::observe::live::stream_opened();
         }
+        resp.headers_mut().insert(&REQUEST_ID, rid.into_header());
+        // Always: the record also feeds the live statistics when the body ends.
+        resp.body_mut().set_log(Box::new(log));
         resp
     }
 }

@@ -110,6 +110,7 @@ where
     };
     // 9. upstream: credentials and the attempt loop across the plan's upstreams
     let taps = relay::Taps::take(&mut p);
+    ctx.log.usage = taps.usage_tally();
     let sent = fallback::send(&generation.credentials, &p, &ctx.rid).await;
     // The request head is on the wire: its map serves the next message's head.
     recycle_header_map(std::mem::take(&mut p.headers));
@@ -217,9 +218,7 @@ where
 
     // 5. routing
     let plan = generation.routing.plan(&principal, model)?;
-    if ctx.log.enabled {
-        ctx.log.model = model.map(str::to_owned);
-    }
+    ctx.log.model = model.map(str::to_owned);
     let facts = peeked.facts;
 
     // 6. rewrite: defaults, field_aliases, the route's rename, the usage event tpm needs

@@ -65,7 +65,7 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'a,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    if req.uri().path().starts_with("/admin/") {
+    if req.uri().path().starts_with("/admin/") || req.uri().path() == "/admin" {
         // The admin endpoint reads no body.
         let req = req.map(|_| ());
         return Box::pin(async move { super::admin::handle(&runtime, peer, req).await });

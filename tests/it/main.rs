@@ -32,6 +32,7 @@ mod server;
 mod shutdown;
 mod slow_clients;
 mod smuggling;
+mod status_page;
 mod streaming;
 mod tls;
 mod token_mock;

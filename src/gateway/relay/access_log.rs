@@ -1,10 +1,16 @@
 //! Stage 7: one line per request, written when the response body is finished (or dropped, if
 //! the client went away), so latency, time to first byte and bytes are the real ones.
 //! It never holds a key or an `Authorization` value: only the principal's label.
+//! The same record feeds the status page's live statistics ([`crate::observe::live`]) when it
+//! ends, whether or not the log line is written.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::gateway::relay::usage::UsageTally;
+use crate::gateway::routes::{route, Route};
+use crate::observe::live;
 
 pub const TARGET: &str = "sophgate::access";
 
@@ -12,8 +18,14 @@ pub const TARGET: &str = "sophgate::access";
 pub struct AccessLog {
     pub enabled: bool,
     pub request_id: crate::gateway::request_id::RequestId,
-    /// When the request began; read only for a record that is written.
+    /// When the request began.
     pub start: Option<Instant>,
+    /// The route's name for the live statistics (`chat`, `models`, `passthrough`, …).
+    pub route: &'static str,
+    /// Real token usage, when the answer's usage is read (keys with `tpm`).
+    pub usage: Option<Arc<UsageTally>>,
+    /// Written (or, with the log off, counted) already.
+    pub done: bool,
     pub client_ip: Option<IpAddr>,
     pub principal: Option<Arc<str>>,
     pub method: http::Method,
@@ -69,10 +81,14 @@ impl AccessLog {
         method: http::Method,
         path: &str,
     ) -> Self {
+        live::started();
         AccessLog {
             enabled,
             request_id,
-            start: enabled.then(Instant::now),
+            start: Some(Instant::now()),
+            route: route_label(path),
+            usage: None,
+            done: false,
             client_ip: None,
             principal: None,
             method,
@@ -101,11 +117,38 @@ impl AccessLog {
         self.bytes += n as u64;
     }
 
+    /// Not yet ended: the answer is still on its way.
+    pub fn pending(&self) -> bool {
+        !self.done
+    }
+
+    /// What the live statistics take of this record.
+    fn finished(&self) -> live::Finished<'_> {
+        let (input_tokens, output_tokens) = self.usage.as_ref().map_or((0, 0), |u| u.get());
+        live::Finished {
+            route: self.route,
+            key: self.principal.as_deref(),
+            model: self.model.as_deref(),
+            status: self.status,
+            error: self.error,
+            request_id: self.request_id.as_str(),
+            duration: self.start.map_or(Duration::ZERO, |s| s.elapsed()),
+            ttft: self.first_byte,
+            stream: self.stream,
+            input_tokens,
+            output_tokens,
+        }
+    }
+
     pub fn emit(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        live::record(&self.finished());
         if !self.enabled {
             return;
         }
-        self.enabled = false;
         // Numbers, so a JSON log holds numbers (rounded to the microsecond); no time to first
         // byte (nothing was sent) leaves the field out.
         let ms = |d: Duration| (d.as_secs_f64() * 1_000_000.0).round() / 1000.0;
@@ -128,6 +171,17 @@ impl AccessLog {
             error = self.error.unwrap_or("-"),
             "request"
         );
+    }
+}
+
+/// The route's name as the live statistics and metrics label it.
+fn route_label(path: &str) -> &'static str {
+    match route(path) {
+        Route::ChatCompletions => "chat",
+        Route::Models => "models",
+        Route::V1(_) => "passthrough",
+        Route::Health => "health",
+        Route::NotFound => "other",
     }
 }
 

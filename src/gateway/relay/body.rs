@@ -447,7 +447,7 @@ impl Body for ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         if let Some(log) = self.log.as_mut() {
-            if log.enabled && !log.bodiless {
+            if log.pending() && !log.bodiless {
                 let unfinished = match &self.inner {
                     Inner::Full(b) => b.is_some(),
                     Inner::Relay(r) => !r.done,

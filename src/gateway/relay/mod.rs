@@ -26,6 +26,8 @@ pub struct Taps {
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     injected_usage: bool,
     script_ctx: Option<rhai::Map>,
+    /// Where the usage taps put the answer's tokens (keys whose usage is read).
+    usage: Option<Arc<usage::UsageTally>>,
 }
 
 impl Taps {
@@ -35,7 +37,18 @@ impl Taps {
             permit: p.permit.take(),
             injected_usage: p.injected_usage,
             script_ctx: p.script_ctx.take(),
+            usage: p
+                .principal
+                .policy
+                .as_ref()
+                .is_some_and(|pol| pol.tpm.is_some())
+                .then(Default::default),
         }
+    }
+
+    /// The tally the usage taps fill, for the request's access-log record.
+    pub fn usage_tally(&self) -> Option<Arc<usage::UsageTally>> {
+        self.usage.clone()
     }
 
     /// Attaches the stream filters (`on_event` hooks, usage metering), the key's concurrency
@@ -51,6 +64,7 @@ impl Taps {
             permit,
             injected_usage,
             mut script_ctx,
+            usage,
         } = self;
         let is_sse = resp.body().is_event_stream();
         if is_sse && plugins.has_on_event() {
@@ -67,10 +81,15 @@ impl Taps {
             }
             if let Some(tpm) = principal.policy.as_ref().and_then(|pol| pol.tpm.clone()) {
                 let meter = UsageMeter::new(tpm);
+                let tally = usage.unwrap_or_default();
                 if relay.is_sse() {
-                    relay.filter(Box::new(usage::UsageFilter::new(meter, injected_usage)));
+                    relay.filter(Box::new(usage::UsageFilter::new(
+                        meter,
+                        tally,
+                        injected_usage,
+                    )));
                 } else {
-                    relay.observe(Box::new(usage::UsageObserver::new(meter)));
+                    relay.observe(Box::new(usage::UsageObserver::new(meter, tally)));
                 }
             }
         }

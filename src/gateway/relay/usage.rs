@@ -2,6 +2,9 @@
 //! usage event of a stream. When the gateway itself asked the upstream for
 //! `stream_options.include_usage`, that extra event is removed before the client sees it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use crate::gateway::relay::body::{BodyObserver, EventAction, EventFilter};
 
 use crate::gateway::stages::policy::{usage_total, UsageMeter};
@@ -9,15 +12,57 @@ use crate::gateway::stages::policy::{usage_total, UsageMeter};
 /// Largest JSON answer kept in memory to read its `usage`.
 const MAX_OBSERVED: usize = 4 * 1024 * 1024;
 
+/// The input and output tokens an answer reported, shared between the tap that reads them
+/// and the access-log record that reports them when the answer ends.
+#[derive(Debug, Default)]
+pub struct UsageTally {
+    input: AtomicU64,
+    output: AtomicU64,
+}
+
+impl UsageTally {
+    /// `(input, output)` tokens.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.input.load(Ordering::Relaxed),
+            self.output.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Reads `usage.prompt_tokens` / `usage.completion_tokens` of an answer or chunk.
+    fn add_from(&self, json: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Usage {
+            prompt_tokens: Option<u64>,
+            completion_tokens: Option<u64>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            usage: Option<Usage>,
+        }
+        if let Ok(Answer { usage: Some(u) }) = serde_json::from_slice::<Answer>(json) {
+            self.input
+                .fetch_add(u.prompt_tokens.unwrap_or(0), Ordering::Relaxed);
+            self.output
+                .fetch_add(u.completion_tokens.unwrap_or(0), Ordering::Relaxed);
+        }
+    }
+}
+
 pub struct UsageFilter {
     meter: UsageMeter,
+    tally: Arc<UsageTally>,
     /// The client did not ask for usage: drop the usage-only event after counting it.
     strip: bool,
 }
 
 impl UsageFilter {
-    pub fn new(meter: UsageMeter, strip: bool) -> Self {
-        UsageFilter { meter, strip }
+    pub fn new(meter: UsageMeter, tally: Arc<UsageTally>, strip: bool) -> Self {
+        UsageFilter {
+            meter,
+            tally,
+            strip,
+        }
     }
 }
 
@@ -47,6 +92,7 @@ impl EventFilter for UsageFilter {
         };
         if let Some(total) = usage_total(data) {
             self.meter.charge(total);
+            self.tally.add_from(data);
         }
         if self.strip {
             #[derive(serde::Deserialize)]
@@ -65,15 +111,17 @@ impl EventFilter for UsageFilter {
 
 pub struct UsageObserver {
     meter: UsageMeter,
+    tally: Arc<UsageTally>,
     buf: Vec<u8>,
     overflow: bool,
     charged: bool,
 }
 
 impl UsageObserver {
-    pub fn new(meter: UsageMeter) -> Self {
+    pub fn new(meter: UsageMeter, tally: Arc<UsageTally>) -> Self {
         UsageObserver {
             meter,
+            tally,
             buf: Vec::new(),
             overflow: false,
             charged: false,
@@ -89,6 +137,7 @@ impl UsageObserver {
         if let Some(total) = usage_total(&self.buf) {
             self.charged = true;
             self.meter.charge(total);
+            self.tally.add_from(&self.buf);
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::credentials::Credentials;
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::relay::body::ResponseBody;
 use crate::gateway::request_id::RequestId;
+use crate::observe::live;
 
 /// Retry-After longer than this is not waited out for a retry on the same upstream.
 const MAX_RETRY_AFTER_WAIT: Duration = Duration::from_secs(10);
@@ -100,11 +101,13 @@ pub async fn send(
         let last_attempt = attempt + 1 >= p.plan.attempts;
         match result {
             Err(e) => {
+                live::upstream_attempt(&upstream.name, live::Outcome::of_error_code(e.code));
                 tracing::debug!(request_id = %rid, upstream = %upstream.name, code = e.code, "attempt failed");
                 last_err = Some(e);
             }
             Ok(mut resp) => {
                 let status = resp.status();
+                live::upstream_attempt(&upstream.name, live::Outcome::of_status(status.as_u16()));
                 // Read for refusals only: a success is never retried and cools no key down.
                 let wait_hint = if status.is_success() {
                     None

@@ -1,0 +1,4 @@
+//! What operators see of the running gateway.
+
+pub mod live;
+pub mod status_page;

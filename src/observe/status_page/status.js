@@ -233,7 +233,8 @@
       tr.dataset.requestId = e.request_id;
       cell(tr, time(e.at), "at");
       cell(tr, e.status ? String(e.status) : "–", "status status-" + String(e.status).charAt(0));
-      cell(tr, e.code || "–", "code");
+      // The gateway names every error it makes; one without a code is the upstream's answer.
+      if (e.code) cell(tr, e.code, "code"); else cell(tr, "from upstream", "code upstream-said");
       cell(tr, e.key || "–", "key");
       cell(tr, e.model || "–", "model");
       cell(tr, e.route, "route");

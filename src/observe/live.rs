@@ -678,6 +678,15 @@ mod tests {
         let p50 = s.ttft_ms.p50.unwrap();
         assert!(p50 > 10.0 && p50 <= 25.0, "{p50}");
         assert_eq!(s.inflight.requests, 0);
+        // A stream is in flight until its record.
+        live.inflight.fetch_add(1, Ordering::Relaxed);
+        live.inflight_streams.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(live.snapshot(now, &[]).inflight.streams, 1);
+        let mut stream = done("a", "m", 200, "r");
+        stream.stream = true;
+        live.record(&stream, now);
+        let s = live.snapshot(now, &[]);
+        assert_eq!((s.inflight.requests, s.inflight.streams), (0, 0));
         assert_eq!(s.errors.len(), 1);
         assert_eq!(s.errors[0].request_id, "r-bad");
         assert_eq!(s.errors[0].status, 502);

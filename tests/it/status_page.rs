@@ -271,7 +271,7 @@ async fn live_reports_known_traffic() {
 }
 
 #[tokio::test]
-async fn live_counts_open_streams_until_they_end() {
+async fn live_counts_an_open_stream() {
     let env = start_with(MockOptions {
         itl: Duration::from_millis(400),
         tokens: 20,

@@ -19,6 +19,7 @@ pub mod logging;
 pub mod reload;
 pub mod scripting;
 pub mod secret;
+pub mod store;
 pub mod tools;
 
 pub use config::Config;

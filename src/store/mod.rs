@@ -199,3 +199,6 @@ where
         handle.spawn(fut);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -66,3 +66,53 @@ pub(super) fn store(c: &mut Collector, raw: Option<RawStore>) -> Option<StoreCon
         lease_ttl: Duration::from_millis(lease_ttl_ms.clamp(300, MAX_LEASE_TTL_MS)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use crate::config::store::OnStoreError;
+    use crate::config::Config;
+
+    #[test]
+    fn absent_store_keeps_everything_in_process() {
+        assert!(Config::from_yaml("", &|_| None).unwrap().store.is_none());
+    }
+
+    #[test]
+    fn defaults_and_expansion() {
+        let env = |name: &str| (name == "REDIS_PASSWORD").then(|| "hunter2".to_owned());
+        let cfg = Config::from_yaml(
+            "store:\n  url: \"redis://:${REDIS_PASSWORD}@127.0.0.1:6379/0\"\n",
+            &env,
+        )
+        .unwrap();
+        let s = cfg.store.unwrap();
+        assert_eq!(s.url.expose(), "redis://:hunter2@127.0.0.1:6379/0");
+        assert_eq!(s.prefix, "sophgate:");
+        assert_eq!(s.timeout, Duration::from_millis(50));
+        assert_eq!(s.on_error, OnStoreError::Allow);
+        assert_eq!(s.lease_ttl, Duration::from_secs(10));
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn bad_values_are_located_and_never_echo_the_url() {
+        let text = "store:\n  url: \"http://:hunter2@h\"\n  timeout_ms: 0\n  on_error: maybe\n  lease_ttl_ms: 60000\n";
+        let errs = Config::from_yaml(text, &|_| None).unwrap_err();
+        let paths: Vec<_> = errs.0.iter().map(|e| e.path.as_str()).collect();
+        for p in [
+            "store.url",
+            "store.timeout_ms",
+            "store.on_error",
+            "store.lease_ttl_ms",
+        ] {
+            assert!(paths.contains(&p), "{p} in {paths:?}");
+        }
+        assert!(!errs.to_string().contains("hunter2"));
+        let typo = Config::from_yaml("store:\n  urll: x\n", &|_| None).unwrap_err();
+        assert!(typo.to_string().contains("urll"));
+    }
+}

@@ -272,6 +272,10 @@ impl LeaseBook {
         self.live.lock().ok()?.remove(&id)
     }
 
+    pub(super) fn len(&self) -> usize {
+        self.live.lock().map_or(0, |live| live.len())
+    }
+
     fn snapshot(&self) -> Vec<(String, String)> {
         self.live
             .lock()

@@ -120,6 +120,22 @@ impl Store {
         })
     }
 
+    /// For `GET /admin/status`: the URL redacted, the settings, the error count, live leases.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "url": redacted_url(self.config.url.expose()),
+            "prefix": self.config.prefix,
+            "timeout_ms": self.config.timeout.as_millis() as u64,
+            "on_error": match self.config.on_error {
+                OnStoreError::Allow => "allow",
+                OnStoreError::Deny => "deny",
+            },
+            "lease_ttl_ms": self.config.lease_ttl.as_millis() as u64,
+            "errors_total": store_errors_total(),
+            "live_leases": self.leases.len(),
+        })
+    }
+
     pub fn on_error(&self) -> OnStoreError {
         self.config.on_error
     }

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use sophgate::tools::mock::{self, MockOptions};
 use testkit::redis_server::RedisServer;
 
-use crate::common::{chat_body, error_code, post_chat, start_gateway, Env};
+use crate::common::{chat_body, client, error_code, post_chat, start_gateway, Env};
+
+const ADMIN_KEY: &str = "admin-key-for-store-faults";
 
 async fn gateway(redis: &RedisServer, store: &str, key: &str) -> Env {
     let mock = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
@@ -15,6 +17,7 @@ async fn gateway(redis: &RedisServer, store: &str, key: &str) -> Env {
         .unwrap();
     let yaml = format!(
         "listen: \"127.0.0.1:0\"\napi_host: \"http://{{mock}}\"\nforward_chat_path: /v1/chat/completions\n\
+         admin: {{ key: \"{ADMIN_KEY}\" }}\n\
          store: {{ url: \"{}\", {store} }}\napi_keys:\n  \"sk-faults\": {key}\n",
         redis.url()
     );
@@ -61,6 +64,18 @@ async fn allow_serves_with_local_limits_while_redis_is_down_then_shares_again() 
         "local limits hold while the store is down"
     );
     assert!(sophgate::store::store_errors_total() >= errors_before + 4);
+    let admin: serde_json::Value = client()
+        .get(env.url("/admin/status"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(admin["store"]["prefix"], "faults-allow:");
+    assert_eq!(admin["store"]["on_error"], "allow");
+    assert!(admin["store"]["errors_total"].as_u64().unwrap() >= errors_before + 4);
 
     // Redis back (empty, as after a crash): the shared bucket serves again, no restart.
     redis.restart();

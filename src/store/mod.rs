@@ -136,6 +136,15 @@ impl Store {
         })
     }
 
+    /// One `PING`: the round trip alone (benchmarks and health checks).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.call("ping", |mut conn| async move {
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        })
+        .await
+        .map(drop)
+    }
+
     pub fn on_error(&self) -> OnStoreError {
         self.config.on_error
     }

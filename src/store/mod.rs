@@ -13,7 +13,7 @@ pub mod usage;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,6 +26,8 @@ const WARN_EVERY_MS: u64 = 10_000;
 
 static ERRORS: AtomicU64 = AtomicU64::new(0);
 static LAST_WARN_MS: AtomicU64 = AtomicU64::new(0);
+/// Whether the last store call failed, so that recovery is logged once.
+static FAILING: AtomicBool = AtomicBool::new(false);
 
 /// Store calls that failed or timed out since the process started.
 pub fn store_errors_total() -> u64 {
@@ -173,7 +175,12 @@ impl Store {
         F: Future<Output = redis::RedisResult<T>>,
     {
         let result = match tokio::time::timeout(self.config.timeout, f(self.conn.clone())).await {
-            Ok(Ok(v)) => return Ok(v),
+            Ok(Ok(v)) => {
+                if FAILING.load(Ordering::Relaxed) && FAILING.swap(false, Ordering::Relaxed) {
+                    tracing::info!(call = what, "shared store answers again");
+                }
+                return Ok(v);
+            }
             Ok(Err(e)) => StoreError::Redis(redis_error_text(&e)),
             Err(_) => StoreError::Timeout,
         };
@@ -192,6 +199,7 @@ fn redis_error_text(e: &redis::RedisError) -> String {
 }
 
 fn note_error(what: &'static str, e: &StoreError) {
+    FAILING.store(true, Ordering::Relaxed);
     let total = ERRORS.fetch_add(1, Ordering::Relaxed) + 1;
     let now = now_ms();
     let last = LAST_WARN_MS.load(Ordering::Relaxed);

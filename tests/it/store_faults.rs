@@ -53,7 +53,7 @@ async fn allow_serves_with_local_limits_while_redis_is_down_then_shares_again() 
         let t = Instant::now();
         assert_eq!(status(&env).await, 200);
         assert!(
-            t.elapsed() < Duration::from_millis(100 + 400),
+            t.elapsed() < Duration::from_millis(100 + 450),
             "{:?}",
             t.elapsed()
         );
@@ -116,7 +116,7 @@ async fn deny_answers_503_within_the_timeout_and_recovers() {
         let took = t.elapsed();
         assert_eq!(error_code(resp, 503).await, "limits_unavailable");
         assert!(took >= Duration::from_millis(50), "{took:?}");
-        assert!(took < Duration::from_millis(50 + 250), "{took:?}");
+        assert!(took < Duration::from_millis(50 + 450), "{took:?}");
     }
     redis.resume();
     let back = Instant::now();
@@ -130,7 +130,7 @@ async fn deny_answers_503_within_the_timeout_and_recovers() {
     let t = Instant::now();
     let resp = post_chat(&env, "sk-faults", chat_body("mock-model", false)).await;
     assert_eq!(error_code(resp, 503).await, "limits_unavailable");
-    assert!(t.elapsed() < Duration::from_millis(50 + 250));
+    assert!(t.elapsed() < Duration::from_millis(50 + 450));
     redis.restart();
     let back = Instant::now();
     while status(&env).await != 200 {

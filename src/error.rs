@@ -32,6 +32,8 @@ pub enum ErrorKind {
     RateLimited,
     /// A bug or an unexpected local failure.
     Internal,
+    /// Something the gateway needs to decide is unreachable (the shared store, `on_error: deny`).
+    Unavailable,
     /// The upstream could not be reached or broke the protocol.
     BadGateway,
     /// The upstream did not answer in time.
@@ -52,6 +54,7 @@ impl ErrorKind {
             ErrorKind::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorKind::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::Script(status) => status,
@@ -69,7 +72,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::Forbidden => "permission_error",
             ErrorKind::RateLimited => "rate_limit_error",
-            ErrorKind::Internal => "server_error",
+            ErrorKind::Internal | ErrorKind::Unavailable => "server_error",
             ErrorKind::BadGateway | ErrorKind::GatewayTimeout => "upstream_error",
             ErrorKind::Script(status) if status.is_server_error() => "server_error",
             ErrorKind::Script(_) => "invalid_request_error",

@@ -20,6 +20,7 @@ pub mod observe;
 pub mod reload;
 pub mod scripting;
 pub mod secret;
+pub mod store;
 pub mod tools;
 
 pub use config::Config;

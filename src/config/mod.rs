@@ -10,6 +10,7 @@ pub mod load;
 pub mod raw;
 pub mod raw_credentials;
 pub mod schema_errors;
+pub mod store;
 pub mod validate;
 pub mod yaml_path;
 
@@ -57,6 +58,8 @@ pub struct Config {
     pub admin_key: Option<Secret>,
     /// Which client headers go upstream (`forward_headers`).
     pub forward_headers: forward_headers::ForwardHeaders,
+    /// `store:`: shared state in Redis; `None` = everything in process.
+    pub store: Option<store::StoreConfig>,
     /// Non-fatal remarks `sophgate check` prints.
     pub warnings: Vec<String>,
     /// The CA certificate files (`api_ca_file`, `upstreams[].ca_file`), resolved: watched for

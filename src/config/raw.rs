@@ -52,6 +52,20 @@ pub struct RawConfig {
     pub plugins: Option<Vec<RawPlugin>>,
     pub admin: Option<RawAdmin>,
     pub forward_headers: Option<RawForwardHeaders>,
+    pub store: Option<RawStore>,
+}
+
+/// `store:`: shared state (limits, leases, cool-downs, usage) in Redis, for several replicas.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// `redis://`, `rediss://` or `redis+unix://`; may hold a password (`${VAR}` it).
+    pub url: Option<String>,
+    pub prefix: Option<String>,
+    pub timeout_ms: Option<u64>,
+    pub on_error: Option<String>,
+    /// How long a `max_concurrent` lease lives unless its replica renews it.
+    pub lease_ttl_ms: Option<u64>,
 }
 
 /// `forward_headers:`: client header names (or `prefix*`) to drop, or to forward after all.

@@ -354,6 +354,15 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// Shares every pool's key rests with the other replicas through `store`.
+    pub fn share_cooldowns(&self, store: &Arc<crate::store::Store>) {
+        for c in self.by_name.values() {
+            if let Kind::Pool(p) = &c.kind {
+                p.share(store, &c.name);
+            }
+        }
+    }
+
     /// Builds every provider, reporting every entry that cannot be built. Config validation
     /// rejects all of these problems but the HTTP client (see [`BuildError`]); they are checked
     /// again here because a `Config` can be edited after validation (`sophgate test` does).

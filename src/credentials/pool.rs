@@ -4,15 +4,20 @@
 //! All state is atomics, so picking a key never locks. Cooldowns are stored as milliseconds
 //! since the pool was built (`0` = not cooling), which fits an `AtomicU64` and lets the last
 //! writer of two overlapping cooldowns keep the later deadline (`fetch_max`).
+//!
+//! With a `store:`, a rest is also written to the store and rests read from it (other
+//! replicas') are applied here ([`crate::store::cooldown`]), so every replica skips the key.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::header::HeaderValue;
 use http::StatusCode;
 
 use super::PoolStrategy;
+use crate::store::cooldown::Restable;
+use crate::store::Store;
 
 /// Longest rest a `Retry-After` can impose on a key, so a bogus value cannot retire it for good.
 const MAX_COOLDOWN: Duration = Duration::from_secs(24 * 3600);
@@ -28,6 +33,21 @@ struct PoolInner {
     /// Rotates the starting point of each pick (round robin, and tie-breaks for least-in-flight).
     next: AtomicUsize,
     epoch: Instant,
+    /// The store rests are shared through, and this pool's credential name there.
+    shared: OnceLock<(Arc<Store>, Arc<str>)>,
+}
+
+impl Restable for PoolInner {
+    fn key_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn rest_key(&self, index: usize, rest: Duration) {
+        if let Some(slot) = self.slots.get(index) {
+            let until = self.now_ms().saturating_add(millis(rest.min(MAX_COOLDOWN)));
+            slot.cooling_until.fetch_max(until, Ordering::AcqRel);
+        }
+    }
 }
 
 struct Slot {
@@ -84,7 +104,21 @@ impl Pool {
                 cooldown,
                 next: AtomicUsize::new(0),
                 epoch: Instant::now(),
+                shared: OnceLock::new(),
             }),
+        }
+    }
+
+    /// Shares this pool's rests with every replica through `store`, under `credential`'s name.
+    pub(super) fn share(&self, store: &Arc<Store>, credential: &str) {
+        if self
+            .inner
+            .shared
+            .set((store.clone(), Arc::from(credential)))
+            .is_ok()
+        {
+            let inner: Arc<dyn Restable> = self.inner.clone();
+            store.watch_pool(credential, Arc::downgrade(&inner));
         }
     }
 
@@ -160,6 +194,9 @@ impl Pool {
         let rest = retry_after.unwrap_or(p.cooldown).min(MAX_COOLDOWN);
         let until = p.now_ms().saturating_add(millis(rest));
         slot.cooling_until.fetch_max(until, Ordering::AcqRel);
+        if let Some((store, credential)) = p.shared.get() {
+            store.share_rest(credential, index, rest);
+        }
         Some(rest)
     }
 

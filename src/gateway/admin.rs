@@ -227,6 +227,7 @@ pub fn status(runtime: &Runtime) -> serde_json::Value {
             "failed": runtime.reloads_failed.load(Ordering::Relaxed),
         },
         "log": { "dropped_lines": crate::logging::dropped_lines() },
+        "store": g.store.as_ref().map(|s| s.status()),
     })
 }
 

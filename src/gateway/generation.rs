@@ -36,6 +36,8 @@ pub struct Generation {
     pub plugin_sources: Vec<PluginSourceInfo>,
     /// sha256 of the config file's text, when loaded from a file.
     pub config_sha256: Option<String>,
+    /// The shared store (`store:`), one per process while the section is unchanged.
+    pub store: Option<Arc<crate::store::Store>>,
 }
 
 #[derive(Debug, Clone)]
@@ -177,13 +179,25 @@ impl Generation {
             errors.push(config.error_at(&[], "no default upstream"));
         }
         let default_upstream = upstreams.first().cloned();
-        let (Ok(keys), Ok(credentials), Ok((plugins, plugin_sources)), Some(default_upstream)) =
+        let store = match config.store.as_ref().map(crate::store::Store::shared) {
+            Some(Ok(store)) => store,
+            Some(Err(e)) => {
+                errors.push(config.error_at(&[k("store"), k("url")], e));
+                None
+            }
+            None => None,
+        };
+        let (Ok(mut keys), Ok(credentials), Ok((plugins, plugin_sources)), Some(default_upstream)) =
             (keys, credentials, plugins, default_upstream)
         else {
             return Err(BuildError::config(errors));
         };
         if !errors.is_empty() {
             return Err(BuildError::config(errors));
+        }
+        if let Some(store) = &store {
+            keys.share_limits(store);
+            credentials.share_cooldowns(store);
         }
         let static_models = config.models.as_deref().map(static_list);
         let config_sha256 = config
@@ -203,6 +217,7 @@ impl Generation {
             plugins: Arc::new(plugins),
             plugin_sources,
             config_sha256,
+            store,
         })
     }
 }

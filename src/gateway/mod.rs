@@ -290,7 +290,7 @@ where
 
     // 8. policy: limits last, so a refused request does not use up the key's budget
     let permit = match policy {
-        Some(pol) => pol.admit()?,
+        Some(pol) => pol.admit().await?,
         None => None,
     };
 

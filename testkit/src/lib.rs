@@ -3,12 +3,14 @@
 //! - [`token_mock`]: an OAuth2 / generic token server (credential tests).
 //! - [`raw_upstream`]: a raw-socket HTTP/1.1 upstream for tests that need exact bytes or
 //!   connection counts.
+//! - [`redis_server`]: a real `redis-server` on a free loopback port (shared-store tests).
 //! - [`free_port`], [`wait_for_listener`], [`eventually`]: loopback and polling helpers.
 //!
 //! Nothing here depends on sophgate, so the library's unit tests can use it too; helpers that
 //! need sophgate's types live in `tests/it/common.rs`.
 
 pub mod raw_upstream;
+pub mod redis_server;
 mod serve;
 pub mod token_mock;
 

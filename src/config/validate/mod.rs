@@ -10,6 +10,7 @@ mod keys;
 mod listen;
 mod logging;
 mod plugins;
+mod store;
 mod upstreams;
 
 #[cfg(test)]
@@ -154,6 +155,7 @@ pub fn validate(
     let admin_key = listen::admin_key(&mut c, raw.admin);
     let logging = logging::logging(&mut c, raw.log_level, raw.logging, base_dir);
     let forward_headers = forward_headers::forward_headers(&mut c, raw.forward_headers);
+    let store = store::store(&mut c, raw.store);
 
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
@@ -181,6 +183,7 @@ pub fn validate(
         script_limits,
         admin_key,
         forward_headers,
+        store,
         warnings: c.warnings,
         ca_files,
         locator: c.locator,

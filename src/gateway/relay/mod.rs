@@ -23,7 +23,7 @@ use body::ResponseBody;
 /// What the relay needs of a prepared request, taken from it before it is dropped.
 pub struct Taps {
     principal: Arc<Principal>,
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    permit: Option<crate::gateway::stages::policy::Slot>,
     injected_usage: bool,
     script_ctx: Option<rhai::Map>,
     /// Where the usage taps put the answer's tokens (keys whose usage is read).
@@ -79,8 +79,7 @@ impl Taps {
             if let Some(permit) = permit {
                 relay.guard(Box::new(permit));
             }
-            if let Some(tpm) = principal.policy.as_ref().and_then(|pol| pol.tpm.clone()) {
-                let meter = UsageMeter::new(tpm);
+            if let Some(meter) = principal.policy.as_ref().and_then(UsageMeter::of) {
                 let tally = usage.unwrap_or_default();
                 if relay.is_sse() {
                     relay.filter(Box::new(usage::UsageFilter::new(

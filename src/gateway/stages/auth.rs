@@ -102,6 +102,18 @@ impl KeyTable {
         self.by_digest.len()
     }
 
+    /// Keeps every key's limits in the shared store. Called while the table is being built
+    /// (its principals are not shared yet).
+    pub fn share_limits(&mut self, store: &Arc<crate::store::Store>) {
+        for principal in self.by_digest.values_mut() {
+            if let Some(p) = Arc::get_mut(principal) {
+                if let Some(policy) = p.policy.as_mut() {
+                    policy.share(store, &p.label);
+                }
+            }
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_digest.is_empty()
     }

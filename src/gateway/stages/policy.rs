@@ -1,14 +1,19 @@
 //! Per-key policy: expiry, allowed models, requests per minute, tokens per minute and
 //! concurrent requests. Limits are per key and per generation (a reload starts them afresh);
-//! each key has its own small lock, so keys never contend with each other.
+//! each key has its own small lock, so keys never contend with each other. With a `store:`
+//! the limits are shared by every replica ([`crate::store::admission`]); these in-process
+//! ones then serve only while the store does not answer (`on_error: allow`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::config::store::OnStoreError;
 use crate::config::KeyConfig;
 use crate::error::{ErrorKind, GatewayError};
+use crate::store::admission::{Lease, Limit, SharedLimits, Verdict};
+use crate::store::Store;
 
 /// A token bucket refilled continuously at `capacity` per minute.
 #[derive(Debug)]
@@ -85,6 +90,24 @@ pub struct KeyPolicy {
     pub concurrency: Option<Arc<Semaphore>>,
     pub max_concurrent: u32,
     pub expires_at: Option<SystemTime>,
+    /// The same limits in the shared store, when `store:` is set.
+    pub shared: Option<Arc<SharedLimits>>,
+}
+
+/// A key's concurrency slot, held until the response ends.
+#[derive(Debug)]
+pub enum Slot {
+    Local(OwnedSemaphorePermit),
+    Shared(Lease),
+}
+
+fn limited(what: &str, wait: u64) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::RateLimited,
+        "rate_limit_exceeded",
+        format!("Rate limit of this key reached ({what}); retry after {wait} s"),
+    )
+    .with_retry_after(wait)
 }
 
 impl KeyPolicy {
@@ -100,6 +123,54 @@ impl KeyPolicy {
                 .map(|n| Arc::new(Semaphore::new(n as usize))),
             max_concurrent: k.max_concurrent.unwrap_or(0),
             expires_at: k.expires_at,
+            shared: None,
+        }
+    }
+
+    /// Keeps this key's limits in `store` (when it has any), shared by every replica.
+    pub fn share(&mut self, store: &Arc<Store>, label: &str) {
+        if self.rpm.is_some() || self.tpm.is_some() || self.concurrency.is_some() {
+            self.shared = Some(Arc::new(SharedLimits::new(
+                store,
+                label,
+                self.rpm_limit(),
+                self.tpm.as_ref().map(|b| b.capacity as u64),
+                (self.max_concurrent > 0).then_some(self.max_concurrent),
+            )));
+        }
+    }
+
+    fn rpm_limit(&self) -> Option<u32> {
+        self.rpm.as_ref().map(|b| b.capacity as u32)
+    }
+
+    /// Admits one request under rpm / tpm / concurrency: in the shared store when there is one
+    /// (one round trip), else (or when it fails and `on_error` is `allow`) in process.
+    pub async fn admit(&self) -> Result<Option<Slot>, GatewayError> {
+        let Some(shared) = &self.shared else {
+            return self.admit_local();
+        };
+        match shared.admit().await {
+            Ok(Verdict::Admitted(lease)) => Ok(lease.map(Slot::Shared)),
+            Ok(Verdict::Limited { limit, wait }) => {
+                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                Err(match limit {
+                    Limit::Rpm => limited("requests per minute", secs),
+                    Limit::Tpm => limited("tokens per minute", secs),
+                    Limit::Concurrency => {
+                        limited(&format!("{} concurrent requests", self.max_concurrent), 1)
+                    }
+                })
+            }
+            Err(_) => match shared.store().on_error() {
+                OnStoreError::Allow => self.admit_local(),
+                OnStoreError::Deny => Err(GatewayError::new(
+                    ErrorKind::Unavailable,
+                    "limits_unavailable",
+                    "The shared rate-limit store is unavailable; retry shortly",
+                )
+                .with_retry_after(1)),
+            },
         }
     }
 
@@ -125,17 +196,9 @@ impl KeyPolicy {
         }
     }
 
-    /// Admits one request under rpm / tpm / concurrency, or answers 429 with Retry-After.
-    /// The returned permit holds the concurrency slot until the response ends.
-    pub fn admit(&self) -> Result<Option<OwnedSemaphorePermit>, GatewayError> {
-        let limited = |what: &str, wait: u64| {
-            GatewayError::new(
-                ErrorKind::RateLimited,
-                "rate_limit_exceeded",
-                format!("Rate limit of this key reached ({what}); retry after {wait} s"),
-            )
-            .with_retry_after(wait)
-        };
+    /// Admits one request under this process's rpm / tpm / concurrency, or answers 429 with
+    /// Retry-After. The returned slot holds the concurrency permit until the response ends.
+    pub fn admit_local(&self) -> Result<Option<Slot>, GatewayError> {
         if let Some(tpm) = &self.tpm {
             tpm.has_room()
                 .map_err(|w| limited("tokens per minute", w))?;
@@ -150,7 +213,7 @@ impl KeyPolicy {
             rpm.take_one()
                 .map_err(|w| limited("requests per minute", w))?;
         }
-        Ok(permit)
+        Ok(permit.map(Slot::Local))
     }
 }
 
@@ -158,15 +221,31 @@ impl KeyPolicy {
 #[derive(Debug, Clone)]
 pub struct UsageMeter {
     bucket: Arc<Bucket>,
+    shared: Option<Arc<SharedLimits>>,
 }
 
 impl UsageMeter {
     pub fn new(bucket: Arc<Bucket>) -> Self {
-        UsageMeter { bucket }
+        UsageMeter {
+            bucket,
+            shared: None,
+        }
+    }
+
+    /// The meter of a key with tpm: its local bucket and, with a store, the shared one.
+    pub fn of(policy: &KeyPolicy) -> Option<Self> {
+        let bucket = policy.tpm.clone()?;
+        Some(UsageMeter {
+            bucket,
+            shared: policy.shared.clone(),
+        })
     }
 
     pub fn charge(&self, tokens: u64) {
         self.bucket.charge(tokens);
+        if let Some(shared) = &self.shared {
+            shared.charge_tokens(tokens);
+        }
     }
 }
 

@@ -59,7 +59,7 @@ pub struct Prepared {
     pub headers: http::HeaderMap,
     pub body: Bytes,
     /// Concurrency slot of the key, held until the response ends.
-    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    pub permit: Option<crate::gateway::stages::policy::Slot>,
     /// Whether the gateway (not the client) asked for `stream_options.include_usage`.
     pub injected_usage: bool,
     /// What `on_request` hooks left in `req.ctx`, for the response hooks.

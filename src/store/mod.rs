@@ -1,0 +1,237 @@
+//! Shared state in Redis (`store:`), so several replicas behind a load balancer enforce one
+//! set of limits: per-key rpm/tpm and `max_concurrent` leases ([`admission`]), pool key
+//! cool-downs ([`cooldown`]), usage and budget counters ([`usage`]).
+//!
+//! Every call is bounded by `timeout_ms`; a call that fails or runs out of time counts in
+//! [`store_errors_total`] and logs a warning at most every few seconds. What the request does
+//! then (`on_error`) is its caller's choice. One [`Store`] serves the whole process: reloads
+//! that keep the `store:` section keep its connection, leases and background tasks.
+
+pub mod admission;
+pub mod cooldown;
+pub mod usage;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::store::{redacted_url, OnStoreError, StoreConfig};
+
+/// How often a store failure may be logged (the rest are counted).
+const WARN_EVERY_MS: u64 = 10_000;
+
+static ERRORS: AtomicU64 = AtomicU64::new(0);
+static LAST_WARN_MS: AtomicU64 = AtomicU64::new(0);
+/// Whether the last store call failed, so that recovery is logged once.
+static FAILING: AtomicBool = AtomicBool::new(false);
+
+/// Store calls that failed or timed out since the process started.
+pub fn store_errors_total() -> u64 {
+    ERRORS.load(Ordering::Relaxed)
+}
+
+/// Why a store call gave no answer. Carries no URL and no secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    Timeout,
+    Redis(String),
+    /// An answer of an unexpected shape.
+    Protocol,
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Timeout => write!(f, "no answer within timeout_ms"),
+            StoreError::Redis(e) => write!(f, "{e}"),
+            StoreError::Protocol => write!(f, "unexpected answer"),
+        }
+    }
+}
+
+pub struct Store {
+    config: StoreConfig,
+    conn: ConnectionManager,
+    /// This process's leases, renewed together by one task ([`admission`]).
+    leases: admission::LeaseBook,
+    /// Pools whose cool-downs are mirrored from the store ([`cooldown`]).
+    pools: Mutex<Vec<cooldown::Watched>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("url", &redacted_url(self.config.url.expose()))
+            .field("prefix", &self.config.prefix)
+            .finish()
+    }
+}
+
+/// The process's stores by config, so a reload that keeps `store:` keeps its connection.
+static STORES: Mutex<Option<HashMap<String, Weak<Store>>>> = Mutex::new(None);
+
+impl Store {
+    /// The process's store for `config`: the running one when the section is unchanged, else a
+    /// new one (its connection opens lazily and reconnects on its own). `Ok(None)` outside a
+    /// tokio runtime (`sophgate check` validates without connecting). The error names no URL.
+    pub fn shared(config: &StoreConfig) -> Result<Option<Arc<Store>>, String> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Ok(None);
+        }
+        let id = format!(
+            "{}\u{1f}{}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}",
+            config.url.expose(),
+            config.prefix,
+            config.timeout,
+            config.on_error,
+            config.lease_ttl
+        );
+        let mut guard = STORES.lock().map_err(|_| "store registry poisoned")?;
+        let map = guard.get_or_insert_with(HashMap::new);
+        map.retain(|_, w| w.strong_count() > 0);
+        if let Some(store) = map.get(&id).and_then(Weak::upgrade) {
+            return Ok(Some(store));
+        }
+        let store = Arc::new(Store::connect(config.clone())?);
+        map.insert(id, Arc::downgrade(&store));
+        admission::spawn_renewal(&store);
+        cooldown::spawn_poll(&store);
+        tracing::info!(url = %redacted_url(config.url.expose()), prefix = %config.prefix, "shared state in Redis");
+        Ok(Some(store))
+    }
+
+    fn connect(config: StoreConfig) -> Result<Store, String> {
+        let client = redis::Client::open(config.url.expose())
+            .map_err(|e| format!("store.url is not a usable Redis URL ({})", e.category()))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout.max(Duration::from_secs(1))))
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1))
+            .set_number_of_retries(3);
+        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
+            .map_err(|e| format!("store: cannot set up the Redis client ({})", e.category()))?;
+        Ok(Store {
+            config,
+            conn,
+            leases: admission::LeaseBook::default(),
+            pools: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// For `GET /admin/status`: the URL redacted, the settings, the error count, live leases.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "url": redacted_url(self.config.url.expose()),
+            "prefix": self.config.prefix,
+            "timeout_ms": self.config.timeout.as_millis() as u64,
+            "on_error": match self.config.on_error {
+                OnStoreError::Allow => "allow",
+                OnStoreError::Deny => "deny",
+            },
+            "lease_ttl_ms": self.config.lease_ttl.as_millis() as u64,
+            "errors_total": store_errors_total(),
+            "live_leases": self.leases.len(),
+        })
+    }
+
+    /// One `PING`: the round trip alone (benchmarks and health checks).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.call("ping", |mut conn| async move {
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        })
+        .await
+        .map(drop)
+    }
+
+    pub fn on_error(&self) -> OnStoreError {
+        self.config.on_error
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.config.timeout
+    }
+
+    /// A key under the configured prefix.
+    pub fn key(&self, kind: &str, name: &str) -> String {
+        let mut k = String::with_capacity(self.config.prefix.len() + kind.len() + name.len() + 1);
+        k.push_str(&self.config.prefix);
+        k.push_str(kind);
+        k.push(':');
+        k.push_str(name);
+        k
+    }
+
+    /// Runs one store call under `timeout_ms`; failures are counted and (rate-limited) logged.
+    async fn call<T, F>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(ConnectionManager) -> F,
+    ) -> Result<T, StoreError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        let result = match tokio::time::timeout(self.config.timeout, f(self.conn.clone())).await {
+            Ok(Ok(v)) => {
+                if FAILING.load(Ordering::Relaxed) && FAILING.swap(false, Ordering::Relaxed) {
+                    tracing::info!(call = what, "shared store answers again");
+                }
+                return Ok(v);
+            }
+            Ok(Err(e)) => StoreError::Redis(redis_error_text(&e)),
+            Err(_) => StoreError::Timeout,
+        };
+        note_error(what, &result);
+        Err(result)
+    }
+}
+
+/// A Redis error without the URL (redis errors can name the address, never the password; the
+/// kind and the server's code are enough to act on).
+fn redis_error_text(e: &redis::RedisError) -> String {
+    match e.code() {
+        Some(code) => format!("{} ({code})", e.category()),
+        None => e.category().to_owned(),
+    }
+}
+
+fn note_error(what: &'static str, e: &StoreError) {
+    FAILING.store(true, Ordering::Relaxed);
+    let total = ERRORS.fetch_add(1, Ordering::Relaxed) + 1;
+    let now = now_ms();
+    let last = LAST_WARN_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= WARN_EVERY_MS
+        && LAST_WARN_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            call = what,
+            error = %e,
+            store_errors_total = total,
+            "shared store unavailable; on_error decides (logged at most every 10 s)"
+        );
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Runs a store call off the request path (release a lease, charge tokens).
+fn spawn_detached<F>(fut: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(fut);
+    }
+}
+
+#[cfg(test)]
+mod tests;

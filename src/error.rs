@@ -36,6 +36,8 @@ pub enum ErrorKind {
     BadGateway,
     /// The upstream did not answer in time.
     GatewayTimeout,
+    /// A store the gateway needs (usage, shared limits) cannot answer now.
+    ServiceUnavailable,
     /// A plugin answered the request itself (`throw #{status, message}`).
     Script(StatusCode),
 }
@@ -54,6 +56,7 @@ impl ErrorKind {
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorKind::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Script(status) => status,
         }
     }
@@ -69,7 +72,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::Forbidden => "permission_error",
             ErrorKind::RateLimited => "rate_limit_error",
-            ErrorKind::Internal => "server_error",
+            ErrorKind::Internal | ErrorKind::ServiceUnavailable => "server_error",
             ErrorKind::BadGateway | ErrorKind::GatewayTimeout => "upstream_error",
             ErrorKind::Script(status) if status.is_server_error() => "server_error",
             ErrorKind::Script(_) => "invalid_request_error",

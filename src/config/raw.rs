@@ -52,6 +52,25 @@ pub struct RawConfig {
     pub plugins: Option<Vec<RawPlugin>>,
     pub admin: Option<RawAdmin>,
     pub forward_headers: Option<RawForwardHeaders>,
+    /// Model globs → price per 1M tokens, for cost budgets.
+    pub pricing: Option<BTreeMap<String, RawPrice>>,
+}
+
+/// A `pricing:` entry: price per 1M input and output tokens, any currency.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    pub input: f64,
+    pub output: f64,
+}
+
+/// A key's `budget:`: one of `tokens` or `cost`, per `period` (`day`, `week`, `month`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub tokens: Option<u64>,
+    pub cost: Option<f64>,
+    pub period: Option<String>,
 }
 
 /// `forward_headers:`: client header names (or `prefix*`) to drop, or to forward after all.
@@ -105,6 +124,7 @@ pub struct RawKeyPolicy {
     pub max_concurrent: Option<u32>,
     /// RFC 3339 time (`2027-01-31T00:00:00Z`), a date (`2027-01-31`), or Unix seconds.
     pub expires_at: Option<serde_yaml::Value>,
+    pub budget: Option<RawBudget>,
 }
 
 #[derive(Debug, Deserialize)]

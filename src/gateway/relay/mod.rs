@@ -1,6 +1,6 @@
 //! The relay phase: the upstream's answer on its way to the client. [`body`] is the response
 //! body (fixed bytes, or the upstream relay with SSE framing, idle timeout and a final error
-//! event), [`sse`] the event framer, [`usage`] the `tpm` taps, [`access_log`] the record
+//! event), [`sse`] the event framer, [`usage`] the usage taps (tpm, the key's meter), [`access_log`] the record
 //! written when the body ends. [`Taps`] attaches what a request needs to its answer.
 
 pub mod access_log;
@@ -24,6 +24,7 @@ use body::ResponseBody;
 pub struct Taps {
     principal: Arc<Principal>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    usage: Option<crate::usage::RequestMeter>,
     injected_usage: bool,
     script_ctx: Option<rhai::Map>,
 }
@@ -33,6 +34,7 @@ impl Taps {
         Taps {
             principal: p.principal.clone(),
             permit: p.permit.take(),
+            usage: p.usage.take(),
             injected_usage: p.injected_usage,
             script_ctx: p.script_ctx.take(),
         }
@@ -49,9 +51,13 @@ impl Taps {
         let Taps {
             principal,
             permit,
+            usage: mut meter,
             injected_usage,
             mut script_ctx,
         } = self;
+        if let Some(meter) = meter.as_mut() {
+            meter.answered(resp.status());
+        }
         let is_sse = resp.body().is_event_stream();
         if is_sse && plugins.has_on_event() {
             if let Some(relay) = resp.body_mut().relay_mut() {
@@ -65,12 +71,16 @@ impl Taps {
             if let Some(permit) = permit {
                 relay.guard(Box::new(permit));
             }
-            if let Some(tpm) = principal.policy.as_ref().and_then(|pol| pol.tpm.clone()) {
-                let meter = UsageMeter::new(tpm);
+            let tpm = principal.policy.as_ref().and_then(|pol| pol.tpm.clone());
+            let taps = usage::UsageTaps {
+                tpm: tpm.map(UsageMeter::new),
+                request: meter.take(),
+            };
+            if !taps.is_empty() || injected_usage {
                 if relay.is_sse() {
-                    relay.filter(Box::new(usage::UsageFilter::new(meter, injected_usage)));
+                    relay.filter(Box::new(usage::UsageFilter::new(taps, injected_usage)));
                 } else {
-                    relay.observe(Box::new(usage::UsageObserver::new(meter)));
+                    relay.observe(Box::new(usage::UsageObserver::new(taps)));
                 }
             }
         }

@@ -1,23 +1,52 @@
-//! Counting real token usage for `tpm` limits: from the `usage` of a JSON answer, or from the
-//! usage event of a stream. When the gateway itself asked the upstream for
-//! `stream_options.include_usage`, that extra event is removed before the client sees it.
+//! Reading the upstream's real token usage, from the `usage` of a JSON answer or from the
+//! usage event of a stream, for the key's `tpm` bucket and its usage meter (the ledger and
+//! budgets). When the gateway itself asked the upstream for `stream_options.include_usage`,
+//! that extra event is removed before the client sees it.
 
 use crate::gateway::relay::body::{BodyObserver, EventAction, EventFilter};
-
-use crate::gateway::stages::policy::{usage_total, UsageMeter};
+use crate::gateway::stages::policy::UsageMeter;
+use crate::usage::meter::{read_usage, TokenUsage};
+use crate::usage::RequestMeter;
 
 /// Largest JSON answer kept in memory to read its `usage`.
 const MAX_OBSERVED: usize = 4 * 1024 * 1024;
 
+/// Where a request's usage goes.
+pub struct UsageTaps {
+    pub tpm: Option<UsageMeter>,
+    pub request: Option<RequestMeter>,
+}
+
+impl UsageTaps {
+    pub fn is_empty(&self) -> bool {
+        self.tpm.is_none() && self.request.is_none()
+    }
+
+    fn charge(&mut self, u: TokenUsage) {
+        if let Some(tpm) = &self.tpm {
+            tpm.charge(u.total);
+        }
+        if let Some(meter) = self.request.as_mut() {
+            meter.usage(u);
+        }
+    }
+
+    fn broken(&mut self) {
+        if let Some(meter) = self.request.as_mut() {
+            meter.broken();
+        }
+    }
+}
+
 pub struct UsageFilter {
-    meter: UsageMeter,
+    taps: UsageTaps,
     /// The client did not ask for usage: drop the usage-only event after counting it.
     strip: bool,
 }
 
 impl UsageFilter {
-    pub fn new(meter: UsageMeter, strip: bool) -> Self {
-        UsageFilter { meter, strip }
+    pub fn new(taps: UsageTaps, strip: bool) -> Self {
+        UsageFilter { taps, strip }
     }
 }
 
@@ -45,8 +74,8 @@ impl EventFilter for UsageFilter {
         let Some(data) = event_data(event) else {
             return EventAction::Keep;
         };
-        if let Some(total) = usage_total(data) {
-            self.meter.charge(total);
+        if let Some(u) = read_usage(data) {
+            self.taps.charge(u);
         }
         if self.strip {
             #[derive(serde::Deserialize)]
@@ -61,19 +90,23 @@ impl EventFilter for UsageFilter {
         }
         EventAction::Keep
     }
+
+    fn on_broken(&mut self) {
+        self.taps.broken();
+    }
 }
 
 pub struct UsageObserver {
-    meter: UsageMeter,
+    taps: UsageTaps,
     buf: Vec<u8>,
     overflow: bool,
     charged: bool,
 }
 
 impl UsageObserver {
-    pub fn new(meter: UsageMeter) -> Self {
+    pub fn new(taps: UsageTaps) -> Self {
         UsageObserver {
-            meter,
+            taps,
             buf: Vec::new(),
             overflow: false,
             charged: false,
@@ -86,9 +119,9 @@ impl UsageObserver {
         if self.charged {
             return;
         }
-        if let Some(total) = usage_total(&self.buf) {
+        if let Some(u) = read_usage(&self.buf) {
             self.charged = true;
-            self.meter.charge(total);
+            self.taps.charge(u);
         }
     }
 }
@@ -110,5 +143,9 @@ impl BodyObserver for UsageObserver {
 
     fn on_end(&mut self) {
         self.try_charge();
+    }
+
+    fn on_broken(&mut self) {
+        self.taps.broken();
     }
 }

@@ -85,6 +85,8 @@ pub struct KeyPolicy {
     pub concurrency: Option<Arc<Semaphore>>,
     pub max_concurrent: u32,
     pub expires_at: Option<SystemTime>,
+    /// Tokens or cost per calendar period (checked by `stages::budget`).
+    pub budget: Option<crate::usage::budget::Budget>,
 }
 
 impl KeyPolicy {
@@ -100,6 +102,7 @@ impl KeyPolicy {
                 .map(|n| Arc::new(Semaphore::new(n as usize))),
             max_concurrent: k.max_concurrent.unwrap_or(0),
             expires_at: k.expires_at,
+            budget: k.budget,
         }
     }
 

@@ -59,14 +59,6 @@ impl Taps {
             meter.answered(resp.status());
         }
         let is_sse = resp.body().is_event_stream();
-        if is_sse && plugins.has_on_event() {
-            if let Some(relay) = resp.body_mut().relay_mut() {
-                relay.filter(Box::new(scripts::ScriptEventFilter::new(
-                    plugins.clone(),
-                    script_ctx.take().unwrap_or_default(),
-                )));
-            }
-        }
         if let Some(relay) = resp.body_mut().relay_mut() {
             if let Some(permit) = permit {
                 relay.guard(Box::new(permit));
@@ -82,6 +74,16 @@ impl Taps {
                 } else {
                     relay.observe(Box::new(usage::UsageObserver::new(taps)));
                 }
+            }
+        }
+        // After the usage filter: `on_event` sees the stream as the client gets it, without
+        // the usage event the gateway asked for.
+        if is_sse && plugins.has_on_event() {
+            if let Some(relay) = resp.body_mut().relay_mut() {
+                relay.filter(Box::new(scripts::ScriptEventFilter::new(
+                    plugins.clone(),
+                    script_ctx.take().unwrap_or_default(),
+                )));
             }
         }
         if !is_sse && plugins.has_on_response() {

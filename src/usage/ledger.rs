@@ -73,13 +73,20 @@ struct KeyEntry {
 }
 
 impl KeyEntry {
-    fn counters(&self, model: &str) -> Arc<Counters> {
+    /// Adds `d` to the model's counters (under the read lock when the model is known).
+    fn add(&self, model: &str, d: &Delta) {
         {
             let models = self.models.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(c) = models.get(model) {
-                return c.clone();
+                c.add(d);
+                return;
             }
         }
+        self.insert(model).add(d);
+    }
+
+    /// The counters of a model not seen before (or of `other` once the key has too many).
+    fn insert(&self, model: &str) -> Arc<Counters> {
         let mut models = self.models.write().unwrap_or_else(PoisonError::into_inner);
         // The bound counts names other than `other` itself.
         let full = models.len() - usize::from(models.contains_key(OTHER)) >= MAX_MODELS_PER_KEY;
@@ -151,13 +158,19 @@ impl Ledger {
         }
     }
 
-    fn entry(&self, key: &str) -> Arc<KeyEntry> {
+    /// Runs `f` on the key's entry: under the read lock when the key is known.
+    fn with_entry(&self, key: &str, f: impl FnOnce(&KeyEntry)) {
         {
             let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(e) = keys.get(key) {
-                return e.clone();
+                f(e);
+                return;
             }
         }
+        f(&self.insert(key));
+    }
+
+    fn insert(&self, key: &str) -> Arc<KeyEntry> {
         // Keys are labels from the config (or `passthrough`): a bounded set.
         let mut keys = self.keys.write().unwrap_or_else(PoisonError::into_inner);
         keys.entry(Arc::from(key)).or_default().clone()
@@ -195,11 +208,12 @@ impl Ledger {
 
 impl UsageBackend for Ledger {
     fn record(&self, charge: &Charge<'_>) {
-        let entry = self.entry(charge.key);
-        entry.counters(charge.model).add(&charge.delta);
-        if let Some(period) = charge.period {
-            entry.charge_period(charge.model, period, unix(charge.at), &charge.delta);
-        }
+        self.with_entry(charge.key, |entry| {
+            entry.add(charge.model, &charge.delta);
+            if let Some(period) = charge.period {
+                entry.charge_period(charge.model, period, unix(charge.at), &charge.delta);
+            }
+        });
     }
 
     fn period_use<'a>(

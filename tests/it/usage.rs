@@ -228,3 +228,28 @@ async fn the_ledger_survives_a_reload() {
     .await;
     assert_eq!(v["keys"]["usage-reload"]["total"]["requests"], 3, "{v}");
 }
+
+#[tokio::test]
+async fn passthrough_answers_count_their_usage_too() {
+    let keys = "  \"sk-usage-embed\": { name: usage-embed }\n";
+    let (env, _) = start_file("embed", keys, "", MockOptions::default()).await;
+    let resp = client()
+        .post(env.url("/v1/embeddings"))
+        .bearer_auth("sk-usage-embed")
+        .json(&serde_json::json!({"model": "mock-embed", "input": ["one two three", "four"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let answer: Value = resp.json().await.unwrap();
+    let prompt = answer["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt > 0);
+    let v = usage_until(&env, "", |v| {
+        v["keys"]["usage-embed"]["models"]["mock-embed"]["requests"] == 1
+    })
+    .await;
+    let m = &v["keys"]["usage-embed"]["models"]["mock-embed"];
+    assert_eq!(m["input_tokens"], prompt, "{v}");
+    assert_eq!(m["output_tokens"], 0, "{v}");
+    assert_eq!(m["errors"], 0, "{v}");
+}

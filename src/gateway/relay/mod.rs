@@ -59,6 +59,14 @@ impl Taps {
             meter.answered(resp.status());
         }
         let is_sse = resp.body().is_event_stream();
+        let is_json = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| {
+                v.as_bytes()
+                    .windows(4)
+                    .any(|w| w.eq_ignore_ascii_case(b"json"))
+            });
         if let Some(relay) = resp.body_mut().relay_mut() {
             if let Some(permit) = permit {
                 relay.guard(Box::new(permit));
@@ -68,12 +76,16 @@ impl Taps {
                 tpm: tpm.map(UsageMeter::new),
                 request: meter.take(),
             };
-            if !taps.is_empty() || injected_usage {
-                if relay.is_sse() {
+            if relay.is_sse() {
+                if !taps.is_empty() || injected_usage {
                     relay.filter(Box::new(usage::UsageFilter::new(taps, injected_usage)));
-                } else {
-                    relay.observe(Box::new(usage::UsageObserver::new(taps)));
                 }
+            } else if taps.tpm.is_some() || (taps.request.is_some() && is_json) {
+                relay.observe(Box::new(usage::UsageObserver::new(taps)));
+            } else if let Some(meter) = taps.request {
+                // No usage to read (a file, audio, …): the meter only counts the request,
+                // when its body ends.
+                relay.guard(Box::new(meter));
             }
         }
         // After the usage filter: `on_event` sees the stream as the client gets it, without

@@ -1,7 +1,8 @@
 //! The relay phase: the upstream's answer on its way to the client. [`body`] is the response
 //! body (fixed bytes, or the upstream relay with SSE framing, idle timeout and a final error
-//! event), [`sse`] the event framer, [`usage`] the usage taps (tpm, the key's meter), [`access_log`] the record
-//! written when the body ends. [`Taps`] attaches what a request needs to its answer.
+//! event), [`sse`] the event framer, [`usage`] the usage taps (tpm, the key's meter),
+//! [`access_log`] the record written when the body ends. [`Taps`] attaches what a request
+//! needs to its answer.
 
 pub mod access_log;
 pub mod body;

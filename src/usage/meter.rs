@@ -115,11 +115,44 @@ impl RequestMeter {
         self.record(delta);
     }
 
+    /// What it takes to count a failure after this meter went with the body (an `on_response`
+    /// hook that fails once the answer was read).
+    pub fn failure_note(&self) -> FailureNote {
+        FailureNote {
+            key: self.key.clone(),
+            model: self.model.clone(),
+            period: self.period,
+        }
+    }
+
     fn record(&self, delta: Delta) {
         backend::record(&Charge {
             key: &self.key,
             model: &self.model,
             delta,
+            period: self.period,
+            at: SystemTime::now(),
+        });
+    }
+}
+
+/// A failure to count for a request whose meter is gone.
+#[derive(Debug)]
+pub struct FailureNote {
+    key: Arc<str>,
+    model: Box<str>,
+    period: Option<Period>,
+}
+
+impl FailureNote {
+    pub fn record(self) {
+        backend::record(&Charge {
+            key: &self.key,
+            model: &self.model,
+            delta: Delta {
+                errors: 1,
+                ..Delta::default()
+            },
             period: self.period,
             at: SystemTime::now(),
         });

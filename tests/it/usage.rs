@@ -253,3 +253,39 @@ async fn passthrough_answers_count_their_usage_too() {
     assert_eq!(m["output_tokens"], 0, "{v}");
     assert_eq!(m["errors"], 0, "{v}");
 }
+
+#[tokio::test]
+async fn an_on_response_hook_that_fails_counts_as_an_error() {
+    let dir = std::env::temp_dir().join(format!("sophgate-usage-hook-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let plugin = dir.join("fail.rhai");
+    std::fs::write(
+        &plugin,
+        "fn on_response(res) { if res.body.model == \"mock-model\" { throw \"no\"; } if res.body.model == \"mock-403\" { throw #{ status: 403, message: \"refused\" }; } }\n",
+    )
+    .unwrap();
+    let keys = "  \"sk-usage-hook\": { name: usage-hook }\n";
+    let extra = format!("plugins:\n  - path: \"{}\"\n", plugin.display());
+    let (env, _) = start_file("hook", keys, &extra, MockOptions::default()).await;
+    let resp = post_chat(&env, "sk-usage-hook", chat_body("mock-model", false)).await;
+    assert_eq!(error_code(resp, 500).await, "script_error");
+    let resp = post_chat(&env, "sk-usage-hook", chat_body("mock-403", false)).await;
+    assert_eq!(resp.status(), 403);
+    let resp = post_chat(&env, "sk-usage-hook", chat_body("mock-fine", false)).await;
+    assert_eq!(resp.status(), 200);
+    let v = usage_until(&env, "", |v| {
+        v["keys"]["usage-hook"]["total"]["requests"] == 3
+            && v["keys"]["usage-hook"]["total"]["errors"] == 2
+    })
+    .await;
+    let k = &v["keys"]["usage-hook"]["models"];
+    for (model, errors) in [("mock-model", 1), ("mock-403", 1), ("mock-fine", 0)] {
+        assert_eq!(k[model]["requests"], 1, "{model}: {v}");
+        assert_eq!(k[model]["errors"], errors, "{model}: {v}");
+        // The answer was read whole: its usage counts, whatever the hook did.
+        assert!(
+            k[model]["input_tokens"].as_u64().unwrap() > 0,
+            "{model}: {v}"
+        );
+    }
+}

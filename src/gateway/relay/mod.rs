@@ -60,6 +60,13 @@ impl Taps {
             meter.answered(resp.status());
         }
         let is_sse = resp.body().is_event_stream();
+        let runs_on_response = !is_sse && plugins.has_on_response();
+        // The hook may fail or answer an error of its own after the meter (with the body it
+        // read) has counted a success: that failure is counted here.
+        let failure = meter
+            .as_ref()
+            .filter(|_| runs_on_response && resp.status().as_u16() < 400)
+            .map(|m| m.failure_note());
         let is_json = resp
             .headers()
             .get(http::header::CONTENT_TYPE)
@@ -99,14 +106,21 @@ impl Taps {
                 )));
             }
         }
-        if !is_sse && plugins.has_on_response() {
-            resp = scripts::on_response(
+        if runs_on_response {
+            let answered = scripts::on_response(
                 plugins,
                 resp,
                 script_ctx.unwrap_or_default(),
                 max_body_bytes,
             )
-            .await?;
+            .await;
+            let failed = answered
+                .as_ref()
+                .map_or(true, |r| r.status().as_u16() >= 400);
+            if let Some(note) = failure.filter(|_| failed) {
+                note.record();
+            }
+            resp = answered?;
         }
         Ok(resp)
     }

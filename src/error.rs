@@ -32,7 +32,7 @@ pub enum ErrorKind {
     RateLimited,
     /// A bug or an unexpected local failure.
     Internal,
-    /// Something the gateway needs to decide is unreachable (the shared store, `on_error: deny`).
+    /// A store the gateway needs to decide (shared limits, usage, budgets) cannot answer now.
     Unavailable,
     /// The upstream could not be reached or broke the protocol.
     BadGateway,

@@ -4,7 +4,8 @@
 //! HTTP/1.1 and h2c server, pooled upstream client) and knows nothing of the gateway;
 //! `gateway` runs a request through its phases (`gateway::handle` states their order);
 //! `config` reads and validates YAML; `reload` holds the live generation and swaps it;
-//! `credentials` and `scripting` are the stages' engines; `tools` are the developer commands
+//! `credentials` and `scripting` are the stages' engines; `usage` keeps what each key used
+//! (the ledger behind `/admin/usage`) and its budgets; `tools` are the developer commands
 //! (`demo`, `mock-upstream`, `test`).
 
 pub mod config;
@@ -22,6 +23,7 @@ pub mod scripting;
 pub mod secret;
 pub mod store;
 pub mod tools;
+pub mod usage;
 
 pub use config::Config;
 pub use error::GatewayError;

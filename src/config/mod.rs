@@ -60,6 +60,8 @@ pub struct Config {
     pub forward_headers: forward_headers::ForwardHeaders,
     /// `store:`: shared state in Redis; `None` = everything in process.
     pub store: Option<store::StoreConfig>,
+    /// `pricing:`: model globs → price per 1M tokens.
+    pub pricing: crate::usage::pricing::Pricing,
     /// Non-fatal remarks `sophgate check` prints.
     pub warnings: Vec<String>,
     /// The CA certificate files (`api_ca_file`, `upstreams[].ca_file`), resolved: watched for
@@ -108,6 +110,8 @@ pub struct KeyConfig {
     pub tpm: Option<u64>,
     pub max_concurrent: Option<u32>,
     pub expires_at: Option<std::time::SystemTime>,
+    /// Tokens or cost per calendar period.
+    pub budget: Option<crate::usage::budget::Budget>,
 }
 
 /// Where a plugin's source comes from.
@@ -157,6 +161,7 @@ impl KeyConfig {
             tpm: None,
             max_concurrent: None,
             expires_at: None,
+            budget: None,
         }
     }
 
@@ -169,6 +174,7 @@ impl KeyConfig {
             || self.tpm.is_some()
             || self.max_concurrent.is_some()
             || self.expires_at.is_some()
+            || self.budget.is_some()
     }
 }
 

@@ -53,6 +53,8 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub forward_headers: Option<RawForwardHeaders>,
     pub store: Option<RawStore>,
+    /// Model globs → price per 1M tokens, for cost budgets.
+    pub pricing: Option<BTreeMap<String, RawPrice>>,
 }
 
 /// `store:`: shared state (limits, leases, cool-downs, usage) in Redis, for several replicas.
@@ -66,6 +68,23 @@ pub struct RawStore {
     pub on_error: Option<String>,
     /// How long a `max_concurrent` lease lives unless its replica renews it.
     pub lease_ttl_ms: Option<u64>,
+}
+
+/// A `pricing:` entry: price per 1M input and output tokens, any currency.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    pub input: f64,
+    pub output: f64,
+}
+
+/// A key's `budget:`: one of `tokens` or `cost`, per `period` (`day`, `week`, `month`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub tokens: Option<u64>,
+    pub cost: Option<f64>,
+    pub period: Option<String>,
 }
 
 /// `forward_headers:`: client header names (or `prefix*`) to drop, or to forward after all.
@@ -119,6 +138,7 @@ pub struct RawKeyPolicy {
     pub max_concurrent: Option<u32>,
     /// RFC 3339 time (`2027-01-31T00:00:00Z`), a date (`2027-01-31`), or Unix seconds.
     pub expires_at: Option<serde_yaml::Value>,
+    pub budget: Option<RawBudget>,
 }
 
 #[derive(Debug, Deserialize)]

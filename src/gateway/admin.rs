@@ -1,7 +1,8 @@
-//! `/admin/*`: `POST /admin/reload`, `GET /admin/status` and `GET /admin/live`, guarded by
-//! `admin.key` (a Bearer key compared by digest) and by the IP lists; the status page
-//! (`GET /admin` and its assets) holds no data and needs only the IP lists. Without
-//! `admin.key` the routes do not exist (404), so an unconfigured gateway exposes nothing.
+//! `/admin/*`: `POST /admin/reload`, `GET /admin/status`, `GET /admin/live` and `GET
+//! /admin/usage`, guarded by `admin.key` (a Bearer key compared by digest) and by the IP
+//! lists; the status page (`GET /admin` and its assets) holds no data and needs only the IP
+//! lists. Without `admin.key` the routes do not exist (404), so an unconfigured gateway
+//! exposes nothing.
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -27,23 +28,7 @@ pub fn rfc3339(t: SystemTime) -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    crate::usage::period::rfc3339(secs)
 }
 
 fn json_response(status: StatusCode, v: serde_json::Value) -> Response<ResponseBody> {
@@ -95,6 +80,7 @@ async fn run<B>(
         "/admin/reload" => (true, req.method() == Method::POST),
         "/admin/status" => (true, req.method() == Method::GET),
         "/admin/live" => (true, req.method() == Method::GET),
+        "/admin/usage" => (true, req.method() == Method::GET),
         _ => (false, false),
     };
     if !route_ok {
@@ -127,6 +113,10 @@ async fn run<B>(
         let mut resp = json_response(StatusCode::OK, live(runtime));
         status_page::harden(resp.headers_mut());
         return Ok(resp);
+    }
+    if path == "/admin/usage" {
+        let usage = crate::usage::report::usage(&generation.config, req.uri().query()).await?;
+        return Ok(json_response(StatusCode::OK, usage));
     }
     Ok(json_response(StatusCode::OK, status(runtime)))
 }

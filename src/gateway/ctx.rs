@@ -17,6 +17,8 @@ pub struct RequestCtx {
     /// The client's address as the ACL judged it (the peer until the ip_acl phase).
     pub client_ip: IpAddr,
     pub log: AccessLog,
+    /// The key's usage meter, from auth until the answer is relayed (then the body holds it).
+    pub usage: Option<crate::usage::RequestMeter>,
 }
 
 impl RequestCtx {
@@ -26,6 +28,7 @@ impl RequestCtx {
             peer,
             client_ip: peer,
             log,
+            usage: None,
         }
     }
 
@@ -43,13 +46,19 @@ impl RequestCtx {
         } else {
             tracing::debug!(request_id = %rid, status = e.status().as_u16(), code = e.code, "{}", e.message);
         }
+        if let Some(meter) = self.usage.as_mut() {
+            meter.refused(&e);
+        }
         self.log.outcome = Some(outcome_of(&e));
         self.log.error = Some(e.code);
         e.into_response()
     }
 
     /// Stamps the request id on the answer and hands the access-log record to its body.
-    pub fn finish(self, mut resp: Response<ResponseBody>) -> Response<ResponseBody> {
+    pub fn finish(mut self, mut resp: Response<ResponseBody>) -> Response<ResponseBody> {
+        if let Some(meter) = self.usage.as_mut() {
+            meter.answered(resp.status());
+        }
         let RequestCtx { rid, mut log, .. } = self;
         log.status = resp.status().as_u16();
         // Not set by `failed`: an answer from the upstream (or the gateway's own 200s).

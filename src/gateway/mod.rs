@@ -3,7 +3,7 @@
 //! that does:
 //!
 //! ```text
-//! route ─► ip_acl ─► auth ─► body ─► routing ─► rewrite ─► scripts ─► policy ─► upstream ─► relay
+//! route ─► ip_acl ─► auth ─► body ─► routing ─► budget ─► rewrite ─► scripts ─► policy ─► upstream ─► relay
 //! ```
 //!
 //! Each phase is a stage module under [`stages`] (or [`upstream`], [`relay`]) that takes the
@@ -124,8 +124,8 @@ where
     .await
 }
 
-/// The phases before the upstream: route, ip_acl, auth, body, routing, rewrite, scripts,
-/// policy. Public so the benchmarks can time the whole request path without sockets.
+/// The phases before the upstream: route, ip_acl, auth, body, routing, budget, rewrite,
+/// scripts, policy. Public so the benchmarks can time the whole request path without sockets.
 ///
 /// Takes the request's head by reference (its headers are taken out for the upstream) so
 /// that the head is not copied into every future of the pipeline.
@@ -189,6 +189,8 @@ where
         };
     }
 
+    ctx.usage = Some(crate::usage::RequestMeter::new(principal.label.clone()));
+
     // 4. body: read whole, then one pass for the model and what the rewrite needs
     let content_length = parts
         .headers
@@ -210,6 +212,9 @@ where
         Route::ChatCompletions => peeked.model.as_deref().or(cfg.defaults.model.as_deref()),
         _ => peeked.model.as_deref(),
     };
+    if let Some(meter) = ctx.usage.as_mut() {
+        meter.set_model(model);
+    }
     if let Some(pol) = policy {
         if model.is_some() || route == Route::ChatCompletions {
             pol.check_model(model)?;
@@ -221,10 +226,13 @@ where
     ctx.log.model = model.map(str::to_owned);
     let facts = peeked.facts;
 
-    // 6. rewrite: defaults, field_aliases, the route's rename, the usage event tpm needs
+    // 5b. budget: a key over its budget for this period goes no further
+    stages::budget::admit(&principal, model, &cfg.pricing, ctx.usage.as_mut()).await?;
+
+    // 6. rewrite: defaults, field_aliases, the route's rename, the usage event metering needs
     let hooks = generation.plugins.has_on_request();
-    // tpm counts real usage: make sure a stream reports it.
-    let injected_usage = policy.is_some_and(|p| p.tpm.is_some()) && facts.streams_without_usage();
+    // Usage (the ledger, budgets, tpm) counts real tokens: make sure a stream reports them.
+    let injected_usage = facts.streams_without_usage();
     let rewritten = rewrite::apply(
         &mut bytes,
         facts,
@@ -302,6 +310,7 @@ where
         headers,
         body: bytes,
         permit,
+        usage: ctx.usage.take(),
         injected_usage,
         script_ctx,
         plan,

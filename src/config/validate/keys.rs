@@ -17,6 +17,8 @@ use crate::secret::Secret;
 pub(super) struct Known<'a> {
     pub credentials: &'a [String],
     pub upstreams: &'a [String],
+    /// Whether `pricing:` has any entry (a cost budget needs one).
+    pub priced: bool,
 }
 
 pub(super) fn api_keys(
@@ -96,7 +98,7 @@ fn api_key(
             }
         }
         _ => {
-            c.err_masked(&line_path, &shown, "expected an upstream key (a string) or a policy map {name, credential, upstream, models, rpm, tpm, max_concurrent, expires_at}");
+            c.err_masked(&line_path, &shown, "expected an upstream key (a string) or a policy map {name, credential, upstream, models, rpm, tpm, max_concurrent, expires_at, budget}");
             return None;
         }
     }
@@ -172,6 +174,15 @@ fn apply_policy(
                 "expected an RFC 3339 time (2027-01-31T00:00:00Z), a date (2027-01-31) or Unix seconds",
             ),
         }
+    }
+    if let Some(b) = policy.budget {
+        key.budget = super::budgets::budget(
+            c,
+            b,
+            &field(line_path, "budget"),
+            &format!("{shown}.budget"),
+            known.priced,
+        );
     }
     key.credential = policy.credential;
     key.upstream = policy.upstream;

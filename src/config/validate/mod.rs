@@ -3,6 +3,7 @@
 //! section of the file; [`validate`] runs them in order and assembles the result.
 
 mod acl;
+mod budgets;
 mod credentials;
 mod defaults;
 mod forward_headers;
@@ -124,6 +125,7 @@ pub fn validate(
         .collect();
     let routes = upstreams::routes(&mut c, raw.routes, &upstream_names);
     let passthrough_unknown_keys = raw.passthrough_unknown_keys.unwrap_or(false);
+    let pricing = budgets::pricing(&mut c, raw.pricing);
     let keys = keys::api_keys(
         &mut c,
         raw.api_keys,
@@ -131,6 +133,7 @@ pub fn validate(
         &keys::Known {
             credentials: &credential_names,
             upstreams: &upstream_names,
+            priced: !pricing.is_empty(),
         },
     );
     let ip_allow = acl::nets(&mut c, "ip_whitelist", raw.ip_whitelist);
@@ -184,6 +187,7 @@ pub fn validate(
         admin_key,
         forward_headers,
         store,
+        pricing,
         warnings: c.warnings,
         ca_files,
         locator: c.locator,

@@ -64,12 +64,18 @@ pub enum EventAction {
 /// `event` is one event including its terminating blank line.
 pub trait EventFilter: Send {
     fn on_event(&mut self, event: &[u8]) -> EventAction;
+
+    /// The stream broke off before its end (upstream gone, idle or total timeout).
+    fn on_broken(&mut self) {}
 }
 
 /// Sees every byte of a non-streamed answer (e.g. to read its `usage`).
 pub trait BodyObserver: Send {
     fn on_chunk(&mut self, chunk: &[u8]);
     fn on_end(&mut self);
+
+    /// The body broke off before its end (upstream gone, idle or total timeout).
+    fn on_broken(&mut self) {}
 }
 
 /// Relays an upstream body to the client as it arrives.
@@ -196,6 +202,19 @@ impl Relay {
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, RelayError>>> {
+        let next = self.poll_upstream(cx);
+        if let Poll::Ready(Some(Err(_))) = &next {
+            for f in self.filters.iter_mut() {
+                f.on_broken();
+            }
+            for o in self.observers.iter_mut() {
+                o.on_broken();
+            }
+        }
+        next
+    }
+
+    fn poll_upstream(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, RelayError>>> {
         loop {
             if self.done {
                 return Poll::Ready(None);

@@ -1,7 +1,8 @@
 //! The relay phase: the upstream's answer on its way to the client. [`body`] is the response
 //! body (fixed bytes, or the upstream relay with SSE framing, idle timeout and a final error
-//! event), [`sse`] the event framer, [`usage`] the `tpm` taps, [`access_log`] the record
-//! written when the body ends. [`Taps`] attaches what a request needs to its answer.
+//! event), [`sse`] the event framer, [`usage`] the usage taps (tpm, the key's meter),
+//! [`access_log`] the record written when the body ends. [`Taps`] attaches what a request
+//! needs to its answer.
 
 pub mod access_log;
 pub mod body;
@@ -24,10 +25,11 @@ use body::ResponseBody;
 pub struct Taps {
     principal: Arc<Principal>,
     permit: Option<crate::gateway::stages::policy::Slot>,
+    usage: Option<crate::usage::RequestMeter>,
+    /// Where the usage taps put the answer's tokens, for the request's end record.
+    tally: Arc<usage::UsageTally>,
     injected_usage: bool,
     script_ctx: Option<rhai::Map>,
-    /// Where the usage taps put the answer's tokens (keys whose usage is read).
-    usage: Option<Arc<usage::UsageTally>>,
 }
 
 impl Taps {
@@ -35,20 +37,16 @@ impl Taps {
         Taps {
             principal: p.principal.clone(),
             permit: p.permit.take(),
+            usage: p.usage.take(),
+            tally: Arc::default(),
             injected_usage: p.injected_usage,
             script_ctx: p.script_ctx.take(),
-            usage: p
-                .principal
-                .policy
-                .as_ref()
-                .is_some_and(|pol| pol.tpm.is_some())
-                .then(Default::default),
         }
     }
 
-    /// The tally the usage taps fill, for the request's access-log record.
+    /// The tally the usage taps fill, for the request's end record.
     pub fn usage_tally(&self) -> Option<Arc<usage::UsageTally>> {
-        self.usage.clone()
+        Some(self.tally.clone())
     }
 
     /// Attaches the stream filters (`on_event` hooks, usage metering), the key's concurrency
@@ -62,11 +60,53 @@ impl Taps {
         let Taps {
             principal,
             permit,
+            usage: mut meter,
+            tally,
             injected_usage,
             mut script_ctx,
-            usage,
         } = self;
+        if let Some(meter) = meter.as_mut() {
+            meter.answered(resp.status());
+        }
         let is_sse = resp.body().is_event_stream();
+        let runs_on_response = !is_sse && plugins.has_on_response();
+        // The hook may fail or answer an error of its own after the meter (with the body it
+        // read) has counted a success: that failure is counted here.
+        let failure = meter
+            .as_ref()
+            .filter(|_| runs_on_response && resp.status().as_u16() < 400)
+            .map(|m| m.failure_note());
+        let is_json = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| {
+                v.as_bytes()
+                    .windows(4)
+                    .any(|w| w.eq_ignore_ascii_case(b"json"))
+            });
+        if let Some(relay) = resp.body_mut().relay_mut() {
+            if let Some(permit) = permit {
+                relay.guard(Box::new(permit));
+            }
+            let taps = usage::UsageTaps {
+                tpm: principal.policy.as_ref().and_then(UsageMeter::of),
+                request: meter.take(),
+                tally,
+            };
+            if relay.is_sse() {
+                if !taps.is_empty() || injected_usage {
+                    relay.filter(Box::new(usage::UsageFilter::new(taps, injected_usage)));
+                }
+            } else if taps.tpm.is_some() || (taps.request.is_some() && is_json) {
+                relay.observe(Box::new(usage::UsageObserver::new(taps)));
+            } else if let Some(meter) = taps.request {
+                // No usage to read (a file, audio, …): the meter only counts the request,
+                // when its body ends.
+                relay.guard(Box::new(meter));
+            }
+        }
+        // After the usage filter: `on_event` sees the stream as the client gets it, without
+        // the usage event the gateway asked for.
         if is_sse && plugins.has_on_event() {
             if let Some(relay) = resp.body_mut().relay_mut() {
                 relay.filter(Box::new(scripts::ScriptEventFilter::new(
@@ -75,31 +115,21 @@ impl Taps {
                 )));
             }
         }
-        if let Some(relay) = resp.body_mut().relay_mut() {
-            if let Some(permit) = permit {
-                relay.guard(Box::new(permit));
-            }
-            if let Some(meter) = principal.policy.as_ref().and_then(UsageMeter::of) {
-                let tally = usage.unwrap_or_default();
-                if relay.is_sse() {
-                    relay.filter(Box::new(usage::UsageFilter::new(
-                        meter,
-                        tally,
-                        injected_usage,
-                    )));
-                } else {
-                    relay.observe(Box::new(usage::UsageObserver::new(meter, tally)));
-                }
-            }
-        }
-        if !is_sse && plugins.has_on_response() {
-            resp = scripts::on_response(
+        if runs_on_response {
+            let answered = scripts::on_response(
                 plugins,
                 resp,
                 script_ctx.unwrap_or_default(),
                 max_body_bytes,
             )
-            .await?;
+            .await;
+            let failed = answered
+                .as_ref()
+                .map_or(true, |r| r.status().as_u16() >= 400);
+            if let Some(note) = failure.filter(|_| failed) {
+                note.record();
+            }
+            resp = answered?;
         }
         Ok(resp)
     }

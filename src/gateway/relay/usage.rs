@@ -1,19 +1,21 @@
-//! Counting real token usage for `tpm` limits: from the `usage` of a JSON answer, or from the
-//! usage event of a stream. When the gateway itself asked the upstream for
-//! `stream_options.include_usage`, that extra event is removed before the client sees it.
+//! Reading the upstream's real token usage, from the `usage` of a JSON answer or from the
+//! usage event of a stream, for the key's `tpm` bucket and its usage meter (the ledger and
+//! budgets). When the gateway itself asked the upstream for `stream_options.include_usage`,
+//! that extra event is removed before the client sees it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::gateway::relay::body::{BodyObserver, EventAction, EventFilter};
-
-use crate::gateway::stages::policy::{usage_total, UsageMeter};
+use crate::gateway::stages::policy::UsageMeter;
+use crate::usage::meter::{read_usage, TokenUsage};
+use crate::usage::RequestMeter;
 
 /// Largest JSON answer kept in memory to read its `usage`.
 const MAX_OBSERVED: usize = 4 * 1024 * 1024;
 
 /// The input and output tokens an answer reported, shared between the tap that reads them
-/// and the access-log record that reports them when the answer ends.
+/// and the request's end record.
 #[derive(Debug, Default)]
 pub struct UsageTally {
     input: AtomicU64,
@@ -29,40 +31,50 @@ impl UsageTally {
         )
     }
 
-    /// Reads `usage.prompt_tokens` / `usage.completion_tokens` of an answer or chunk.
-    fn add_from(&self, json: &[u8]) {
-        #[derive(serde::Deserialize)]
-        struct Usage {
-            prompt_tokens: Option<u64>,
-            completion_tokens: Option<u64>,
+    fn add(&self, u: &TokenUsage) {
+        self.input.fetch_add(u.input, Ordering::Relaxed);
+        self.output.fetch_add(u.output, Ordering::Relaxed);
+    }
+}
+
+/// Where a request's usage goes.
+pub struct UsageTaps {
+    pub tpm: Option<UsageMeter>,
+    pub request: Option<RequestMeter>,
+    pub tally: Arc<UsageTally>,
+}
+
+impl UsageTaps {
+    pub fn is_empty(&self) -> bool {
+        self.tpm.is_none() && self.request.is_none()
+    }
+
+    fn charge(&mut self, u: TokenUsage) {
+        self.tally.add(&u);
+        if let Some(tpm) = &self.tpm {
+            tpm.charge(u.total);
         }
-        #[derive(serde::Deserialize)]
-        struct Answer {
-            usage: Option<Usage>,
+        if let Some(meter) = self.request.as_mut() {
+            meter.usage(u);
         }
-        if let Ok(Answer { usage: Some(u) }) = serde_json::from_slice::<Answer>(json) {
-            self.input
-                .fetch_add(u.prompt_tokens.unwrap_or(0), Ordering::Relaxed);
-            self.output
-                .fetch_add(u.completion_tokens.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    fn broken(&mut self) {
+        if let Some(meter) = self.request.as_mut() {
+            meter.broken();
         }
     }
 }
 
 pub struct UsageFilter {
-    meter: UsageMeter,
-    tally: Arc<UsageTally>,
+    taps: UsageTaps,
     /// The client did not ask for usage: drop the usage-only event after counting it.
     strip: bool,
 }
 
 impl UsageFilter {
-    pub fn new(meter: UsageMeter, tally: Arc<UsageTally>, strip: bool) -> Self {
-        UsageFilter {
-            meter,
-            tally,
-            strip,
-        }
+    pub fn new(taps: UsageTaps, strip: bool) -> Self {
+        UsageFilter { taps, strip }
     }
 }
 
@@ -90,9 +102,8 @@ impl EventFilter for UsageFilter {
         let Some(data) = event_data(event) else {
             return EventAction::Keep;
         };
-        if let Some(total) = usage_total(data) {
-            self.meter.charge(total);
-            self.tally.add_from(data);
+        if let Some(u) = read_usage(data) {
+            self.taps.charge(u);
         }
         if self.strip {
             #[derive(serde::Deserialize)]
@@ -107,21 +118,23 @@ impl EventFilter for UsageFilter {
         }
         EventAction::Keep
     }
+
+    fn on_broken(&mut self) {
+        self.taps.broken();
+    }
 }
 
 pub struct UsageObserver {
-    meter: UsageMeter,
-    tally: Arc<UsageTally>,
+    taps: UsageTaps,
     buf: Vec<u8>,
     overflow: bool,
     charged: bool,
 }
 
 impl UsageObserver {
-    pub fn new(meter: UsageMeter, tally: Arc<UsageTally>) -> Self {
+    pub fn new(taps: UsageTaps) -> Self {
         UsageObserver {
-            meter,
-            tally,
+            taps,
             buf: Vec::new(),
             overflow: false,
             charged: false,
@@ -134,10 +147,9 @@ impl UsageObserver {
         if self.charged {
             return;
         }
-        if let Some(total) = usage_total(&self.buf) {
+        if let Some(u) = read_usage(&self.buf) {
             self.charged = true;
-            self.meter.charge(total);
-            self.tally.add_from(&self.buf);
+            self.taps.charge(u);
         }
     }
 }
@@ -159,5 +171,9 @@ impl BodyObserver for UsageObserver {
 
     fn on_end(&mut self) {
         self.try_charge();
+    }
+
+    fn on_broken(&mut self) {
+        self.taps.broken();
     }
 }

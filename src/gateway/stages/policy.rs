@@ -92,6 +92,8 @@ pub struct KeyPolicy {
     pub expires_at: Option<SystemTime>,
     /// The same limits in the shared store, when `store:` is set.
     pub shared: Option<Arc<SharedLimits>>,
+    /// Tokens or cost per calendar period (checked by `stages::budget`).
+    pub budget: Option<crate::usage::budget::Budget>,
 }
 
 /// A key's concurrency slot, held until the response ends.
@@ -123,6 +125,7 @@ impl KeyPolicy {
                 .map(|n| Arc::new(Semaphore::new(n as usize))),
             max_concurrent: k.max_concurrent.unwrap_or(0),
             expires_at: k.expires_at,
+            budget: k.budget,
             shared: None,
         }
     }
@@ -249,24 +252,6 @@ impl UsageMeter {
     }
 }
 
-/// `usage.total_tokens` of an OpenAI answer or chunk, if present.
-pub fn usage_total(json: &[u8]) -> Option<u64> {
-    #[derive(serde::Deserialize)]
-    struct Usage {
-        total_tokens: Option<u64>,
-        prompt_tokens: Option<u64>,
-        completion_tokens: Option<u64>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Answer {
-        usage: Option<Usage>,
-    }
-    let a: Answer = serde_json::from_slice(json).ok()?;
-    let u = a.usage?;
-    u.total_tokens
-        .or_else(|| Some(u.prompt_tokens.unwrap_or(0) + u.completion_tokens.unwrap_or(0)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,16 +272,6 @@ mod tests {
         b.charge(160);
         let wait = b.has_room().unwrap_err();
         assert!((30..=37).contains(&wait), "{wait}");
-    }
-
-    #[test]
-    fn usage_is_read() {
-        assert_eq!(usage_total(br#"{"usage":{"total_tokens":12}}"#), Some(12));
-        assert_eq!(
-            usage_total(br#"{"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3}}"#),
-            Some(5)
-        );
-        assert_eq!(usage_total(br#"{"usage":null}"#), None);
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct Prepared {
     pub body: Bytes,
     /// Concurrency slot of the key, held until the response ends.
     pub permit: Option<crate::gateway::stages::policy::Slot>,
+    /// The key's usage meter, handed to the relay.
+    pub usage: Option<crate::usage::RequestMeter>,
     /// Whether the gateway (not the client) asked for `stream_options.include_usage`.
     pub injected_usage: bool,
     /// What `on_request` hooks left in `req.ctx`, for the response hooks.

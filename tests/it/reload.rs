@@ -44,7 +44,11 @@ async fn setup(tag: &str) -> (Env, PathBuf, PathBuf) {
         .unwrap();
     let yaml = base_yaml(
         mock.addr,
-        &format!("plugins:\n  - path: version.rhai\nadmin:\n  key: \"{ADMIN_KEY}\"\n"),
+        // A generous wall-time limit: this test is about reloads under load, and on a loaded
+        // 2-core machine a debug build's hook can take longer than the default 50 ms.
+        &format!(
+            "plugins:\n  - path: version.rhai\nadmin:\n  key: \"{ADMIN_KEY}\"\nlimits:\n  scripts:\n    max_wall_time_ms: 5000\n"
+        ),
     );
     let config_path = dir.join("config.yml");
     std::fs::write(&config_path, yaml).unwrap();

@@ -52,6 +52,18 @@ pub struct RawConfig {
     pub plugins: Option<Vec<RawPlugin>>,
     pub admin: Option<RawAdmin>,
     pub forward_headers: Option<RawForwardHeaders>,
+    pub otel: Option<RawOtel>,
+}
+
+/// `otel:`: OpenTelemetry trace export over OTLP/HTTP (absent = off).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOtel {
+    pub endpoint: Option<String>,
+    pub service_name: Option<String>,
+    pub sample_ratio: Option<f64>,
+    /// Sent with every export; values may hold secrets (`${VAR}`).
+    pub headers: Option<BTreeMap<String, String>>,
 }
 
 /// `forward_headers:`: client header names (or `prefix*`) to drop, or to forward after all.

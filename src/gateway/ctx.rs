@@ -9,6 +9,7 @@ use super::relay::access_log::{outcome, AccessLog};
 use super::relay::body::ResponseBody;
 use super::request_id::{RequestId, REQUEST_ID};
 use crate::error::{ErrorKind, GatewayError};
+use crate::observe::trace::RequestTrace;
 
 pub struct RequestCtx {
     pub rid: RequestId,
@@ -17,6 +18,8 @@ pub struct RequestCtx {
     /// The client's address as the ACL judged it (the peer until the ip_acl phase).
     pub client_ip: IpAddr,
     pub log: AccessLog,
+    /// The request's spans, when `otel` is on.
+    pub trace: Option<Box<RequestTrace>>,
 }
 
 impl RequestCtx {
@@ -26,6 +29,7 @@ impl RequestCtx {
             peer,
             client_ip: peer,
             log,
+            trace: None,
         }
     }
 
@@ -43,6 +47,9 @@ impl RequestCtx {
         } else {
             tracing::debug!(request_id = %rid, status = e.status().as_u16(), code = e.code, "{}", e.message);
         }
+        if let Some(t) = self.trace.as_deref_mut() {
+            t.failed(e.code);
+        }
         self.log.outcome = Some(outcome_of(&e));
         self.log.error = Some(e.code);
         e.into_response()
@@ -50,7 +57,12 @@ impl RequestCtx {
 
     /// Stamps the request id on the answer and hands the access-log record to its body.
     pub fn finish(self, mut resp: Response<ResponseBody>) -> Response<ResponseBody> {
-        let RequestCtx { rid, mut log, .. } = self;
+        let RequestCtx {
+            rid,
+            mut log,
+            trace,
+            ..
+        } = self;
         log.status = resp.status().as_u16();
         // Not set by `failed`: an answer from the upstream (or the gateway's own 200s).
         log.outcome.get_or_insert(outcome::of_status(log.status));
@@ -59,6 +71,16 @@ impl RequestCtx {
             || resp.status().is_informational();
         log.stream = resp.body().is_event_stream();
         resp.headers_mut().insert(&REQUEST_ID, rid.into_header());
+        if let Some(t) = trace {
+            t.status(log.status);
+            let tap = t.into_tap();
+            match resp.body_mut().relay_mut() {
+                // First: it reads the upstream's own events, before a filter drops one.
+                Some(relay) if relay.is_sse() => relay.filter_first(Box::new(tap)),
+                Some(relay) => relay.observe(Box::new(tap)),
+                None => tap.end_now(),
+            }
+        }
         if log.enabled {
             resp.body_mut().set_log(Box::new(log));
         }

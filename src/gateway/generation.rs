@@ -36,6 +36,8 @@ pub struct Generation {
     pub plugin_sources: Vec<PluginSourceInfo>,
     /// sha256 of the config file's text, when loaded from a file.
     pub config_sha256: Option<String>,
+    /// The trace exporter (`otel:`); `None` = no spans.
+    pub tracing: Option<Arc<crate::observe::trace::Tracing>>,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +187,9 @@ impl Generation {
         if !errors.is_empty() {
             return Err(BuildError::config(errors));
         }
+        // Last: nothing else can fail after the exporter's thread is started.
+        let tracing = crate::observe::trace::Tracing::for_config(config.otel.as_ref())
+            .map_err(|e| BuildError::config(vec![config.error_at(&[k("otel")], e)]))?;
         let static_models = config.models.as_deref().map(static_list);
         let config_sha256 = config
             .source
@@ -203,6 +208,7 @@ impl Generation {
             plugins: Arc::new(plugins),
             plugin_sources,
             config_sha256,
+            tracing,
         })
     }
 }

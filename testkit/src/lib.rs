@@ -3,13 +3,14 @@
 //! - [`token_mock`]: an OAuth2 / generic token server (credential tests).
 //! - [`raw_upstream`]: a raw-socket HTTP/1.1 upstream for tests that need exact bytes or
 //!   connection counts.
+//! - [`serve`]: serves a handler on a listener until its guard drops (any HTTP test double).
 //! - [`free_port`], [`wait_for_listener`], [`eventually`]: loopback and polling helpers.
 //!
 //! Nothing here depends on sophgate, so the library's unit tests can use it too; helpers that
 //! need sophgate's types live in `tests/it/common.rs`.
 
 pub mod raw_upstream;
-mod serve;
+pub mod serve;
 pub mod token_mock;
 
 use std::time::{Duration, Instant};

@@ -9,6 +9,7 @@ mod forward_headers;
 mod keys;
 mod listen;
 mod logging;
+mod otel;
 mod plugins;
 mod upstreams;
 
@@ -154,6 +155,7 @@ pub fn validate(
     let admin_key = listen::admin_key(&mut c, raw.admin);
     let logging = logging::logging(&mut c, raw.log_level, raw.logging, base_dir);
     let forward_headers = forward_headers::forward_headers(&mut c, raw.forward_headers);
+    let otel = otel::otel(&mut c, raw.otel);
 
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
@@ -181,6 +183,7 @@ pub fn validate(
         script_limits,
         admin_key,
         forward_headers,
+        otel,
         warnings: c.warnings,
         ca_files,
         locator: c.locator,

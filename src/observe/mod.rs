@@ -1,0 +1,4 @@
+//! Observability: what the gateway tells operators about the requests it serves.
+
+pub mod trace;
+pub mod trace_export;

@@ -131,6 +131,17 @@ impl Drop for Tracing {
     }
 }
 
+/// Sends what the exporter still holds and stops it (at exit, after the drain: the spans of
+/// the last requests are not lost).
+pub async fn flush(tracing: Option<Arc<Tracing>>) {
+    if let Some(t) = tracing {
+        let provider = t.provider.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT))
+                .await;
+    }
+}
+
 /// The GenAI operation of a gateway path, if it is one.
 fn operation_of(path: &str) -> Option<&'static str> {
     match path {

@@ -573,3 +573,64 @@ async fn without_otel_the_client_traceparent_passes_through_untouched() {
     assert_eq!(seen.headers.get("traceparent").unwrap(), tp.as_str());
     assert!(env.runtime.current().tracing.is_none());
 }
+
+#[tokio::test]
+async fn a_reload_moves_the_export_and_can_switch_it_off() {
+    let (first, second) = (Receiver::start().await, Receiver::start().await);
+    let mock = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("sophgate-otel-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.yml");
+    let mock_addr = mock.addr;
+    let write = |extra: &str| std::fs::write(&path, base_yaml(mock_addr, extra)).unwrap();
+    write(&otel_yaml(&first.endpoint(), ""));
+    let runtime =
+        sophgate::reload::Runtime::new(sophgate::config::Config::from_file(&path).unwrap())
+            .unwrap();
+    let gateway = sophgate::gateway::server::spawn(runtime.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let env = Env {
+        mock,
+        gateway,
+        runtime,
+    };
+    let ask = |trace_id: &'static str| {
+        let req = traced_chat(
+            &env,
+            trace_id,
+            serde_json::json!({"model": "m", "messages": []}),
+        );
+        async move {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.bytes().await.unwrap();
+        }
+    };
+    let t1 = "8bf92f3577b34da6a3ce929d0e0e4736";
+    ask(t1).await;
+    assert_eq!(first.trace(&unhex(t1), 2).await.len(), 2);
+
+    write(&otel_yaml(&second.endpoint(), ""));
+    env.runtime.reload("test").unwrap();
+    let t2 = "9bf92f3577b34da6a3ce929d0e0e4736";
+    ask(t2).await;
+    assert_eq!(second.trace(&unhex(t2), 2).await.len(), 2);
+    assert!(first.spans().iter().all(|(_, s)| s.trace_id != unhex(t2)));
+
+    write("");
+    env.runtime.reload("test").unwrap();
+    assert!(env.runtime.current().tracing.is_none());
+    let t3 = "abf92f3577b34da6a3ce929d0e0e4736";
+    ask(t3).await;
+    let seen = env.mock.stats.last_request().unwrap();
+    assert_eq!(
+        seen.headers.get("traceparent").unwrap(),
+        &format!("00-{t3}-{PARENT_ID}-01")
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(second.spans().iter().all(|(_, s)| s.trace_id != unhex(t3)));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -62,3 +62,59 @@ pub(super) fn otel(c: &mut Collector, raw: Option<RawOtel>) -> Option<OtelConfig
         headers,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use crate::config::Config;
+
+    #[test]
+    fn absent_is_off_and_an_empty_section_gets_defaults() {
+        assert!(Config::from_yaml("", &|_| None).unwrap().otel.is_none());
+        let cfg = Config::from_yaml("otel: {}\n", &|_| None).unwrap();
+        let otel = cfg.otel.unwrap();
+        assert_eq!(otel.endpoint, "http://127.0.0.1:4318");
+        assert_eq!(otel.service_name, "sophgate");
+        assert_eq!(otel.sample_ratio, 1.0);
+        assert!(otel.headers.is_empty());
+    }
+
+    #[test]
+    fn values_are_read_and_header_values_expand_from_the_environment() {
+        let text = "otel:\n  endpoint: http://collector:4318/\n  service_name: gw\n  sample_ratio: 0.1\n  headers: { authorization: \"Bearer ${OTEL_TOKEN}\" }\n";
+        let env = |v: &str| (v == "OTEL_TOKEN").then(|| "tok-123".to_owned());
+        let otel = Config::from_yaml(text, &env).unwrap().otel.unwrap();
+        assert_eq!(otel.endpoint, "http://collector:4318");
+        assert_eq!(otel.service_name, "gw");
+        assert_eq!(otel.sample_ratio, 0.1);
+        assert_eq!(otel.headers[0].0, "authorization");
+        assert_eq!(otel.headers[0].1.expose(), "Bearer tok-123");
+        assert!(!format!("{otel:?}").contains("tok-123"));
+    }
+
+    #[test]
+    fn errors_name_their_yaml_path_and_never_a_header_value() {
+        let text = "otel:\n  endpoint: collector:4318\n  service_name: \" \"\n  sample_ratio: 1.5\n  headers: { \"bad name\": x, x-token: \"sec\\nret\" }\n";
+        let errs = Config::from_yaml(text, &|_| None).unwrap_err();
+        let paths: Vec<_> = errs.0.iter().map(|e| e.path.as_str()).collect();
+        for p in [
+            "otel.endpoint",
+            "otel.service_name",
+            "otel.sample_ratio",
+            "otel.headers.bad name",
+            "otel.headers.x-token",
+        ] {
+            assert!(paths.contains(&p), "{p} in {paths:?}");
+        }
+        let e = errs.0.iter().find(|e| e.path == "otel.endpoint").unwrap();
+        assert_eq!(e.line, Some(2));
+        assert!(!errs.to_string().contains("sec"), "{errs}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let errs = Config::from_yaml("otel: { endpont: http://x:4318 }\n", &|_| None).unwrap_err();
+        assert!(errs.to_string().contains("endpont"), "{errs}");
+    }
+}

@@ -270,7 +270,9 @@ fn serve(path: &std::path::Path) -> ExitCode {
         if let Err(e) = sophgate::reload::watch::spawn(runtime.clone()) {
             tracing::warn!("{e}; reload with SIGHUP or POST /admin/reload instead");
         }
+        let traced = runtime.clone();
         server::serve(listener, runtime, shutdown).await;
+        sophgate::observe::trace::flush(traced.current().tracing.clone()).await;
         ExitCode::SUCCESS
     })
 }

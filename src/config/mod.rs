@@ -62,6 +62,8 @@ pub struct Config {
     pub store: Option<store::StoreConfig>,
     /// `pricing:`: model globs → price per 1M tokens.
     pub pricing: crate::usage::pricing::Pricing,
+    /// `otel:` trace export; `None` = tracing off (no span is built).
+    pub otel: Option<OtelConfig>,
     /// Non-fatal remarks `sophgate check` prints.
     pub warnings: Vec<String>,
     /// The CA certificate files (`api_ca_file`, `upstreams[].ca_file`), resolved: watched for
@@ -69,6 +71,18 @@ pub struct Config {
     pub ca_files: Vec<PathBuf>,
     /// Where this config was read from, to locate problems found while building from it.
     pub locator: Locator,
+}
+
+/// `otel:`: where and how spans are exported (OTLP/HTTP protobuf).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtelConfig {
+    /// Base URL; spans go to `<endpoint>/v1/traces`.
+    pub endpoint: String,
+    pub service_name: String,
+    /// Share of new traces sampled (parent-based: a sampled parent's choice is kept).
+    pub sample_ratio: f64,
+    /// Export request headers (e.g. a collector's auth); values print as `***`.
+    pub headers: Vec<(String, Secret)>,
 }
 
 #[derive(Debug, Clone)]

@@ -55,6 +55,7 @@ pub struct RawConfig {
     pub store: Option<RawStore>,
     /// Model globs → price per 1M tokens, for cost budgets.
     pub pricing: Option<BTreeMap<String, RawPrice>>,
+    pub otel: Option<RawOtel>,
 }
 
 /// `store:`: shared state (limits, leases, cool-downs, usage) in Redis, for several replicas.
@@ -85,6 +86,17 @@ pub struct RawBudget {
     pub tokens: Option<u64>,
     pub cost: Option<f64>,
     pub period: Option<String>,
+}
+
+/// `otel:`: OpenTelemetry trace export over OTLP/HTTP (absent = off).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOtel {
+    pub endpoint: Option<String>,
+    pub service_name: Option<String>,
+    pub sample_ratio: Option<f64>,
+    /// Sent with every export; values may hold secrets (`${VAR}`).
+    pub headers: Option<BTreeMap<String, String>>,
 }
 
 /// `forward_headers:`: client header names (or `prefix*`) to drop, or to forward after all.

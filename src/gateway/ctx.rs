@@ -9,6 +9,7 @@ use super::relay::access_log::{outcome, AccessLog};
 use super::relay::body::ResponseBody;
 use super::request_id::{RequestId, REQUEST_ID};
 use crate::error::{ErrorKind, GatewayError};
+use crate::observe::trace::RequestTrace;
 
 pub struct RequestCtx {
     pub rid: RequestId,
@@ -19,6 +20,8 @@ pub struct RequestCtx {
     pub log: AccessLog,
     /// The key's usage meter, from auth until the answer is relayed (then the body holds it).
     pub usage: Option<crate::usage::RequestMeter>,
+    /// The request's spans, when `otel` is on.
+    pub trace: Option<Box<RequestTrace>>,
 }
 
 impl RequestCtx {
@@ -29,6 +32,7 @@ impl RequestCtx {
             client_ip: peer,
             log,
             usage: None,
+            trace: None,
         }
     }
 
@@ -49,6 +53,9 @@ impl RequestCtx {
         if let Some(meter) = self.usage.as_mut() {
             meter.refused(&e);
         }
+        if let Some(t) = self.trace.as_deref_mut() {
+            t.failed(e.code);
+        }
         self.log.outcome = Some(outcome_of(&e));
         self.log.error = Some(e.code);
         e.into_response()
@@ -59,7 +66,12 @@ impl RequestCtx {
         if let Some(meter) = self.usage.as_mut() {
             meter.answered(resp.status());
         }
-        let RequestCtx { rid, mut log, .. } = self;
+        let RequestCtx {
+            rid,
+            mut log,
+            trace,
+            ..
+        } = self;
         log.status = resp.status().as_u16();
         // Not set by `failed`: an answer from the upstream (or the gateway's own 200s).
         log.outcome.get_or_insert(outcome::of_status(log.status));
@@ -69,6 +81,16 @@ impl RequestCtx {
         log.stream = resp.body().is_event_stream();
         if log.stream {
             crate::observe::live::stream_opened();
+        }
+        if let Some(t) = trace {
+            t.status(log.status);
+            let tap = t.into_tap();
+            match resp.body_mut().relay_mut() {
+                // First: it reads the upstream's own events, before a filter drops one.
+                Some(relay) if relay.is_sse() => relay.filter_first(Box::new(tap)),
+                Some(relay) => relay.observe(Box::new(tap)),
+                None => tap.end_now(),
+            }
         }
         resp.headers_mut().insert(&REQUEST_ID, rid.into_header());
         // Always: the record also feeds the live statistics when the body ends.

@@ -38,6 +38,8 @@ pub struct Generation {
     pub config_sha256: Option<String>,
     /// The shared store (`store:`), one per process while the section is unchanged.
     pub store: Option<Arc<crate::store::Store>>,
+    /// The trace exporter (`otel:`); `None` = no spans.
+    pub tracing: Option<Arc<crate::observe::trace::Tracing>>,
 }
 
 #[derive(Debug, Clone)]
@@ -199,6 +201,9 @@ impl Generation {
             keys.share_limits(store);
             credentials.share_cooldowns(store);
         }
+        // Last: nothing else can fail after the exporter's thread is started.
+        let tracing = crate::observe::trace::Tracing::for_config(config.otel.as_ref())
+            .map_err(|e| BuildError::config(vec![config.error_at(&[k("otel")], e)]))?;
         let static_models = config.models.as_deref().map(static_list);
         let config_sha256 = config
             .source
@@ -218,6 +223,7 @@ impl Generation {
             plugin_sources,
             config_sha256,
             store,
+            tracing,
         })
     }
 }

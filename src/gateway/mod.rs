@@ -82,6 +82,13 @@ where
             head.uri.path(),
         );
         let mut ctx = RequestCtx::new(peer, rid, log);
+        if let Some(t) = &generation.tracing {
+            ctx.trace = Some(Box::new(t.start(
+                &head.headers,
+                &head.method,
+                head.uri.path(),
+            )));
+        }
         let resp = match run(&generation, &mut ctx, &mut head, body).await {
             Ok(resp) => resp,
             Err(e) => ctx.failed(e),
@@ -111,7 +118,16 @@ where
     // 9. upstream: credentials and the attempt loop across the plan's upstreams
     let taps = relay::Taps::take(&mut p);
     ctx.log.usage = taps.usage_tally();
-    let sent = fallback::send(&generation.credentials, &p, &ctx.rid).await;
+    if let Some(t) = ctx.trace.as_deref() {
+        t.request_params(&p.body);
+    }
+    let sent = fallback::send(
+        &generation.credentials,
+        &p,
+        &ctx.rid,
+        ctx.trace.as_deref_mut(),
+    )
+    .await;
     // The request head is on the wire: its map serves the next message's head.
     recycle_header_map(std::mem::take(&mut p.headers));
     drop(p);
@@ -161,6 +177,9 @@ where
     // 2. ip_acl (before the method check: a refused client learns nothing of the routes)
     let client_ip = generation.acl.client_ip(ctx.peer, &parts.headers)?;
     ctx.set_client_ip(client_ip);
+    if let Some(t) = ctx.trace.as_deref() {
+        t.client_address(client_ip);
+    }
     generation.acl.check(client_ip)?;
     if !route.allows(&parts.method) {
         return Err(GatewayError::method_not_allowed(&parts.method, path));
@@ -169,6 +188,9 @@ where
     // 3. auth
     let principal = generation.keys.authenticate(&parts.headers)?;
     ctx.log.principal = Some(principal.label.clone());
+    if let Some(t) = ctx.trace.as_deref() {
+        t.key_label(&principal.label);
+    }
     if route == Route::Models {
         // Boxed: a rare route whose fetch future would otherwise widen every request's state.
         let list = Box::pin(models::list_for(
@@ -223,6 +245,9 @@ where
 
     // 5. routing
     let plan = generation.routing.plan(&principal, model)?;
+    if let Some(t) = ctx.trace.as_deref_mut() {
+        t.request_model(model);
+    }
     ctx.log.model = model.map(str::to_owned);
     let facts = peeked.facts;
 

@@ -4,6 +4,7 @@
 //! - [`raw_upstream`]: a raw-socket HTTP/1.1 upstream for tests that need exact bytes or
 //!   connection counts.
 //! - [`redis_server`]: a real `redis-server` on a free loopback port (shared-store tests).
+//! - [`serve`]: serves a handler on a listener until its guard drops (any HTTP test double).
 //! - [`free_port`], [`wait_for_listener`], [`eventually`]: loopback and polling helpers.
 //!
 //! Nothing here depends on sophgate, so the library's unit tests can use it too; helpers that
@@ -11,7 +12,7 @@
 
 pub mod raw_upstream;
 pub mod redis_server;
-mod serve;
+pub mod serve;
 pub mod token_mock;
 
 use std::time::{Duration, Instant};

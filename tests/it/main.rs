@@ -27,6 +27,7 @@ mod key_policy;
 mod logs;
 mod mock_endpoints;
 mod models;
+mod otel;
 mod plugins;
 mod reload;
 mod routing;

@@ -10,6 +10,7 @@ mod forward_headers;
 mod keys;
 mod listen;
 mod logging;
+mod otel;
 mod plugins;
 mod store;
 mod upstreams;
@@ -159,6 +160,7 @@ pub fn validate(
     let logging = logging::logging(&mut c, raw.log_level, raw.logging, base_dir);
     let forward_headers = forward_headers::forward_headers(&mut c, raw.forward_headers);
     let store = store::store(&mut c, raw.store);
+    let otel = otel::otel(&mut c, raw.otel);
 
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
@@ -188,6 +190,7 @@ pub fn validate(
         forward_headers,
         store,
         pricing,
+        otel,
         warnings: c.warnings,
         ca_files,
         locator: c.locator,

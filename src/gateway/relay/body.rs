@@ -147,6 +147,11 @@ impl Relay {
         self.filters.push(f);
     }
 
+    /// Adds a filter that sees each event before the others do.
+    pub fn filter_first(&mut self, f: Box<dyn EventFilter>) {
+        self.filters.insert(0, f);
+    }
+
     /// Adds an observer for non-SSE bodies (ignored for event streams).
     pub fn observe(&mut self, o: Box<dyn BodyObserver>) {
         self.observers.push(o);

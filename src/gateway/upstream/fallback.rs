@@ -16,6 +16,7 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::relay::body::ResponseBody;
 use crate::gateway::request_id::RequestId;
 use crate::observe::live;
+use crate::observe::trace::RequestTrace;
 
 /// Retry-After longer than this is not waited out for a retry on the same upstream.
 const MAX_RETRY_AFTER_WAIT: Duration = Duration::from_secs(10);
@@ -60,6 +61,7 @@ pub async fn send(
     credentials: &Credentials,
     p: &Prepared,
     rid: &RequestId,
+    mut trace: Option<&mut RequestTrace>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let n = p.plan.upstreams.len().max(1);
     let mut last_err: Option<GatewayError> = None;
@@ -88,6 +90,10 @@ pub async fn send(
             _ => None,
         };
         let url = p.target.url(upstream, p.query.as_deref());
+        // This attempt's CLIENT span: ends when dropped (a retry) or with the body it returns.
+        let span = trace
+            .as_deref_mut()
+            .map(|t| t.attempt(&upstream.name, &p.method, &url));
         let result = upstream
             .send(OutboundRequest {
                 method: p.method.clone(),
@@ -95,6 +101,7 @@ pub async fn send(
                 headers: &p.headers,
                 authorization,
                 request_id: Some(rid.header()),
+                trace_context: span.as_ref().map_or(&[], |s| s.headers()),
                 body: &p.body,
             })
             .await;
@@ -102,12 +109,18 @@ pub async fn send(
         match result {
             Err(e) => {
                 live::upstream_attempt(&upstream.name, live::Outcome::of_error_code(e.code));
+                if let Some(s) = &span {
+                    s.failed(e.code);
+                }
                 tracing::debug!(request_id = %rid, upstream = %upstream.name, code = e.code, "attempt failed");
                 last_err = Some(e);
             }
             Ok(mut resp) => {
                 let status = resp.status();
                 live::upstream_attempt(&upstream.name, live::Outcome::of_status(status.as_u16()));
+                if let Some(s) = &span {
+                    s.answered(status.as_u16());
+                }
                 // Read for refusals only: a success is never retried and cools no key down.
                 let wait_hint = if status.is_success() {
                     None
@@ -147,6 +160,9 @@ pub async fn send(
                         if let Some(relay) = resp.body_mut().relay_mut() {
                             relay.guard(Box::new(l));
                         }
+                    }
+                    if let (Some(t), Some(s)) = (trace, span) {
+                        t.keep_attempt(s);
                     }
                     return Ok(resp);
                 }

@@ -54,6 +54,9 @@ pub struct OutboundRequest<'a> {
     pub headers: &'a HeaderMap,
     pub authorization: Option<&'a HeaderValue>,
     pub request_id: Option<&'a HeaderValue>,
+    /// `traceparent`/`tracestate` of the attempt's span (empty when tracing is off); they
+    /// replace the client's own.
+    pub trace_context: &'a [(HeaderName, HeaderValue)],
     /// Borrowed: the pooled client writes it from here, so a retry (or the usual single
     /// attempt) costs no reference count, and a body the gateway rewrote is never promoted to
     /// a shared buffer (an allocation); only reqwest's path takes a handle of its own.
@@ -273,7 +276,11 @@ impl Upstream {
             None => (None, self.first_byte_timeout),
         };
 
-        let lines = upstream_header_lines(out.headers, out.authorization, out.request_id);
+        let mut lines = upstream_header_lines(out.headers, out.authorization, out.request_id);
+        if !out.trace_context.is_empty() {
+            lines.retain(|(n, _)| !crate::observe::trace::is_trace_context(n));
+            lines.extend(out.trace_context.iter().map(|(n, v)| (n, v)));
+        }
         // HEAD answers carry a Content-Length but no body.
         let bodiless = out.method == Method::HEAD;
 

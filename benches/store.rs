@@ -6,7 +6,10 @@
 //! Under `cargo test --all-targets` each benchmark runs once as a smoke test.
 //!
 //! Groups: `store/ping` (round trip floor), `store/admit_rpm` (an rpm key: the GCRA script),
-//! `store/admit_rpm_lease` (rpm + `max_concurrent`: the script plus the lease's release after).
+//! `store/admit_rpm_lease` (rpm + `max_concurrent`: the script plus the lease's release after),
+//! `store/budget_read` (a budgeted key's period, read before the upstream call),
+//! `store/usage_record` (recording a request's usage: the ledger plus the queue to the writer,
+//! which runs between iterations and pipelines what is queued).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,6 +21,9 @@ use sophgate::config::store::{OnStoreError, StoreConfig};
 use sophgate::secret::Secret;
 use sophgate::store::admission::{SharedLimits, Verdict};
 use sophgate::store::Store;
+use sophgate::usage::backend::{ledger, Charge, Delta, UsageBackend};
+use sophgate::usage::period::Period;
+use sophgate::usage::shared::SharedUsage;
 use testkit::redis_server::RedisServer;
 
 fn main() -> ExitCode {
@@ -77,6 +83,28 @@ fn run(c: &mut Criterion) -> Result<(), String> {
         }
     })?;
 
+    let usage = SharedUsage::new(Arc::clone(&store), ledger()).ok_or("no runtime")?;
+    let charge = || Charge {
+        key: "budgeted",
+        model: "bench-model",
+        delta: Delta {
+            requests: 1,
+            input_tokens: 20,
+            output_tokens: 5,
+            ..Delta::default()
+        },
+        period: Some(Period::Month),
+        at: std::time::SystemTime::now(),
+    };
+    rt.block_on(async {
+        usage.record(&charge());
+        usage
+            .period_use("budgeted", Period::Month, std::time::SystemTime::now())
+            .await
+            .map(drop)
+            .map_err(|e| format!("budget_read: {}", e.0))
+    })?;
+
     let mut group = c.benchmark_group("store");
     group.bench_function("ping", |b| {
         b.to_async(&rt)
@@ -89,6 +117,20 @@ fn run(c: &mut Criterion) -> Result<(), String> {
         // The lease drops at once: its release (a ZREM, off the request path) runs too.
         b.to_async(&rt)
             .iter(|| async { leased.admit().await.is_ok() })
+    });
+    group.bench_function("budget_read", |b| {
+        b.to_async(&rt).iter(|| async {
+            usage
+                .period_use("budgeted", Period::Month, std::time::SystemTime::now())
+                .await
+                .is_ok()
+        })
+    });
+    group.bench_function("usage_record", |b| {
+        b.to_async(&rt).iter(|| async {
+            usage.record(&charge());
+            tokio::task::yield_now().await;
+        })
     });
     group.finish();
     Ok(())

@@ -244,6 +244,8 @@ fn serve(path: &std::path::Path) -> ExitCode {
         // Before the port opens: a SIGTERM that comes as soon as a client can connect drains
         // instead of killing the process.
         let shutdown = shutdown_signal();
+        // This process is one gateway: its usage follows the config's `store:`.
+        sophgate::usage::shared::follow_stores();
         let runtime = match Runtime::new(cfg) {
             Ok(r) => r,
             Err(e) => {

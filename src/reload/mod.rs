@@ -41,6 +41,7 @@ impl Runtime {
     pub fn new(config: Config) -> Result<Arc<Runtime>, BuildError> {
         let config_path = config.source.clone();
         let generation = Generation::build(config, 1)?;
+        crate::usage::shared::follow_store(generation.store.as_ref());
         Ok(Arc::new(Runtime {
             current: ArcSwap::from_pointee(generation),
             next_number: AtomicU64::new(2),
@@ -107,6 +108,7 @@ impl Runtime {
                 {
                     tracing::warn!("listen / workers changed: they take effect after a restart");
                 }
+                crate::usage::shared::follow_store(generation.store.as_ref());
                 self.current.store(Arc::new(generation));
                 self.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(generation = n, trigger, "configuration reloaded");

@@ -1,6 +1,7 @@
 //! Shared state in Redis (`store:`), so several replicas behind a load balancer enforce one
 //! set of limits: per-key rpm/tpm and `max_concurrent` leases ([`admission`]), pool key
-//! cool-downs ([`cooldown`]), usage and budget counters ([`usage`]).
+//! cool-downs ([`cooldown`]), usage and budget counters ([`usage`], written by
+//! [`crate::usage::shared`]).
 //!
 //! Every call is bounded by `timeout_ms`; a call that fails or runs out of time counts in
 //! [`store_errors_total`] and logs a warning at most every few seconds. What the request does
@@ -41,6 +42,8 @@ pub enum StoreError {
     Redis(String),
     /// An answer of an unexpected shape.
     Protocol,
+    /// A write queued off the request path was dropped: the queue to the store was full.
+    Backlog,
 }
 
 impl std::fmt::Display for StoreError {
@@ -49,6 +52,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Timeout => write!(f, "no answer within timeout_ms"),
             StoreError::Redis(e) => write!(f, "{e}"),
             StoreError::Protocol => write!(f, "unexpected answer"),
+            StoreError::Backlog => write!(f, "write queue full, write dropped"),
         }
     }
 }
@@ -196,6 +200,11 @@ fn redis_error_text(e: &redis::RedisError) -> String {
         Some(code) => format!("{} ({code})", e.category()),
         None => e.category().to_owned(),
     }
+}
+
+/// Counts (and, rate-limited, logs) a store write that was dropped before it was sent.
+pub fn note_dropped(what: &'static str) {
+    note_error(what, &StoreError::Backlog);
 }
 
 fn note_error(what: &'static str, e: &StoreError) {

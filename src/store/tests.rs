@@ -231,3 +231,58 @@ async fn an_unreachable_store_fails_within_its_timeout_and_counts() {
 fn store_at(url: &str) -> Arc<Store> {
     Store::shared(&config(url, "t7:")).unwrap().unwrap()
 }
+
+#[tokio::test]
+async fn a_batch_writes_every_counter_and_its_period_in_one_call() {
+    let redis = RedisServer::start();
+    let s = store(&redis, "t8:");
+    let one = |model: &str, period: Option<&str>| super::usage::UsageWrite {
+        key: "carol".into(),
+        model: model.into(),
+        requests: 1,
+        input_tokens: 10,
+        output_tokens: 4,
+        errors: 1,
+        rate_limited: 2,
+        cost: 0.5,
+        period_id: period.map(str::to_owned),
+    };
+    assert_eq!(s.usage_since().await.unwrap(), None);
+    s.write_usage(&[
+        one("m1", Some("day-1")),
+        one("m1", Some("day-1")),
+        one("m2", None),
+    ])
+    .await
+    .unwrap();
+    let rows = s.usage_snapshot().await.unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let m1 = &rows[0];
+    assert_eq!(
+        (
+            m1.model.as_str(),
+            m1.requests,
+            m1.input_tokens,
+            m1.output_tokens,
+            m1.errors,
+            m1.rate_limited
+        ),
+        ("m1", 2, 20, 8, 2, 4)
+    );
+    assert!((m1.cost - 1.0).abs() < 1e-9);
+    assert!(s.usage_since().await.unwrap().is_some());
+
+    let period = s.period_usage("carol", "day-1").await.unwrap();
+    assert_eq!(period.tokens, 28);
+    assert!((period.cost - 1.0).abs() < 1e-9);
+    assert_eq!(period.models.len(), 1, "only m1 counted in the period");
+    assert_eq!(
+        (period.models[0].requests, period.models[0].rate_limited),
+        (2, 4)
+    );
+    assert_eq!(s.budget_used("carol", "day-1").await.unwrap().tokens, 28);
+    assert_eq!(
+        s.period_usage("carol", "day-2").await.unwrap(),
+        Default::default()
+    );
+}

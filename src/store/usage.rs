@@ -2,9 +2,10 @@
 //! so every replica adds to (and reads) the same numbers and they survive restarts.
 //!
 //! Layout: a hash per key label, `usage:<label>`, with fields `<counter>:<model>`
-//! (`requests`, `input`, `output`, `cost`); the set `usage-keys` lists the labels; a hash per
-//! key and period, `budget:<label>:<period id>` (`tokens`, `cost`), expiring after
-//! [`BUDGET_KEEP`]. Labels are key names, never keys.
+//! (`requests`, `input`, `output`, `errors`, `rate_limited`, `cost`); the set `usage-keys`
+//! lists the labels; `usage-since` holds the Unix second of the first write; a hash per key
+//! and period, `budget:<label>:<period id>` (`tokens`, `cost`, and the same `<counter>:<model>`
+//! fields for the period), expiring after [`BUDGET_KEEP`]. Labels are key names, never keys.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -22,7 +23,45 @@ pub struct UsageRow {
     pub requests: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    pub errors: u64,
+    pub rate_limited: u64,
     pub cost: f64,
+}
+
+/// One request's use as written to the store: its key's counters for one model and, when the
+/// key has a budget, its period's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UsageWrite {
+    pub key: String,
+    pub model: String,
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub errors: u64,
+    pub rate_limited: u64,
+    pub cost: f64,
+    /// The budget period the use also counts in (e.g. `day-1796169600`), if any.
+    pub period_id: Option<String>,
+}
+
+impl UsageWrite {
+    fn counters(&self) -> [(&'static str, u64); 5] {
+        [
+            ("requests", self.requests),
+            ("input", self.input_tokens),
+            ("output", self.output_tokens),
+            ("errors", self.errors),
+            ("rate_limited", self.rate_limited),
+        ]
+    }
+}
+
+/// A key's use within one period, fleet-wide, with its per-model counters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PeriodUsage {
+    pub tokens: u64,
+    pub cost: f64,
+    pub models: Vec<UsageRow>,
 }
 
 /// A key's use within one budget period, fleet-wide.
@@ -33,7 +72,7 @@ pub struct BudgetUsed {
 }
 
 impl Store {
-    /// Adds one answer's use to the key's usage counters, in one pipelined, atomic call.
+    /// Adds one answer's use to the key's usage counters.
     pub async fn add_usage(
         &self,
         key_label: &str,
@@ -43,27 +82,81 @@ impl Store {
         output_tokens: u64,
         cost: f64,
     ) -> Result<(), StoreError> {
-        let hash = self.key("usage", key_label);
+        self.write_usage(&[UsageWrite {
+            key: key_label.to_owned(),
+            model: model.to_owned(),
+            requests,
+            input_tokens,
+            output_tokens,
+            cost,
+            ..UsageWrite::default()
+        }])
+        .await
+    }
+
+    /// Writes a batch of uses in one pipelined round trip (each increment is atomic on its
+    /// own; a batch is not a transaction).
+    pub async fn write_usage(&self, batch: &[UsageWrite]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        let now = super::now_ms() / 1000;
+        pipe.cmd("SET")
+            .arg(self.key("usage-since", ""))
+            .arg(now)
+            .arg("NX")
+            .ignore();
         let index = self.key("usage-keys", "");
-        self.call("add usage", |mut conn| async move {
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .sadd(&index, key_label)
-                .ignore()
-                .hincr(&hash, format!("requests:{model}"), requests)
-                .ignore()
-                .hincr(&hash, format!("input:{model}"), input_tokens)
-                .ignore()
-                .hincr(&hash, format!("output:{model}"), output_tokens)
-                .ignore();
-            if cost != 0.0 {
+        let keep = BUDGET_KEEP.as_secs();
+        for w in batch {
+            pipe.sadd(&index, &w.key).ignore();
+            let hash = self.key("usage", &w.key);
+            let period = w
+                .period_id
+                .as_ref()
+                .map(|id| self.key("budget", &format!("{}:{id}", w.key)));
+            for (counter, v) in w.counters() {
+                if v == 0 {
+                    continue;
+                }
+                let field = format!("{counter}:{}", w.model);
+                pipe.hincr(&hash, &field, v).ignore();
+                if let Some(p) = &period {
+                    pipe.hincr(p, &field, v).ignore();
+                }
+            }
+            if w.cost != 0.0 {
                 pipe.cmd("HINCRBYFLOAT")
                     .arg(&hash)
-                    .arg(format!("cost:{model}"))
-                    .arg(cost)
+                    .arg(format!("cost:{}", w.model))
+                    .arg(w.cost)
                     .ignore();
             }
+            if let Some(p) = &period {
+                pipe.hincr(p, "tokens", w.input_tokens + w.output_tokens)
+                    .ignore();
+                if w.cost != 0.0 {
+                    pipe.cmd("HINCRBYFLOAT")
+                        .arg(p)
+                        .arg("cost")
+                        .arg(w.cost)
+                        .ignore();
+                }
+                pipe.cmd("EXPIRE").arg(p).arg(keep).ignore();
+            }
+        }
+        self.call("write usage", |mut conn| async move {
             pipe.query_async::<()>(&mut conn).await
+        })
+        .await
+    }
+
+    /// When the fleet's usage counters started (Unix seconds), if anything was written.
+    pub async fn usage_since(&self) -> Result<Option<u64>, StoreError> {
+        let key = self.key("usage-since", "");
+        self.call("read usage start", |mut conn| async move {
+            redis::cmd("GET").arg(&key).query_async(&mut conn).await
         })
         .await
     }
@@ -94,28 +187,7 @@ impl Store {
             .await?;
         let mut rows = Vec::new();
         for (label, fields) in labels.iter().zip(maps) {
-            let mut by_model: BTreeMap<String, UsageRow> = BTreeMap::new();
-            for (field, value) in fields {
-                let Some((counter, model)) = field.split_once(':') else {
-                    continue;
-                };
-                let row = by_model
-                    .entry(model.to_owned())
-                    .or_insert_with(|| UsageRow {
-                        key: label.clone(),
-                        model: model.to_owned(),
-                        ..UsageRow::default()
-                    });
-                let count = || value.parse::<u64>().unwrap_or(0);
-                match counter {
-                    "requests" => row.requests = count(),
-                    "input" => row.input_tokens = count(),
-                    "output" => row.output_tokens = count(),
-                    "cost" => row.cost = value.parse::<f64>().unwrap_or(0.0),
-                    _ => {}
-                }
-            }
-            rows.extend(by_model.into_values());
+            rows.extend(model_rows(label, fields));
         }
         rows.sort_by(|a, b| (&a.key, &a.model).cmp(&(&b.key, &b.model)));
         Ok(rows)
@@ -147,6 +219,34 @@ impl Store {
         .await
     }
 
+    /// A key's use within one period with its per-model counters, fleet-wide, in one command.
+    pub async fn period_usage(
+        &self,
+        key_label: &str,
+        period_id: &str,
+    ) -> Result<PeriodUsage, StoreError> {
+        let hash = self.key("budget", &format!("{key_label}:{period_id}"));
+        let fields: BTreeMap<String, String> = self
+            .call("read period usage", |mut conn| async move {
+                redis::cmd("HGETALL")
+                    .arg(&hash)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(PeriodUsage {
+            tokens: fields
+                .get("tokens")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            cost: fields
+                .get("cost")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0),
+            models: model_rows(key_label, fields).collect(),
+        })
+    }
+
     /// A key's use within one period, fleet-wide (zero when nothing was charged).
     pub async fn budget_used(
         &self,
@@ -169,4 +269,32 @@ impl Store {
             cost: cost.unwrap_or(0.0),
         })
     }
+}
+
+/// A key's `<counter>:<model>` fields as rows, one per model (other fields are skipped).
+fn model_rows(label: &str, fields: BTreeMap<String, String>) -> impl Iterator<Item = UsageRow> {
+    let mut by_model: BTreeMap<String, UsageRow> = BTreeMap::new();
+    for (field, value) in fields {
+        let Some((counter, model)) = field.split_once(':') else {
+            continue;
+        };
+        let row = by_model
+            .entry(model.to_owned())
+            .or_insert_with(|| UsageRow {
+                key: label.to_owned(),
+                model: model.to_owned(),
+                ..UsageRow::default()
+            });
+        let count = || value.parse::<u64>().unwrap_or(0);
+        match counter {
+            "requests" => row.requests = count(),
+            "input" => row.input_tokens = count(),
+            "output" => row.output_tokens = count(),
+            "errors" => row.errors = count(),
+            "rate_limited" => row.rate_limited = count(),
+            "cost" => row.cost = value.parse::<f64>().unwrap_or(0.0),
+            _ => {}
+        }
+    }
+    by_model.into_values()
 }

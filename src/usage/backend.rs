@@ -113,8 +113,17 @@ pub trait UsageBackend: Send + Sync {
 
 type Shared = Arc<dyn UsageBackend>;
 
+/// The process's one in-process ledger: the backend without a store, and the fallback (and
+/// local record) of a shared one, so counts survive a switch between them.
+static LEDGER: LazyLock<Arc<Ledger>> = LazyLock::new(|| Arc::new(Ledger::new()));
+
 static BACKEND: LazyLock<ArcSwap<Shared>> =
-    LazyLock::new(|| ArcSwap::from_pointee(Arc::new(Ledger::new()) as Shared));
+    LazyLock::new(|| ArcSwap::from_pointee(Arc::clone(&*LEDGER) as Shared));
+
+/// The process's in-process ledger (whatever backend is installed).
+pub fn ledger() -> Arc<Ledger> {
+    Arc::clone(&LEDGER)
+}
 
 /// The process's backend (the in-process ledger unless [`install`] replaced it).
 pub fn backend() -> Shared {

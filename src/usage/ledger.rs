@@ -176,6 +176,23 @@ impl Ledger {
         keys.entry(Arc::from(key)).or_default().clone()
     }
 
+    /// The name `model` is counted under for `key` once recorded: itself, or [`OTHER`] when
+    /// the key had too many model names already.
+    pub fn counted_model<'a>(&self, key: &str, model: &'a str) -> &'a str {
+        let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
+        let known = keys.get(key).is_some_and(|e| {
+            e.models
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains_key(model)
+        });
+        if known {
+            model
+        } else {
+            OTHER
+        }
+    }
+
     /// Synchronous form of [`UsageBackend::period_use`].
     pub fn period_use_now(&self, key: &str, period: Period, now: SystemTime) -> PeriodUse {
         let entry = {

@@ -7,6 +7,8 @@
 //! - [`backend`]: the storage seam ([`UsageBackend`]) and the process's current backend.
 //! - [`ledger`]: the in-process backend (atomics per key and model; per process, reset on
 //!   restart, kept across reloads).
+//! - [`shared`]: the backend over the shared store (`store:`): fleet-wide counters and
+//!   budgets in Redis, written off the request path, the ledger as local record and fallback.
 //! - [`meter`]: one request's meter, fed by the phases and the relay, recorded when it ends.
 //! - [`report`]: the JSON of `GET /admin/usage`.
 
@@ -17,6 +19,7 @@ pub mod meter;
 pub mod period;
 pub mod pricing;
 pub mod report;
+pub mod shared;
 
 pub use backend::{backend, install, UsageBackend};
 pub use meter::RequestMeter;

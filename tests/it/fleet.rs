@@ -13,8 +13,8 @@ use testkit::redis_server::RedisServer;
 use crate::common::{chat_body, client, free_port, wait_for_listener};
 
 /// One gateway process; killed (SIGKILL) when dropped.
-struct Replica {
-    port: u16,
+pub(crate) struct Replica {
+    pub(crate) port: u16,
     child: Child,
     _dir: TempDir,
 }
@@ -28,7 +28,7 @@ impl Drop for TempDir {
 }
 
 impl Replica {
-    async fn start(yaml: &str) -> Replica {
+    pub(crate) async fn start(yaml: &str) -> Replica {
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("sophgate-fleet-{}-{port}", std::process::id()));
@@ -48,11 +48,16 @@ impl Replica {
         }
     }
 
+    /// The config file the process was started with (rewrite it, then reload).
+    pub(crate) fn config_path(&self) -> PathBuf {
+        self._dir.0.join("config.yml")
+    }
+
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}/v1/chat/completions", self.port)
     }
 
-    async fn chat(&self, key: &str, model: &str, stream: bool) -> reqwest::Response {
+    pub(crate) async fn chat(&self, key: &str, model: &str, stream: bool) -> reqwest::Response {
         client()
             .post(self.url())
             .bearer_auth(key)
@@ -63,7 +68,7 @@ impl Replica {
             .unwrap()
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill(); // SIGKILL: no chance to release anything
         let _ = self.child.wait();
     }
@@ -85,7 +90,7 @@ fn fleet_yaml(mock: &MockHandle, redis: &RedisServer, extra: &str) -> String {
     )
 }
 
-async fn mock_with(opts: MockOptions) -> MockHandle {
+pub(crate) async fn mock_with(opts: MockOptions) -> MockHandle {
     mock::spawn("127.0.0.1:0".parse().unwrap(), opts)
         .await
         .unwrap()

@@ -19,6 +19,7 @@ mod defaults;
 mod errors;
 mod fixtures_cli;
 mod fleet;
+mod fleet_usage;
 mod footprint;
 mod forward_headers;
 mod http1_server;

@@ -16,6 +16,7 @@ pub mod gateway;
 pub mod glob;
 pub mod http;
 pub mod logging;
+pub mod observe;
 pub mod reload;
 pub mod scripting;
 pub mod secret;

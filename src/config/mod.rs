@@ -57,6 +57,8 @@ pub struct Config {
     pub admin_key: Option<Secret>,
     /// Which client headers go upstream (`forward_headers`).
     pub forward_headers: forward_headers::ForwardHeaders,
+    /// `metrics:` (Prometheus `GET /metrics`).
+    pub metrics: MetricsConfig,
     /// Non-fatal remarks `sophgate check` prints.
     pub warnings: Vec<String>,
     /// The CA certificate files (`api_ca_file`, `upstreams[].ca_file`), resolved: watched for
@@ -64,6 +66,18 @@ pub struct Config {
     pub ca_files: Vec<PathBuf>,
     /// Where this config was read from, to locate problems found while building from it.
     pub locator: Locator,
+}
+
+/// `metrics:`: whether `GET /metrics` exists, who may scrape it, and where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Clients that may scrape without the admin key (default: loopback).
+    pub allow: Vec<IpNet>,
+    /// Serve `/metrics` only on this separate address (not on `listen`).
+    pub listen: Option<SocketAddr>,
+    /// Distinct `model` label values before the rest fold into `other`.
+    pub max_models: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -52,6 +52,19 @@ pub struct RawConfig {
     pub plugins: Option<Vec<RawPlugin>>,
     pub admin: Option<RawAdmin>,
     pub forward_headers: Option<RawForwardHeaders>,
+    pub metrics: Option<RawMetrics>,
+}
+
+/// `metrics:`: the Prometheus `GET /metrics` endpoint.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub enabled: Option<bool>,
+    /// Who may scrape without the admin key: IPs or CIDRs.
+    pub allow: Option<Vec<String>>,
+    /// A separate `address:port` serving only `/metrics`.
+    pub listen: Option<String>,
+    pub max_models: Option<usize>,
 }
 
 /// `forward_headers:`: client header names (or `prefix*`) to drop, or to forward after all.

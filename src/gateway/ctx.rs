@@ -59,7 +59,7 @@ impl RequestCtx {
             || resp.status().is_informational();
         log.stream = resp.body().is_event_stream();
         resp.headers_mut().insert(&REQUEST_ID, rid.into_header());
-        if log.enabled {
+        if log.wanted() {
             resp.body_mut().set_log(Box::new(log));
         }
         resp

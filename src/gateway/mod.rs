@@ -74,9 +74,12 @@ where
     let (mut head, body) = req.into_parts();
     async move {
         let rid = RequestId::of(&head.headers);
-        // On the stack: boxed and attached to the body only when access logging is on.
+        // On the stack: boxed and attached to the body only when the access log or the
+        // metrics want it.
         let log = AccessLog::new(
             generation.config.logging.access_log,
+            generation.config.metrics.enabled,
+            route(head.uri.path()).label(),
             rid.clone(),
             head.method.clone(),
             head.uri.path(),
@@ -110,10 +113,19 @@ where
     };
     // 9. upstream: credentials and the attempt loop across the plan's upstreams
     let taps = relay::Taps::take(&mut p);
-    let sent = fallback::send(&generation.credentials, &p, &ctx.rid).await;
+    let strip_usage = p.injected_usage;
+    let mut sent = fallback::send(&generation.credentials, &p, &ctx.rid).await;
     // The request head is on the wire: its map serves the next message's head.
     recycle_header_map(std::mem::take(&mut p.headers));
     drop(p);
+    if let (Ok(resp), Some(start)) = (sent.as_mut(), ctx.log.start.filter(|_| ctx.log.metrics)) {
+        if let Some(relay) = resp.body_mut().relay_mut() {
+            relay.tap(crate::observe::stream_tap::StreamTap::new(
+                start,
+                strip_usage,
+            ));
+        }
+    }
     // 10. relay: stream filters (scripts.on_event, usage), on_response, the key's slot
     taps.attach(
         &generation.plugins,
@@ -209,6 +221,9 @@ where
         Route::ChatCompletions => peeked.model.as_deref().or(cfg.defaults.model.as_deref()),
         _ => peeked.model.as_deref(),
     };
+    if ctx.log.wanted() {
+        ctx.log.model = model.map(str::to_owned);
+    }
     if let Some(pol) = policy {
         if model.is_some() || route == Route::ChatCompletions {
             pol.check_model(model)?;
@@ -217,15 +232,13 @@ where
 
     // 5. routing
     let plan = generation.routing.plan(&principal, model)?;
-    if ctx.log.enabled {
-        ctx.log.model = model.map(str::to_owned);
-    }
     let facts = peeked.facts;
 
     // 6. rewrite: defaults, field_aliases, the route's rename, the usage event tpm needs
     let hooks = generation.plugins.has_on_request();
-    // tpm counts real usage: make sure a stream reports it.
-    let injected_usage = policy.is_some_and(|p| p.tpm.is_some()) && facts.streams_without_usage();
+    // tpm and the metrics count real usage: make sure a stream reports it.
+    let injected_usage = (cfg.metrics.enabled || policy.is_some_and(|p| p.tpm.is_some()))
+        && facts.streams_without_usage();
     let rewritten = rewrite::apply(
         &mut bytes,
         facts,
@@ -291,7 +304,7 @@ where
 
     // 8. policy: limits last, so a refused request does not use up the key's budget
     let permit = match policy {
-        Some(pol) => pol.admit()?,
+        Some(pol) => pol.admit(&principal.label)?,
         None => None,
     };
 

@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{BuildError, Config};
 use crate::gateway::generation::Generation;
+use crate::observe::metrics;
 
 /// The outcome of the last reload attempt, for `GET /admin/status`.
 #[derive(Debug, Clone)]
@@ -41,6 +42,7 @@ impl Runtime {
     pub fn new(config: Config) -> Result<Arc<Runtime>, BuildError> {
         let config_path = config.source.clone();
         let generation = Generation::build(config, 1)?;
+        metrics::generation_serving(generation.number, generation.config.metrics.max_models);
         Ok(Arc::new(Runtime {
             current: ArcSwap::from_pointee(generation),
             next_number: AtomicU64::new(2),
@@ -107,13 +109,16 @@ impl Runtime {
                 {
                     tracing::warn!("listen / workers changed: they take effect after a restart");
                 }
+                metrics::generation_serving(n, generation.config.metrics.max_models);
                 self.current.store(Arc::new(generation));
                 self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                metrics::reload_result(true);
                 tracing::info!(generation = n, trigger, "configuration reloaded");
                 Ok(n)
             }
             Err(e) => {
                 self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                metrics::reload_result(false);
                 tracing::error!(trigger, error = %e, "reload failed; continuing with the previous configuration");
                 Err(e)
             }

@@ -9,6 +9,7 @@ mod forward_headers;
 mod keys;
 mod listen;
 mod logging;
+mod metrics;
 mod plugins;
 mod upstreams;
 
@@ -24,6 +25,7 @@ use super::{Config, ConfigError, ConfigErrors, Locator};
 pub use super::yaml_path::key_label;
 pub use acl::parse_net;
 pub use keys::{hash_key, parse_key_id, parse_time};
+pub use metrics::DEFAULT_MAX_MODELS;
 
 pub const DEFAULT_API_HOST: &str = "https://www.sophnet.com";
 pub const DEFAULT_CHAT_PATH: &str = "/api/open-apis/v1/chat/completions";
@@ -154,6 +156,7 @@ pub fn validate(
     let admin_key = listen::admin_key(&mut c, raw.admin);
     let logging = logging::logging(&mut c, raw.log_level, raw.logging, base_dir);
     let forward_headers = forward_headers::forward_headers(&mut c, raw.forward_headers);
+    let metrics = metrics::metrics(&mut c, raw.metrics);
 
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
@@ -181,6 +184,7 @@ pub fn validate(
         script_limits,
         admin_key,
         forward_headers,
+        metrics,
         warnings: c.warnings,
         ca_files,
         locator: c.locator,

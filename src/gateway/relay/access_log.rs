@@ -1,5 +1,6 @@
-//! Stage 7: one line per request, written when the response body is finished (or dropped, if
-//! the client went away), so latency, time to first byte and bytes are the real ones.
+//! Stage 7: the in-flight record of a request, finished when the response body is (or dropped,
+//! if the client went away), so latency, time to first byte and bytes are the real ones. It
+//! becomes the access log line (when on) and the end record of [`crate::observe::finished`].
 //! It never holds a key or an `Authorization` value: only the principal's label.
 
 use std::net::IpAddr;
@@ -31,6 +32,18 @@ pub struct AccessLog {
     /// The answer has no body to send (HEAD, 204, 304): the server drops it unread, which is
     /// not a client leaving.
     pub bodiless: bool,
+    /// The generation has metrics on: the end record goes to them.
+    pub metrics: bool,
+    /// The `route` label (see `observe::finished::route`).
+    pub route: &'static str,
+    /// The upstream whose answer the client got.
+    pub upstream: Option<Arc<str>>,
+    /// Streams: arrival to the first content event (plain answers use `first_byte`).
+    pub first_token: Option<Duration>,
+    pub token_gaps: Option<crate::observe::histogram::LocalHistogram>,
+    pub usage: Option<crate::observe::finished::Usage>,
+    /// Keeps `sophgate_inflight_requests` up until the record is dropped.
+    pub inflight: Option<crate::observe::metrics::Inflight>,
 }
 
 /// The values of the access log's `outcome` field (README, "Logs").
@@ -65,6 +78,8 @@ pub mod outcome {
 impl AccessLog {
     pub fn new(
         enabled: bool,
+        metrics: bool,
+        route: &'static str,
         request_id: crate::gateway::request_id::RequestId,
         method: http::Method,
         path: &str,
@@ -72,7 +87,7 @@ impl AccessLog {
         AccessLog {
             enabled,
             request_id,
-            start: enabled.then(Instant::now),
+            start: (enabled || metrics).then(Instant::now),
             client_ip: None,
             principal: None,
             method,
@@ -90,7 +105,26 @@ impl AccessLog {
             outcome: None,
             error: None,
             bodiless: false,
+            metrics,
+            route,
+            upstream: None,
+            first_token: None,
+            token_gaps: None,
+            usage: None,
+            inflight: metrics.then(|| crate::observe::metrics::Inflight::enter(route)),
         }
+    }
+
+    /// Whether the record goes anywhere when the request ends.
+    pub fn wanted(&self) -> bool {
+        self.enabled || self.metrics
+    }
+
+    /// Takes what a stream tap saw of the answer.
+    pub fn absorb(&mut self, tap: crate::observe::stream_tap::StreamTap) {
+        self.first_token = tap.first_token;
+        self.token_gaps = tap.token_gaps;
+        self.usage = tap.usage;
     }
 
     /// Called for every body frame sent to the client.
@@ -102,14 +136,48 @@ impl AccessLog {
     }
 
     pub fn emit(&mut self) {
-        if !self.enabled {
+        if !self.wanted() {
             return;
         }
+        let (log, metrics) = (self.enabled, self.metrics);
         self.enabled = false;
+        self.metrics = false;
+        let duration = self.start.map(|s| s.elapsed()).unwrap_or_default();
+        if log {
+            self.write_line(duration);
+        }
+        crate::observe::finished::finished(&crate::observe::finished::Finished {
+            request_id: self.request_id.as_str(),
+            route: self.route,
+            method: &self.method,
+            path: &self.path,
+            client_ip: self.client_ip,
+            key: self.principal.as_ref(),
+            model: self.model.as_deref(),
+            upstream: self.upstream.as_ref(),
+            status: self.status,
+            outcome: self.outcome.unwrap_or(outcome::CLIENT_GONE),
+            error: self.error,
+            stream: self.stream,
+            duration,
+            ttft: if self.stream {
+                self.first_token
+            } else {
+                self.first_byte
+            },
+            token_gaps: self.token_gaps.as_ref(),
+            usage: self.usage,
+            bytes: self.bytes,
+            metrics,
+        });
+        self.inflight = None;
+    }
+
+    fn write_line(&self, latency: Duration) {
         // Numbers, so a JSON log holds numbers (rounded to the microsecond); no time to first
         // byte (nothing was sent) leaves the field out.
         let ms = |d: Duration| (d.as_secs_f64() * 1_000_000.0).round() / 1000.0;
-        let latency_ms = self.start.map_or(0.0, |s| ms(s.elapsed()));
+        let latency_ms = ms(latency);
         let ttfb_ms = self.first_byte.map(ms);
         tracing::info!(
             target: TARGET,

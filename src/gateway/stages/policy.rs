@@ -127,8 +127,10 @@ impl KeyPolicy {
 
     /// Admits one request under rpm / tpm / concurrency, or answers 429 with Retry-After.
     /// The returned permit holds the concurrency slot until the response ends.
-    pub fn admit(&self) -> Result<Option<OwnedSemaphorePermit>, GatewayError> {
-        let limited = |what: &str, wait: u64| {
+    /// `key` is the key's label, for `sophgate_rate_limited_total`.
+    pub fn admit(&self, key: &Arc<str>) -> Result<Option<OwnedSemaphorePermit>, GatewayError> {
+        let limited = |limit: &'static str, what: &str, wait: u64| {
+            crate::observe::metrics::rate_limited(key, limit);
             GatewayError::new(
                 ErrorKind::RateLimited,
                 "rate_limit_exceeded",
@@ -138,17 +140,21 @@ impl KeyPolicy {
         };
         if let Some(tpm) = &self.tpm {
             tpm.has_room()
-                .map_err(|w| limited("tokens per minute", w))?;
+                .map_err(|w| limited("tpm", "tokens per minute", w))?;
         }
         let permit = match &self.concurrency {
             Some(sem) => Some(sem.clone().try_acquire_owned().map_err(|_| {
-                limited(&format!("{} concurrent requests", self.max_concurrent), 1)
+                limited(
+                    "max_concurrent",
+                    &format!("{} concurrent requests", self.max_concurrent),
+                    1,
+                )
             })?),
             None => None,
         };
         if let Some(rpm) = &self.rpm {
             rpm.take_one()
-                .map_err(|w| limited("requests per minute", w))?;
+                .map_err(|w| limited("rpm", "requests per minute", w))?;
         }
         Ok(permit)
     }

@@ -1,0 +1,221 @@
+//! What an answer tells the end record as it passes: for streams, when the first content (or
+//! tool call) arrived, the gaps between content events and the usage event (dropped when the
+//! gateway asked for it, not the client); for other answers, the `usage` of the JSON body.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::finished::Usage;
+use super::histogram::{LocalHistogram, TOKEN_GAP_BUCKETS};
+
+/// Largest plain answer kept to read its `usage`.
+const MAX_KEPT: usize = 4 * 1024 * 1024;
+
+#[derive(Debug)]
+pub struct StreamTap {
+    start: Instant,
+    /// Drop the usage-only event: the gateway asked for it, not the client.
+    strip_usage: bool,
+    pub first_token: Option<Duration>,
+    last_token: Option<Instant>,
+    pub token_gaps: Option<LocalHistogram>,
+    pub usage: Option<Usage>,
+    /// A plain answer's chunks (shared, not copied) until it ends.
+    kept: Vec<Bytes>,
+    kept_len: usize,
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Whether an event carries output: a non-empty `content` (or `reasoning_content`) string, or
+/// a tool call.
+fn carries_token(event: &[u8]) -> bool {
+    if contains(event, b"\"tool_calls\":[") || contains(event, b"\"tool_calls\": [") {
+        return true;
+    }
+    let mut rest = event;
+    while let Some(i) = find(rest, b"content\":") {
+        let after = rest[i + 9..].trim_ascii_start();
+        if after.first() == Some(&b'"') && after.get(1).is_some_and(|b| *b != b'"') {
+            return true;
+        }
+        rest = &rest[i + 9..];
+    }
+    false
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[derive(serde::Deserialize)]
+struct WithUsage {
+    usage: Option<UsageIn>,
+    choices: Option<Vec<serde::de::IgnoredAny>>,
+}
+
+#[derive(serde::Deserialize)]
+struct UsageIn {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+}
+
+fn usage_of(json: &[u8]) -> Option<(Usage, bool)> {
+    let w: WithUsage = serde_json::from_slice(json).ok()?;
+    let u = w.usage?;
+    let no_choices = w.choices.is_none_or(|c| c.is_empty());
+    Some((
+        Usage {
+            input: u.prompt_tokens.unwrap_or(0),
+            output: u.completion_tokens.unwrap_or(0),
+        },
+        no_choices,
+    ))
+}
+
+/// The JSON after `data:` of a single-line data event.
+fn event_data(event: &[u8]) -> Option<&[u8]> {
+    let text = event.strip_prefix(b"data:")?;
+    let text = text.strip_prefix(b" ").unwrap_or(text);
+    let end = text
+        .iter()
+        .position(|b| *b == b'\n' || *b == b'\r')
+        .unwrap_or(text.len());
+    Some(&text[..end])
+}
+
+impl StreamTap {
+    pub fn new(start: Instant, strip_usage: bool) -> Self {
+        StreamTap {
+            start,
+            strip_usage,
+            first_token: None,
+            last_token: None,
+            token_gaps: None,
+            usage: None,
+            kept: Vec::new(),
+            kept_len: 0,
+        }
+    }
+
+    /// One SSE event (with its blank line) as the upstream sent it; true to drop it.
+    pub fn on_event(&mut self, event: &[u8]) -> bool {
+        if carries_token(event) {
+            let now = Instant::now();
+            match self.last_token {
+                None => self.first_token = Some(now.duration_since(self.start)),
+                Some(last) => self
+                    .token_gaps
+                    .get_or_insert_with(|| LocalHistogram::new(TOKEN_GAP_BUCKETS))
+                    .observe(now.duration_since(last)),
+            }
+            self.last_token = Some(now);
+        }
+        if !contains(event, b"\"usage\":{") && !contains(event, b"\"usage\": {") {
+            return false;
+        }
+        let Some((usage, no_choices)) = event_data(event).and_then(usage_of) else {
+            return false;
+        };
+        self.usage = Some(usage);
+        self.strip_usage && no_choices
+    }
+
+    /// One chunk of a plain answer.
+    pub fn on_chunk(&mut self, chunk: &Bytes) {
+        if self.kept_len + chunk.len() > MAX_KEPT {
+            self.kept = Vec::new();
+            self.kept_len = usize::MAX / 2;
+            return;
+        }
+        self.kept_len += chunk.len();
+        self.kept.push(chunk.clone());
+    }
+
+    /// A plain answer ended: read its usage.
+    pub fn on_end(&mut self) {
+        let kept = std::mem::take(&mut self.kept);
+        let found = match kept.as_slice() {
+            [] => None,
+            [one] => usage_of(one),
+            many => usage_of(&many.concat()),
+        };
+        if let Some((usage, _)) = found {
+            self.usage = Some(usage);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn content_and_tool_calls_are_tokens_an_empty_role_event_is_not() {
+        assert!(!carries_token(
+            br#"data: {"choices":[{"delta":{"role":"assistant","content":""}}]}"#
+        ));
+        assert!(carries_token(
+            br#"data: {"choices":[{"delta":{"content":"Hi"}}]}"#
+        ));
+        assert!(carries_token(
+            br#"data: {"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}"#
+        ));
+        assert!(!carries_token(b"data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn a_usage_event_is_read_and_dropped_only_when_the_gateway_asked() {
+        let ev =
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\n";
+        let mut asked = StreamTap::new(Instant::now(), true);
+        assert!(asked.on_event(ev));
+        assert_eq!(
+            asked.usage,
+            Some(Usage {
+                input: 7,
+                output: 3
+            })
+        );
+        let mut client_asked = StreamTap::new(Instant::now(), false);
+        assert!(!client_asked.on_event(ev));
+        assert_eq!(
+            client_asked.usage,
+            Some(Usage {
+                input: 7,
+                output: 3
+            })
+        );
+    }
+
+    #[test]
+    fn gaps_are_counted_between_token_events() {
+        let mut t = StreamTap::new(Instant::now(), false);
+        for _ in 0..3 {
+            t.on_event(br#"data: {"choices":[{"delta":{"content":"x"}}]}"#);
+        }
+        assert!(t.first_token.is_some());
+        assert_eq!(t.token_gaps.as_ref().unwrap().count(), 2);
+    }
+
+    #[test]
+    fn a_plain_answer_split_in_chunks_gives_its_usage() {
+        let mut t = StreamTap::new(Instant::now(), false);
+        t.on_chunk(&Bytes::from_static(
+            b"{\"choices\":[{}],\"usage\":{\"prompt_",
+        ));
+        t.on_chunk(&Bytes::from_static(b"tokens\":5,\"completion_tokens\":9}}"));
+        t.on_end();
+        assert_eq!(
+            t.usage,
+            Some(Usage {
+                input: 5,
+                output: 9
+            })
+        );
+    }
+}

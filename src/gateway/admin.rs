@@ -61,14 +61,8 @@ pub async fn handle<B>(
 ) -> Response<ResponseBody> {
     let rid = RequestId::of(req.headers());
     // Only the end record (the admin line below is the access log's).
-    let mut record = AccessLog::new(
-        false,
-        runtime.current().config.metrics.enabled,
-        route::ADMIN,
-        rid.clone(),
-        req.method().clone(),
-        "",
-    );
+    let mut record = AccessLog::new(false, rid.clone(), req.method().clone(), "")
+        .metered(runtime.current().config.metrics.enabled, route::ADMIN);
     record.client_ip = Some(peer);
     let mut resp = match run(runtime, peer, &req).await {
         Ok(r) => r,

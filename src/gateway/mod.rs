@@ -78,11 +78,13 @@ where
         // metrics want it.
         let log = AccessLog::new(
             generation.config.logging.access_log,
-            generation.config.metrics.enabled,
-            route(head.uri.path()).label(),
             rid.clone(),
             head.method.clone(),
             head.uri.path(),
+        )
+        .metered(
+            generation.config.metrics.enabled,
+            route(head.uri.path()).label(),
         );
         let mut ctx = RequestCtx::new(peer, rid, log);
         let resp = match run(&generation, &mut ctx, &mut head, body).await {
@@ -113,17 +115,13 @@ where
     };
     // 9. upstream: credentials and the attempt loop across the plan's upstreams
     let taps = relay::Taps::take(&mut p);
-    let strip_usage = p.injected_usage;
     let mut sent = fallback::send(&generation.credentials, &p, &ctx.rid).await;
     // The request head is on the wire: its map serves the next message's head.
     recycle_header_map(std::mem::take(&mut p.headers));
     drop(p);
     if let (Ok(resp), Some(start)) = (sent.as_mut(), ctx.log.start.filter(|_| ctx.log.metrics)) {
         if let Some(relay) = resp.body_mut().relay_mut() {
-            relay.tap(crate::observe::stream_tap::StreamTap::new(
-                start,
-                strip_usage,
-            ));
+            relay.tap(crate::observe::stream_tap::StreamTap::new(start));
         }
     }
     // 10. relay: stream filters (scripts.on_event, usage), on_response, the key's slot

@@ -53,14 +53,9 @@ impl Handler for Gateway {
         if self.runtime.current().config.metrics.enabled {
             // A head refused before routing still counts as a request the client got an
             // answer to.
-            let mut record = AccessLog::new(
-                false,
-                true,
-                route::OTHER,
-                rid.clone(),
-                http::Method::GET,
-                "",
-            );
+            // The head was not read: no method or path to tell.
+            let mut record = AccessLog::new(false, rid.clone(), http::Method::GET, "")
+                .metered(true, route::OTHER);
             record.client_ip = Some(self.peer);
             record.status = resp.status().as_u16();
             record.outcome = Some(outcome::REJECTED);

@@ -30,6 +30,7 @@ pub struct Finished<'a> {
     /// One of [`route`].
     pub route: &'static str,
     pub method: &'a http::Method,
+    /// The request path, at most 256 characters (empty when the access log is off).
     pub path: &'a str,
     pub client_ip: Option<IpAddr>,
     /// The key's label (never the key itself); `None` before auth.

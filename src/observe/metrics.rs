@@ -253,7 +253,7 @@ fn build() -> Metrics {
         generation.clone(),
     );
     registry.register_collector(Box::new(ExternalCounters));
-    registry.register_collector(Box::new(ProcessCollector::default()));
+    registry.register_collector(Box::new(ProcessCollector));
     Metrics {
         registry,
         requests,

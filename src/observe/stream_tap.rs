@@ -1,6 +1,7 @@
 //! What an answer tells the end record as it passes: for streams, when the first content (or
-//! tool call) arrived, the gaps between content events and the usage event (dropped when the
-//! gateway asked for it, not the client); for other answers, the `usage` of the JSON body.
+//! tool call) arrived, the gaps between content events and the usage event; for other
+//! answers, the `usage` of the JSON body. It only reads: removing the usage event the gateway
+//! asked for is `relay::usage`'s job.
 
 use std::time::{Duration, Instant};
 
@@ -15,8 +16,6 @@ const MAX_KEPT: usize = 4 * 1024 * 1024;
 #[derive(Debug)]
 pub struct StreamTap {
     start: Instant,
-    /// Drop the usage-only event: the gateway asked for it, not the client.
-    strip_usage: bool,
     pub first_token: Option<Duration>,
     last_token: Option<Instant>,
     pub token_gaps: Option<LocalHistogram>,
@@ -54,7 +53,6 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[derive(serde::Deserialize)]
 struct WithUsage {
     usage: Option<UsageIn>,
-    choices: Option<Vec<serde::de::IgnoredAny>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -63,17 +61,12 @@ struct UsageIn {
     completion_tokens: Option<u64>,
 }
 
-fn usage_of(json: &[u8]) -> Option<(Usage, bool)> {
-    let w: WithUsage = serde_json::from_slice(json).ok()?;
-    let u = w.usage?;
-    let no_choices = w.choices.is_none_or(|c| c.is_empty());
-    Some((
-        Usage {
-            input: u.prompt_tokens.unwrap_or(0),
-            output: u.completion_tokens.unwrap_or(0),
-        },
-        no_choices,
-    ))
+fn usage_of(json: &[u8]) -> Option<Usage> {
+    let u = serde_json::from_slice::<WithUsage>(json).ok()?.usage?;
+    Some(Usage {
+        input: u.prompt_tokens.unwrap_or(0),
+        output: u.completion_tokens.unwrap_or(0),
+    })
 }
 
 /// The JSON after `data:` of a single-line data event.
@@ -88,10 +81,9 @@ fn event_data(event: &[u8]) -> Option<&[u8]> {
 }
 
 impl StreamTap {
-    pub fn new(start: Instant, strip_usage: bool) -> Self {
+    pub fn new(start: Instant) -> Self {
         StreamTap {
             start,
-            strip_usage,
             first_token: None,
             last_token: None,
             token_gaps: None,
@@ -101,8 +93,8 @@ impl StreamTap {
         }
     }
 
-    /// One SSE event (with its blank line) as the upstream sent it; true to drop it.
-    pub fn on_event(&mut self, event: &[u8]) -> bool {
+    /// One SSE event (with its blank line) as the upstream sent it.
+    pub fn on_event(&mut self, event: &[u8]) {
         if carries_token(event) {
             let now = Instant::now();
             match self.last_token {
@@ -115,13 +107,11 @@ impl StreamTap {
             self.last_token = Some(now);
         }
         if !contains(event, b"\"usage\":{") && !contains(event, b"\"usage\": {") {
-            return false;
+            return;
         }
-        let Some((usage, no_choices)) = event_data(event).and_then(usage_of) else {
-            return false;
-        };
-        self.usage = Some(usage);
-        self.strip_usage && no_choices
+        if let Some(usage) = event_data(event).and_then(usage_of) {
+            self.usage = Some(usage);
+        }
     }
 
     /// One chunk of a plain answer.
@@ -143,7 +133,7 @@ impl StreamTap {
             [one] => usage_of(one),
             many => usage_of(&many.concat()),
         };
-        if let Some((usage, _)) = found {
+        if let Some(usage) = found {
             self.usage = Some(usage);
         }
     }
@@ -169,32 +159,26 @@ mod tests {
     }
 
     #[test]
-    fn a_usage_event_is_read_and_dropped_only_when_the_gateway_asked() {
+    fn a_usage_event_is_read() {
         let ev =
             b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\n";
-        let mut asked = StreamTap::new(Instant::now(), true);
-        assert!(asked.on_event(ev));
+        let mut t = StreamTap::new(Instant::now());
+        t.on_event(ev);
         assert_eq!(
-            asked.usage,
+            t.usage,
             Some(Usage {
                 input: 7,
                 output: 3
             })
         );
-        let mut client_asked = StreamTap::new(Instant::now(), false);
-        assert!(!client_asked.on_event(ev));
-        assert_eq!(
-            client_asked.usage,
-            Some(Usage {
-                input: 7,
-                output: 3
-            })
-        );
+        let mut null = StreamTap::new(Instant::now());
+        null.on_event(b"data: {\"choices\":[{}],\"usage\":null}\n\n");
+        assert_eq!(null.usage, None);
     }
 
     #[test]
     fn gaps_are_counted_between_token_events() {
-        let mut t = StreamTap::new(Instant::now(), false);
+        let mut t = StreamTap::new(Instant::now());
         for _ in 0..3 {
             t.on_event(br#"data: {"choices":[{"delta":{"content":"x"}}]}"#);
         }
@@ -204,7 +188,7 @@ mod tests {
 
     #[test]
     fn a_plain_answer_split_in_chunks_gives_its_usage() {
-        let mut t = StreamTap::new(Instant::now(), false);
+        let mut t = StreamTap::new(Instant::now());
         t.on_chunk(&Bytes::from_static(
             b"{\"choices\":[{}],\"usage\":{\"prompt_",
         ));

@@ -116,7 +116,10 @@ fn config_text(port: u16, metrics_port: u16, mock: std::net::SocketAddr, plugin:
         "listen: \"127.0.0.1:{port}\"\napi_host: \"http://{mock}\"\n\
          forward_chat_path: /v1/chat/completions\n\
          admin: {{ key: \"{ADMIN_KEY}\" }}\n\
-         api_keys:\n  \"sk-a\": {{ name: team-a }}\n  \"sk-r\": {{ name: team-r, rpm: 1 }}\n\
+         credentials:\n  good: {{ type: command, command: [echo, tok] }}\n  \
+         bad: {{ type: command, command: [\"false\"] }}\n\
+         api_keys:\n  \"sk-a\": {{ name: team-a }}\n  \"sk-r\": {{ name: team-r, rpm: 1 }}\n  \
+         \"sk-c\": {{ name: team-c, credential: good }}\n  \"sk-d\": {{ name: team-d, credential: bad }}\n\
          plugins:\n  - path: {plugin}\n\
          metrics: {{ max_models: 3, listen: \"127.0.0.1:{metrics_port}\" }}\n"
     )
@@ -169,6 +172,7 @@ fn chat(model: &str, stream: bool, include_usage: bool) -> String {
 fn stream_usage(events: &str) -> Option<(f64, f64)> {
     events
         .lines()
+        .rev()
         .filter_map(|l| l.strip_prefix("data: "))
         .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
         .filter_map(|v| {
@@ -178,7 +182,7 @@ fn stream_usage(events: &str) -> Option<(f64, f64)> {
                 u["completion_tokens"].as_f64().unwrap(),
             ))
         })
-        .last()
+        .next()
 }
 
 #[tokio::test]
@@ -284,6 +288,11 @@ async fn known_traffic_gives_exact_samples() {
             .status(),
         500
     );
+    // A token fetched by a command that works, and one that fails.
+    let fetched = post("sk-c", chat("m-plain", false, false)).await.unwrap();
+    assert_eq!(fetched.status(), 200);
+    let unfetched = post("sk-d", chat("m-plain", false, false)).await.unwrap();
+    assert_eq!(unfetched.status(), 502);
     // /metrics on the main port: served on metrics.listen only.
     let main = client()
         .get(format!("{base}/metrics"))
@@ -330,6 +339,8 @@ async fn known_traffic_gives_exact_samples() {
     );
     assert_eq!(req("chat", "team-r", "m-plain", "200"), 1.0);
     assert_eq!(req("chat", "team-r", "m-plain", "429"), 1.0);
+    assert_eq!(req("chat", "team-c", "m-plain", "200"), 1.0);
+    assert_eq!(req("chat", "team-d", "m-plain", "502"), 1.0);
     // mock-500, boom: past max_models, folded.
     assert_eq!(req("chat", "team-a", "other", "500"), 2.0);
     // mock-drop and mock-slow: 200 streams.
@@ -339,7 +350,18 @@ async fn known_traffic_gives_exact_samples() {
         .filter(|x| x.name == "sophgate_requests_total")
         .map(|x| x.value)
         .sum();
-    assert_eq!(total, 12.0);
+    assert_eq!(total, 14.0);
+    let fetches = |credential: &str, result: &str| {
+        count(
+            &s,
+            "sophgate_credential_fetches_total",
+            &[("credential", credential), ("result", result)],
+        )
+    };
+    assert_eq!(fetches("good", "ok"), 1.0);
+    assert_eq!(fetches("good", "error"), 0.0);
+    assert!(fetches("bad", "error") >= 1.0);
+    assert_eq!(fetches("bad", "ok"), 0.0);
 
     let rl = |key: &str, limit: &str| {
         count(
@@ -374,8 +396,9 @@ async fn known_traffic_gives_exact_samples() {
             &[("upstream", "default"), ("outcome", outcome)],
         )
     };
-    // m-plain x2, m-stream, m-inject, mock-slow; the 429 and the script error never left.
-    assert_eq!(att("ok"), 5.0);
+    // m-plain x3, m-stream, m-inject, mock-slow; the 429, the script error and the failed
+    // token fetch never left.
+    assert_eq!(att("ok"), 6.0);
     assert_eq!(att("http_5xx"), 1.0);
     assert_eq!(att("broken"), 1.0);
 
@@ -394,7 +417,7 @@ async fn known_traffic_gives_exact_samples() {
             "sophgate_time_to_first_token_seconds_count",
             &[("model", "m-plain"), ("upstream", "default")]
         ),
-        2.0
+        3.0
     );
     assert_eq!(
         h(
@@ -405,7 +428,7 @@ async fn known_traffic_gives_exact_samples() {
                 ("le", "+Inf")
             ]
         ),
-        2.0
+        3.0
     );
     // mock-drop's first token comes at once, mock-slow's after 2 s; mock-500 was no answer.
     let other = [("model", "other"), ("upstream", "default")];
@@ -423,7 +446,7 @@ async fn known_traffic_gives_exact_samples() {
             &[("route", "chat"), ("model", model)],
         )
     };
-    assert_eq!(dur("m-plain"), 3.0);
+    assert_eq!(dur("m-plain"), 5.0);
     assert_eq!(dur("other"), 4.0);
     assert_eq!(
         value(&s, "sophgate_inflight_requests", &[("route", "chat")]),
@@ -569,4 +592,54 @@ fn bad_metrics_config_names_its_path() {
             .to_string();
         assert!(err.contains(path), "{path} in {err}");
     }
+}
+
+/// Every metric name the dashboard queries is one the gateway exposes.
+#[tokio::test]
+async fn the_grafana_dashboard_queries_exposed_names() {
+    let env = start(&metrics_yaml("{}"), MockOptions::default()).await;
+    let text = client()
+        .get(env.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut exposed = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = rest.split_once(' ').unwrap();
+        match kind {
+            "counter" => {
+                exposed.insert(format!("{name}_total"));
+            }
+            "histogram" => {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    exposed.insert(format!("{name}{suffix}"));
+                }
+            }
+            _ => {
+                exposed.insert(name.to_owned());
+            }
+        }
+    }
+    let dashboard =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/grafana.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("sophgate_") || word.starts_with("process_") {
+                    assert!(exposed.contains(word), "{word} (in {expr}) is not exposed");
+                    queried += 1;
+                }
+            }
+        }
+    }
+    assert!(queried >= 15, "the dashboard queries the metrics");
 }

@@ -78,8 +78,6 @@ pub mod outcome {
 impl AccessLog {
     pub fn new(
         enabled: bool,
-        metrics: bool,
-        route: &'static str,
         request_id: crate::gateway::request_id::RequestId,
         method: http::Method,
         path: &str,
@@ -87,7 +85,7 @@ impl AccessLog {
         AccessLog {
             enabled,
             request_id,
-            start: (enabled || metrics).then(Instant::now),
+            start: enabled.then(Instant::now),
             client_ip: None,
             principal: None,
             method,
@@ -105,14 +103,26 @@ impl AccessLog {
             outcome: None,
             error: None,
             bodiless: false,
-            metrics,
-            route,
+            metrics: false,
+            route: crate::observe::finished::route::OTHER,
             upstream: None,
             first_token: None,
             token_gaps: None,
             usage: None,
-            inflight: metrics.then(|| crate::observe::metrics::Inflight::enter(route)),
+            inflight: None,
         }
+    }
+
+    /// The record of a `route` request; with `metrics` on it goes to them when it ends, and
+    /// counts as in flight until then.
+    pub fn metered(mut self, metrics: bool, route: &'static str) -> Self {
+        self.route = route;
+        if metrics {
+            self.metrics = true;
+            self.start.get_or_insert_with(Instant::now);
+            self.inflight = Some(crate::observe::metrics::Inflight::enter(route));
+        }
+        self
     }
 
     /// Whether the record goes anywhere when the request ends.

@@ -170,8 +170,9 @@ impl Relay {
             let end = next_event_end(&block, start);
             let event = &block[start..end];
             let mut current: Option<Bytes> = None;
-            // The tap's verdict comes after the filters: they (usage metering) see it too.
-            let stripped = self.tap.as_mut().is_some_and(|t| t.on_event(event));
+            if let Some(tap) = self.tap.as_mut() {
+                tap.on_event(event);
+            }
             let mut dropped = false;
             for f in self.filters.iter_mut() {
                 match f.on_event(current.as_deref().unwrap_or(event)) {
@@ -193,7 +194,6 @@ impl Relay {
                     }
                 }
             }
-            dropped |= stripped && !self.done;
             if dropped || current.is_some() {
                 let buf = out.get_or_insert_with(|| bytes::BytesMut::from(&block[..start]));
                 if let Some(b) = current.filter(|_| !dropped) {

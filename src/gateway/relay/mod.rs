@@ -53,25 +53,30 @@ impl Taps {
             mut script_ctx,
         } = self;
         let is_sse = resp.body().is_event_stream();
+        if let Some(relay) = resp.body_mut().relay_mut() {
+            if let Some(permit) = permit {
+                relay.guard(Box::new(permit));
+            }
+            let meter = principal
+                .policy
+                .as_ref()
+                .and_then(|pol| pol.tpm.clone())
+                .map(UsageMeter::new);
+            // Before the scripts' filter: the usage event the gateway asked for is its own.
+            if relay.is_sse() {
+                if meter.is_some() || injected_usage {
+                    relay.filter(Box::new(usage::UsageFilter::new(meter, injected_usage)));
+                }
+            } else if let Some(meter) = meter {
+                relay.observe(Box::new(usage::UsageObserver::new(meter)));
+            }
+        }
         if is_sse && plugins.has_on_event() {
             if let Some(relay) = resp.body_mut().relay_mut() {
                 relay.filter(Box::new(scripts::ScriptEventFilter::new(
                     plugins.clone(),
                     script_ctx.take().unwrap_or_default(),
                 )));
-            }
-        }
-        if let Some(relay) = resp.body_mut().relay_mut() {
-            if let Some(permit) = permit {
-                relay.guard(Box::new(permit));
-            }
-            if let Some(tpm) = principal.policy.as_ref().and_then(|pol| pol.tpm.clone()) {
-                let meter = UsageMeter::new(tpm);
-                if relay.is_sse() {
-                    relay.filter(Box::new(usage::UsageFilter::new(meter, injected_usage)));
-                } else {
-                    relay.observe(Box::new(usage::UsageObserver::new(meter)));
-                }
             }
         }
         if !is_sse && plugins.has_on_response() {

@@ -1,6 +1,7 @@
 //! Counting real token usage for `tpm` limits: from the `usage` of a JSON answer, or from the
 //! usage event of a stream. When the gateway itself asked the upstream for
-//! `stream_options.include_usage`, that extra event is removed before the client sees it.
+//! `stream_options.include_usage` (for `tpm` or the metrics), that extra event is removed
+//! before the client (or an `on_event` hook) sees it.
 
 use crate::gateway::relay::body::{BodyObserver, EventAction, EventFilter};
 
@@ -10,13 +11,14 @@ use crate::gateway::stages::policy::{usage_total, UsageMeter};
 const MAX_OBSERVED: usize = 4 * 1024 * 1024;
 
 pub struct UsageFilter {
-    meter: UsageMeter,
+    /// The key's tpm bucket, if it has one.
+    meter: Option<UsageMeter>,
     /// The client did not ask for usage: drop the usage-only event after counting it.
     strip: bool,
 }
 
 impl UsageFilter {
-    pub fn new(meter: UsageMeter, strip: bool) -> Self {
+    pub fn new(meter: Option<UsageMeter>, strip: bool) -> Self {
         UsageFilter { meter, strip }
     }
 }
@@ -45,8 +47,8 @@ impl EventFilter for UsageFilter {
         let Some(data) = event_data(event) else {
             return EventAction::Keep;
         };
-        if let Some(total) = usage_total(data) {
-            self.meter.charge(total);
+        if let (Some(meter), Some(total)) = (&self.meter, usage_total(data)) {
+            meter.charge(total);
         }
         if self.strip {
             #[derive(serde::Deserialize)]

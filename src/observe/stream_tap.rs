@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::finished::Usage;
 use super::histogram::{LocalHistogram, TOKEN_GAP_BUCKETS};
+use crate::gateway::relay::sse::{find, has_usage_object};
 
 /// Largest plain answer kept to read its `usage`.
 const MAX_KEPT: usize = 4 * 1024 * 1024;
@@ -25,29 +26,23 @@ pub struct StreamTap {
     kept_len: usize,
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
 /// Whether an event carries output: a non-empty `content` (or `reasoning_content`) string, or
 /// a tool call.
 fn carries_token(event: &[u8]) -> bool {
-    if contains(event, b"\"tool_calls\":[") || contains(event, b"\"tool_calls\": [") {
-        return true;
-    }
     let mut rest = event;
     while let Some(i) = find(rest, b"content\":") {
-        let after = rest[i + 9..].trim_ascii_start();
+        rest = &rest[i + 9..];
+        let after = rest.trim_ascii_start();
         if after.first() == Some(&b'"') && after.get(1).is_some_and(|b| *b != b'"') {
             return true;
         }
-        rest = &rest[i + 9..];
     }
-    false
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    find(event, b"\"tool_calls\"").is_some_and(|i| {
+        let after = event[i + 12..].trim_ascii_start();
+        after
+            .strip_prefix(b":")
+            .is_some_and(|v| v.trim_ascii_start().first() == Some(&b'['))
+    })
 }
 
 #[derive(serde::Deserialize)]
@@ -106,7 +101,7 @@ impl StreamTap {
             }
             self.last_token = Some(now);
         }
-        if !contains(event, b"\"usage\":{") && !contains(event, b"\"usage\": {") {
+        if !has_usage_object(event) {
             return;
         }
         if let Some(usage) = event_data(event).and_then(usage_of) {

@@ -4,6 +4,7 @@
 //! before the client (or an `on_event` hook) sees it.
 
 use crate::gateway::relay::body::{BodyObserver, EventAction, EventFilter};
+use crate::gateway::relay::sse::has_usage_object;
 
 use crate::gateway::stages::policy::{usage_total, UsageMeter};
 
@@ -34,14 +35,10 @@ fn event_data(event: &[u8]) -> Option<&[u8]> {
     Some(&text[..end])
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
 impl EventFilter for UsageFilter {
     fn on_event(&mut self, event: &[u8]) -> EventAction {
         // Cheap test first: almost every event has no usage object.
-        if !contains(event, b"\"usage\":{") && !contains(event, b"\"usage\": {") {
+        if !has_usage_object(event) {
             return EventAction::Keep;
         }
         let Some(data) = event_data(event) else {

@@ -267,6 +267,23 @@ fn serve(path: &std::path::Path) -> ExitCode {
             keys = generation.keys.len(),
             "sophgate serving"
         );
+        if let Some(addr) = generation.config.metrics.listen {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    tracing::info!(listen = %addr, "metrics served on their own listener");
+                    // Ends with the process: a scrape has nothing to drain.
+                    tokio::spawn(sophgate::observe::scrape::serve(
+                        l,
+                        runtime.clone(),
+                        std::future::pending(),
+                    ));
+                }
+                Err(e) => {
+                    eprintln!("sophgate: cannot listen on {addr} (metrics.listen): {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
         sophgate::reload::on_sighup(runtime.clone());
         sophgate::logging::report_dropped_lines(std::time::Duration::from_secs(10));
         if let Err(e) = sophgate::reload::watch::spawn(runtime.clone()) {

@@ -64,6 +64,8 @@ pub struct Config {
     pub pricing: crate::usage::pricing::Pricing,
     /// `otel:` trace export; `None` = tracing off (no span is built).
     pub otel: Option<OtelConfig>,
+    /// `metrics:` (Prometheus `GET /metrics`).
+    pub metrics: MetricsConfig,
     /// Non-fatal remarks `sophgate check` prints.
     pub warnings: Vec<String>,
     /// The CA certificate files (`api_ca_file`, `upstreams[].ca_file`), resolved: watched for
@@ -83,6 +85,18 @@ pub struct OtelConfig {
     pub sample_ratio: f64,
     /// Export request headers (e.g. a collector's auth); values print as `***`.
     pub headers: Vec<(String, Secret)>,
+}
+
+/// `metrics:`: whether `GET /metrics` exists, who may scrape it, and where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Clients that may scrape without the admin key (default: loopback).
+    pub allow: Vec<IpNet>,
+    /// Serve `/metrics` only on this separate address (not on `listen`).
+    pub listen: Option<SocketAddr>,
+    /// Distinct `model` label values before the rest fold into `other`.
+    pub max_models: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -56,6 +56,7 @@ pub struct RawConfig {
     /// Model globs → price per 1M tokens, for cost budgets.
     pub pricing: Option<BTreeMap<String, RawPrice>>,
     pub otel: Option<RawOtel>,
+    pub metrics: Option<RawMetrics>,
 }
 
 /// `store:`: shared state (limits, leases, cool-downs, usage) in Redis, for several replicas.
@@ -97,6 +98,18 @@ pub struct RawOtel {
     pub sample_ratio: Option<f64>,
     /// Sent with every export; values may hold secrets (`${VAR}`).
     pub headers: Option<BTreeMap<String, String>>,
+}
+
+/// `metrics:`: the Prometheus `GET /metrics` endpoint.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub enabled: Option<bool>,
+    /// Who may scrape without the admin key: IPs or CIDRs.
+    pub allow: Option<Vec<String>>,
+    /// A separate `address:port` serving only `/metrics`.
+    pub listen: Option<String>,
+    pub max_models: Option<usize>,
 }
 
 /// `forward_headers:`: client header names (or `prefix*`) to drop, or to forward after all.

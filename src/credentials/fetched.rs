@@ -189,6 +189,7 @@ impl Fetched {
         let started = Instant::now();
         let result = self.source.fetch().await;
         self.fetches.fetch_add(1, Ordering::AcqRel);
+        crate::observe::metrics::credential_fetch(&self.name, result.is_ok());
         let out = match result {
             Ok(token) => {
                 let lifetime = token

@@ -16,9 +16,11 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::error::GatewayError;
+use crate::gateway::relay::access_log::{outcome, AccessLog};
 use crate::gateway::relay::body::ResponseBody;
 use crate::gateway::request_id::{RequestId, REQUEST_ID};
 use crate::gateway::stages::auth::bearer_token;
+use crate::observe::finished::route;
 use crate::observe::status_page;
 use crate::reload::Runtime;
 
@@ -45,10 +47,23 @@ pub async fn handle<B>(
     req: Request<B>,
 ) -> Response<ResponseBody> {
     let rid = RequestId::of(req.headers());
+    // Only the end record (the admin line below is the access log's).
+    let mut record = AccessLog::new(false, rid.clone(), req.method().clone(), "")
+        .metered(runtime.current().config.metrics.enabled, route::ADMIN);
+    record.client_ip = Some(peer);
     let mut resp = match run(runtime, peer, &req).await {
         Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            record.outcome = Some(outcome::REJECTED);
+            record.error = Some(e.code);
+            e.into_response()
+        }
     };
+    record.status = resp.status().as_u16();
+    record
+        .outcome
+        .get_or_insert(outcome::of_status(record.status));
+    record.emit();
     resp.headers_mut().insert(&REQUEST_ID, rid.header().clone());
     tracing::info!(
         target: crate::gateway::relay::access_log::TARGET,

@@ -74,12 +74,17 @@ where
     let (mut head, body) = req.into_parts();
     async move {
         let rid = RequestId::of(&head.headers);
-        // On the stack: boxed and attached to the body only when access logging is on.
+        // On the stack until `finish` attaches it to the body: it becomes the end record
+        // (live statistics; the access log and the metrics when on).
         let log = AccessLog::new(
             generation.config.logging.access_log,
             rid.clone(),
             head.method.clone(),
             head.uri.path(),
+        )
+        .metered(
+            generation.config.metrics.enabled,
+            route(head.uri.path()).label(),
         );
         let mut ctx = RequestCtx::new(peer, rid, log);
         if let Some(t) = &generation.tracing {
@@ -117,11 +122,11 @@ where
     };
     // 9. upstream: credentials and the attempt loop across the plan's upstreams
     let taps = relay::Taps::take(&mut p);
-    ctx.log.usage = taps.usage_tally();
+    ctx.log.tally = taps.usage_tally();
     if let Some(t) = ctx.trace.as_deref() {
         t.request_params(&p.body);
     }
-    let sent = fallback::send(
+    let mut sent = fallback::send(
         &generation.credentials,
         &p,
         &ctx.rid,
@@ -131,6 +136,11 @@ where
     // The request head is on the wire: its map serves the next message's head.
     recycle_header_map(std::mem::take(&mut p.headers));
     drop(p);
+    if let (Ok(resp), Some(start)) = (sent.as_mut(), ctx.log.start.filter(|_| ctx.log.metrics)) {
+        if let Some(relay) = resp.body_mut().relay_mut() {
+            relay.tap(crate::observe::stream_tap::StreamTap::new(start));
+        }
+    }
     // 10. relay: stream filters (scripts.on_event, usage), on_response, the key's slot
     taps.attach(
         &generation.plugins,
@@ -323,7 +333,7 @@ where
 
     // 8. policy: limits last, so a refused request does not use up the key's budget
     let permit = match policy {
-        Some(pol) => pol.admit().await?,
+        Some(pol) => pol.admit(&principal.label).await?,
         None => None,
     };
 

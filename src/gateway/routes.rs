@@ -17,6 +17,18 @@ pub enum Route<'a> {
 }
 
 impl Route<'_> {
+    /// The `route` label of the metrics and the end record.
+    pub fn label(&self) -> &'static str {
+        use crate::observe::finished::route;
+        match self {
+            Route::Health => route::HEALTH,
+            Route::Models => route::MODELS,
+            Route::ChatCompletions => route::CHAT,
+            Route::V1(_) => route::PASSTHROUGH,
+            Route::NotFound => route::OTHER,
+        }
+    }
+
     pub fn allows(&self, method: &Method) -> bool {
         match self {
             Route::Health | Route::Models => method == Method::GET || method == Method::HEAD,

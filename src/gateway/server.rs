@@ -12,11 +12,13 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::relay::access_log::{outcome, AccessLog};
 use super::relay::body::ResponseBody;
 use super::request_id::{RequestId, REQUEST_ID};
 use crate::error::{ErrorKind, GatewayError};
 use crate::http::listener::{self, Service};
 use crate::http::server::{Handled, Handler, HeadError, RequestBody, Timeouts};
+use crate::observe::finished::route;
 use crate::reload::Runtime;
 
 /// Runs the requests of one connection.
@@ -47,8 +49,20 @@ impl Handler for Gateway {
             ErrorKind::BadRequest
         };
         let mut resp = GatewayError::new(kind, error.code, error.message).into_response();
-        resp.headers_mut()
-            .insert(&REQUEST_ID, RequestId::of(&HeaderMap::new()).into_header());
+        let rid = RequestId::of(&HeaderMap::new());
+        if self.runtime.current().config.metrics.enabled {
+            // A head refused before routing still counts as a request the client got an
+            // answer to.
+            // The head was not read: no method or path to tell.
+            let mut record = AccessLog::new(false, rid.clone(), http::Method::GET, "")
+                .metered(true, route::OTHER);
+            record.client_ip = Some(self.peer);
+            record.status = resp.status().as_u16();
+            record.outcome = Some(outcome::REJECTED);
+            record.error = Some(error.code);
+            record.emit();
+        }
+        resp.headers_mut().insert(&REQUEST_ID, rid.into_header());
         resp
     }
 }
@@ -65,6 +79,11 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'a,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    if req.uri().path() == crate::observe::scrape::PATH {
+        if let Some(resp) = crate::observe::scrape::on_main_listener(&runtime, peer, &req) {
+            return Box::pin(async move { resp });
+        }
+    }
     if req.uri().path().starts_with("/admin/") || req.uri().path() == "/admin" {
         // The admin endpoint reads no body.
         let req = req.map(|_| ());

@@ -53,7 +53,8 @@ pub struct Finished<'a> {
     pub error: Option<&'static str>,
     pub request_id: &'a str,
     pub duration: Duration,
-    /// Arrival to the first byte of the answer's body.
+    /// Streams: arrival to the first event carrying content or a tool call; other answers:
+    /// to the first byte of the body.
     pub ttft: Option<Duration>,
     pub stream: bool,
     pub input_tokens: u64,

@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{BuildError, Config};
 use crate::gateway::generation::Generation;
+use crate::observe::metrics;
 
 /// The outcome of the last reload attempt, for `GET /admin/status`.
 #[derive(Debug, Clone)]
@@ -42,6 +43,7 @@ impl Runtime {
         let config_path = config.source.clone();
         let generation = Generation::build(config, 1)?;
         crate::usage::shared::follow_store(generation.store.as_ref());
+        metrics::generation_serving(generation.number, generation.config.metrics.max_models);
         Ok(Arc::new(Runtime {
             current: ArcSwap::from_pointee(generation),
             next_number: AtomicU64::new(2),
@@ -109,13 +111,16 @@ impl Runtime {
                     tracing::warn!("listen / workers changed: they take effect after a restart");
                 }
                 crate::usage::shared::follow_store(generation.store.as_ref());
+                metrics::generation_serving(n, generation.config.metrics.max_models);
                 self.current.store(Arc::new(generation));
                 self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                metrics::reload_result(true);
                 tracing::info!(generation = n, trigger, "configuration reloaded");
                 Ok(n)
             }
             Err(e) => {
                 self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                metrics::reload_result(false);
                 tracing::error!(trigger, error = %e, "reload failed; continuing with the previous configuration");
                 Err(e)
             }

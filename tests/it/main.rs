@@ -26,6 +26,7 @@ mod http1_server;
 mod ip_acl;
 mod key_policy;
 mod logs;
+mod metrics;
 mod mock_endpoints;
 mod models;
 mod otel;

@@ -249,7 +249,7 @@ fn on_event(ev) {
     }
     assert_eq!(content, "HELLO FROM THE SOPHGATE");
     assert_eq!(last_n, 4, "ctx carried across events");
-    assert!(text.ends_with("data: [DONE]\n\n"));
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
 }
 
 /// An `on_event` hook that fails mid-stream ends the stream with an error event whose type

@@ -10,6 +10,7 @@ mod forward_headers;
 mod keys;
 mod listen;
 mod logging;
+mod metrics;
 mod otel;
 mod plugins;
 mod store;
@@ -27,6 +28,7 @@ use super::{Config, ConfigError, ConfigErrors, Locator};
 pub use super::yaml_path::key_label;
 pub use acl::parse_net;
 pub use keys::{hash_key, parse_key_id, parse_time};
+pub use metrics::DEFAULT_MAX_MODELS;
 
 pub const DEFAULT_API_HOST: &str = "https://www.sophnet.com";
 pub const DEFAULT_CHAT_PATH: &str = "/api/open-apis/v1/chat/completions";
@@ -161,6 +163,7 @@ pub fn validate(
     let forward_headers = forward_headers::forward_headers(&mut c, raw.forward_headers);
     let store = store::store(&mut c, raw.store);
     let otel = otel::otel(&mut c, raw.otel);
+    let metrics = metrics::metrics(&mut c, raw.metrics);
 
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
@@ -191,6 +194,7 @@ pub fn validate(
         store,
         pricing,
         otel,
+        metrics,
         warnings: c.warnings,
         ca_files,
         locator: c.locator,

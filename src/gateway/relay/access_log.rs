@@ -1,16 +1,12 @@
-//! Stage 7: one line per request, written when the response body is finished (or dropped, if
-//! the client went away), so latency, time to first byte and bytes are the real ones.
+//! Stage 7: the in-flight record of a request, finished when the response body is (or dropped,
+//! if the client went away), so latency, time to first byte and bytes are the real ones. It
+//! becomes the access log line (when on) and the end record of [`crate::observe::finished`]
+//! (always: the status page's live statistics read every request).
 //! It never holds a key or an `Authorization` value: only the principal's label.
-//! The same record feeds the status page's live statistics ([`crate::observe::live`]) when it
-//! ends, whether or not the log line is written.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use crate::gateway::relay::usage::UsageTally;
-use crate::gateway::routes::{route, Route};
-use crate::observe::live;
 
 pub const TARGET: &str = "sophgate::access";
 
@@ -20,11 +16,7 @@ pub struct AccessLog {
     pub request_id: crate::gateway::request_id::RequestId,
     /// When the request began.
     pub start: Option<Instant>,
-    /// The route's name for the live statistics (`chat`, `models`, `passthrough`, …).
-    pub route: &'static str,
-    /// Real token usage, when the answer's usage is read (keys with `tpm`).
-    pub usage: Option<Arc<UsageTally>>,
-    /// Written (or, with the log off, counted) already.
+    /// The record has gone to the log and the end record's consumers.
     pub done: bool,
     pub client_ip: Option<IpAddr>,
     pub principal: Option<Arc<str>>,
@@ -43,6 +35,20 @@ pub struct AccessLog {
     /// The answer has no body to send (HEAD, 204, 304): the server drops it unread, which is
     /// not a client leaving.
     pub bodiless: bool,
+    /// The generation has metrics on: the end record goes to them.
+    pub metrics: bool,
+    /// The `route` label (see `observe::finished::route`).
+    pub route: &'static str,
+    /// The upstream whose answer the client got.
+    pub upstream: Option<Arc<str>>,
+    /// Streams: arrival to the first content event (plain answers use `first_byte`).
+    pub first_token: Option<Duration>,
+    pub token_gaps: Option<crate::observe::histogram::LocalHistogram>,
+    pub usage: Option<crate::observe::finished::Usage>,
+    /// What the usage taps read of the answer (when no stream tap did).
+    pub tally: Option<Arc<crate::gateway::relay::usage::UsageTally>>,
+    /// Keeps `sophgate_inflight_requests` up until the record is dropped.
+    pub inflight: Option<crate::observe::metrics::Inflight>,
 }
 
 /// The values of the access log's `outcome` field (README, "Logs").
@@ -81,13 +87,10 @@ impl AccessLog {
         method: http::Method,
         path: &str,
     ) -> Self {
-        live::started();
         AccessLog {
             enabled,
             request_id,
             start: Some(Instant::now()),
-            route: route_label(path),
-            usage: None,
             done: false,
             client_ip: None,
             principal: None,
@@ -106,7 +109,43 @@ impl AccessLog {
             outcome: None,
             error: None,
             bodiless: false,
+            metrics: false,
+            route: crate::observe::finished::route::OTHER,
+            upstream: None,
+            first_token: None,
+            token_gaps: None,
+            usage: None,
+            tally: None,
+            inflight: None,
         }
+    }
+
+    /// The record of a `route` request; with `metrics` on it goes to them when it ends, and
+    /// counts as in flight until then.
+    pub fn metered(mut self, metrics: bool, route: &'static str) -> Self {
+        self.route = route;
+        if route != crate::observe::finished::route::ADMIN {
+            // Paired with the live statistics' `record` when the record ends (see
+            // `observe::finished::finished`).
+            crate::observe::live::started();
+        }
+        if metrics {
+            self.metrics = true;
+            self.inflight = Some(crate::observe::metrics::Inflight::enter(route));
+        }
+        self
+    }
+
+    /// Whether the record is still to go out (it goes once, when the request ends).
+    pub fn wanted(&self) -> bool {
+        !self.done
+    }
+
+    /// Takes what a stream tap saw of the answer.
+    pub fn absorb(&mut self, tap: crate::observe::stream_tap::StreamTap) {
+        self.first_token = tap.first_token;
+        self.token_gaps = tap.token_gaps;
+        self.usage = tap.usage;
     }
 
     /// Called for every body frame sent to the client.
@@ -117,42 +156,51 @@ impl AccessLog {
         self.bytes += n as u64;
     }
 
-    /// Not yet ended: the answer is still on its way.
-    pub fn pending(&self) -> bool {
-        !self.done
-    }
-
-    /// What the live statistics take of this record.
-    fn finished(&self) -> live::Finished<'_> {
-        let (input_tokens, output_tokens) = self.usage.as_ref().map_or((0, 0), |u| u.get());
-        live::Finished {
-            route: self.route,
-            key: self.principal.as_deref(),
-            model: self.model.as_deref(),
-            status: self.status,
-            error: self.error,
-            request_id: self.request_id.as_str(),
-            duration: self.start.map_or(Duration::ZERO, |s| s.elapsed()),
-            ttft: self.first_byte,
-            stream: self.stream,
-            input_tokens,
-            output_tokens,
-        }
-    }
-
     pub fn emit(&mut self) {
         if self.done {
             return;
         }
         self.done = true;
-        live::record(&self.finished());
-        if !self.enabled {
-            return;
+        let (log, metrics) = (self.enabled, self.metrics);
+        let duration = self.start.map(|s| s.elapsed()).unwrap_or_default();
+        if log {
+            self.write_line(duration);
         }
+        crate::observe::finished::finished(&crate::observe::finished::Finished {
+            request_id: self.request_id.as_str(),
+            route: self.route,
+            method: &self.method,
+            path: &self.path,
+            client_ip: self.client_ip,
+            key: self.principal.as_ref(),
+            model: self.model.as_deref(),
+            upstream: self.upstream.as_ref(),
+            status: self.status,
+            outcome: self.outcome.unwrap_or(outcome::CLIENT_GONE),
+            error: self.error,
+            stream: self.stream,
+            duration,
+            ttft: if self.stream {
+                self.first_token
+            } else {
+                self.first_byte
+            },
+            token_gaps: self.token_gaps.as_ref(),
+            usage: self.usage.or_else(|| {
+                let (input, output) = self.tally.as_ref()?.get();
+                (input + output > 0).then_some(crate::observe::finished::Usage { input, output })
+            }),
+            bytes: self.bytes,
+            metrics,
+        });
+        self.inflight = None;
+    }
+
+    fn write_line(&self, latency: Duration) {
         // Numbers, so a JSON log holds numbers (rounded to the microsecond); no time to first
         // byte (nothing was sent) leaves the field out.
         let ms = |d: Duration| (d.as_secs_f64() * 1_000_000.0).round() / 1000.0;
-        let latency_ms = self.start.map_or(0.0, |s| ms(s.elapsed()));
+        let latency_ms = ms(latency);
         let ttfb_ms = self.first_byte.map(ms);
         tracing::info!(
             target: TARGET,
@@ -171,17 +219,6 @@ impl AccessLog {
             error = self.error.unwrap_or("-"),
             "request"
         );
-    }
-}
-
-/// The route's name as the live statistics and metrics label it.
-fn route_label(path: &str) -> &'static str {
-    match route(path) {
-        Route::ChatCompletions => "chat",
-        Route::Models => "models",
-        Route::V1(_) => "passthrough",
-        Route::Health => "health",
-        Route::NotFound => "other",
     }
 }
 

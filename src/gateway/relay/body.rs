@@ -14,6 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use crate::gateway::relay::access_log::{outcome, AccessLog};
 use crate::gateway::relay::sse::{error_event, SseFramer};
 use crate::http::client::pool::PooledBody;
+use crate::observe::stream_tap::StreamTap;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -100,6 +101,10 @@ pub struct Relay {
     stopped: Option<(&'static str, &'static str)>,
     filters: Vec<Box<dyn EventFilter>>,
     observers: Vec<Box<dyn BodyObserver>>,
+    /// Reads the answer for the end record (first token, token gaps, usage).
+    tap: Option<Box<StreamTap>>,
+    /// The upstream it comes from, for the end record.
+    upstream: Option<std::sync::Arc<str>>,
     /// Released when the body is finished or dropped.
     _guards: Vec<Guard>,
 }
@@ -119,6 +124,8 @@ impl Relay {
             stopped: None,
             filters: Vec::new(),
             observers: Vec::new(),
+            tap: None,
+            upstream: None,
             _guards: Vec::new(),
         }
     }
@@ -157,10 +164,15 @@ impl Relay {
         self.observers.push(o);
     }
 
+    /// Reads the answer for the end record; sees each event before the filters do.
+    pub fn tap(&mut self, tap: StreamTap) {
+        self.tap = Some(Box::new(tap));
+    }
+
     /// Runs the filters over a block of complete events; `None` if every event was dropped.
     /// Until some event changes the block passes through as it is (no copy).
     fn apply_filters(&mut self, block: Bytes) -> Option<Bytes> {
-        if self.filters.is_empty() {
+        if self.filters.is_empty() && self.tap.is_none() {
             return Some(block);
         }
         let mut out: Option<bytes::BytesMut> = None;
@@ -169,6 +181,9 @@ impl Relay {
             let end = next_event_end(&block, start);
             let event = &block[start..end];
             let mut current: Option<Bytes> = None;
+            if let Some(tap) = self.tap.as_mut() {
+                tap.on_event(event);
+            }
             let mut dropped = false;
             for f in self.filters.iter_mut() {
                 match f.on_event(current.as_deref().unwrap_or(event)) {
@@ -232,12 +247,13 @@ impl Relay {
                             for o in self.observers.iter_mut() {
                                 o.on_chunk(&chunk);
                             }
+                            if let Some(t) = self.tap.as_mut() {
+                                t.on_chunk(&chunk);
+                            }
                             self.relayed += chunk.len() as u64;
                             if self.expected_len.is_some_and(|n| self.relayed >= n) {
                                 self.done = true;
-                                for o in self.observers.iter_mut() {
-                                    o.on_end();
-                                }
+                                self.observers_end();
                             }
                             return Poll::Ready(Some(Ok(chunk)));
                         }
@@ -257,9 +273,7 @@ impl Relay {
                 }
                 Poll::Ready(None) => {
                     self.done = true;
-                    for o in self.observers.iter_mut() {
-                        o.on_end();
-                    }
+                    self.observers_end();
                     // An unterminated last event is passed on as it came.
                     let rest = self.sse.as_mut().and_then(|f| f.take_rest());
                     return Poll::Ready(rest.map(Ok));
@@ -291,6 +305,17 @@ impl Relay {
                     return Poll::Pending;
                 }
             }
+        }
+    }
+}
+
+impl Relay {
+    fn observers_end(&mut self) {
+        for o in self.observers.iter_mut() {
+            o.on_end();
+        }
+        if let Some(t) = self.tap.as_mut() {
+            t.on_end();
         }
     }
 }
@@ -336,6 +361,13 @@ impl ResponseBody {
         }
     }
 
+    /// The upstream whose answer this is.
+    pub fn served_by(&mut self, upstream: std::sync::Arc<str>) {
+        if let Inner::Relay(r) = &mut self.inner {
+            r.upstream = Some(upstream);
+        }
+    }
+
     pub fn relay(relay: Relay) -> Self {
         ResponseBody {
             inner: Inner::Relay(Box::new(relay)),
@@ -357,6 +389,25 @@ impl ResponseBody {
 
     pub fn set_log(&mut self, log: Box<AccessLog>) {
         self.log = Some(log);
+    }
+
+    /// Hands the tap's findings to the record and finishes it.
+    fn end_log(&mut self) {
+        if let Some(mut log) = self.log.take() {
+            self.absorb_tap(&mut log);
+            log.emit();
+        }
+    }
+
+    fn absorb_tap(&mut self, log: &mut AccessLog) {
+        if let Inner::Relay(r) = &mut self.inner {
+            if let Some(tap) = r.tap.take() {
+                log.absorb(*tap);
+            }
+            if let Some(upstream) = r.upstream.take() {
+                log.upstream = Some(upstream);
+            }
+        }
     }
 }
 
@@ -431,22 +482,16 @@ impl Body for ResponseBody {
                 }
                 if this.is_end_stream() {
                     // The last chunk (by Content-Length): the end may never be polled.
-                    if let Some(mut log) = this.log.take() {
-                        log.emit();
-                    }
+                    this.end_log();
                 }
                 Poll::Ready(Some(Ok(Frame::data(bytes))))
             }
             Some(Err(e)) => {
-                if let Some(mut log) = this.log.take() {
-                    log.emit();
-                }
+                this.end_log();
                 Poll::Ready(Some(Err(e)))
             }
             None => {
-                if let Some(mut log) = this.log.take() {
-                    log.emit();
-                }
+                this.end_log();
                 Poll::Ready(None)
             }
         }
@@ -470,8 +515,12 @@ impl Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
+        if let Some(mut log) = self.log.take() {
+            self.absorb_tap(&mut log);
+            self.log = Some(log);
+        }
         if let Some(log) = self.log.as_mut() {
-            if log.pending() && !log.bodiless {
+            if log.wanted() && !log.bodiless {
                 let unfinished = match &self.inner {
                     Inner::Full(b) => b.is_some(),
                     Inner::Relay(r) => !r.done,

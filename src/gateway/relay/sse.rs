@@ -86,6 +86,29 @@ pub fn error_event(message: &str, kind: &str, code: &str) -> Bytes {
     Bytes::from(format!("data: {body}\n\n"))
 }
 
+/// Where `needle` first occurs in `haystack`. Compares whole needles only where the first
+/// byte matches: events are scanned on every stream, in debug builds too.
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    let (&first, rest) = needle.split_first()?;
+    let last_start = haystack.len().checked_sub(needle.len())?;
+    (0..=last_start).find(|&i| haystack[i] == first && haystack[i + 1..].starts_with(rest))
+}
+
+/// Whether a JSON event has a `"usage"` key holding an object (not `null`).
+pub fn has_usage_object(event: &[u8]) -> bool {
+    let mut rest = event;
+    while let Some(i) = find(rest, b"\"usage\"") {
+        rest = &rest[i + 7..];
+        let after = rest.trim_ascii_start();
+        if let Some(value) = after.strip_prefix(b":") {
+            if value.trim_ascii_start().first() == Some(&b'{') {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +184,18 @@ mod tests {
             f.push(Bytes::from_static(b"\n")).unwrap(),
             Bytes::from_static(b"data: 1\n\n")
         );
+    }
+
+    #[test]
+    fn finds_needles_and_usage_objects() {
+        assert_eq!(find(b"abcabd", b"abd"), Some(3));
+        assert_eq!(find(b"ab", b"abc"), None);
+        assert_eq!(find(b"abc", b""), None);
+        assert!(has_usage_object(
+            br#"data: {"choices":[],"usage": {"total_tokens":3}}"#
+        ));
+        assert!(has_usage_object(br#"{"usage":{"a":1}}"#));
+        assert!(!has_usage_object(br#"{"usage":null,"x":"usage"}"#));
+        assert!(!has_usage_object(br#"{"content":"no usage here"}"#));
     }
 }

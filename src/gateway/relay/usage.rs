@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::gateway::relay::body::{BodyObserver, EventAction, EventFilter};
+use crate::gateway::relay::sse::has_usage_object;
 use crate::gateway::stages::policy::UsageMeter;
 use crate::usage::meter::{read_usage, TokenUsage};
 use crate::usage::RequestMeter;
@@ -89,14 +90,10 @@ fn event_data(event: &[u8]) -> Option<&[u8]> {
     Some(&text[..end])
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
 impl EventFilter for UsageFilter {
     fn on_event(&mut self, event: &[u8]) -> EventAction {
         // Cheap test first: almost every event has no usage object.
-        if !contains(event, b"\"usage\":{") && !contains(event, b"\"usage\": {") {
+        if !has_usage_object(event) {
             return EventAction::Keep;
         }
         let Some(data) = event_data(event) else {

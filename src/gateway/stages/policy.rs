@@ -103,7 +103,10 @@ pub enum Slot {
     Shared(Lease),
 }
 
-fn limited(what: &str, wait: u64) -> GatewayError {
+/// 429 for one of a key's limits (`limit`: `rpm`, `tpm` or `max_concurrent`), counted in
+/// `sophgate_rate_limited_total`.
+fn limited(key: &Arc<str>, limit: &'static str, what: &str, wait: u64) -> GatewayError {
+    crate::observe::metrics::rate_limited(key, limit);
     GatewayError::new(
         ErrorKind::RateLimited,
         "rate_limit_exceeded",
@@ -149,24 +152,27 @@ impl KeyPolicy {
 
     /// Admits one request under rpm / tpm / concurrency: in the shared store when there is one
     /// (one round trip), else (or when it fails and `on_error` is `allow`) in process.
-    pub async fn admit(&self) -> Result<Option<Slot>, GatewayError> {
+    pub async fn admit(&self, key: &Arc<str>) -> Result<Option<Slot>, GatewayError> {
         let Some(shared) = &self.shared else {
-            return self.admit_local();
+            return self.admit_local(key);
         };
         match shared.admit().await {
             Ok(Verdict::Admitted(lease)) => Ok(lease.map(Slot::Shared)),
             Ok(Verdict::Limited { limit, wait }) => {
                 let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
                 Err(match limit {
-                    Limit::Rpm => limited("requests per minute", secs),
-                    Limit::Tpm => limited("tokens per minute", secs),
-                    Limit::Concurrency => {
-                        limited(&format!("{} concurrent requests", self.max_concurrent), 1)
-                    }
+                    Limit::Rpm => limited(key, "rpm", "requests per minute", secs),
+                    Limit::Tpm => limited(key, "tpm", "tokens per minute", secs),
+                    Limit::Concurrency => limited(
+                        key,
+                        "max_concurrent",
+                        &format!("{} concurrent requests", self.max_concurrent),
+                        1,
+                    ),
                 })
             }
             Err(_) => match shared.store().on_error() {
-                OnStoreError::Allow => self.admit_local(),
+                OnStoreError::Allow => self.admit_local(key),
                 OnStoreError::Deny => Err(GatewayError::new(
                     ErrorKind::Unavailable,
                     "limits_unavailable",
@@ -200,21 +206,27 @@ impl KeyPolicy {
     }
 
     /// Admits one request under this process's rpm / tpm / concurrency, or answers 429 with
-    /// Retry-After. The returned slot holds the concurrency permit until the response ends.
-    pub fn admit_local(&self) -> Result<Option<Slot>, GatewayError> {
+    /// Retry-After (`key` is the key's label, for `sophgate_rate_limited_total`). The returned
+    /// slot holds the concurrency permit until the response ends.
+    pub fn admit_local(&self, key: &Arc<str>) -> Result<Option<Slot>, GatewayError> {
         if let Some(tpm) = &self.tpm {
             tpm.has_room()
-                .map_err(|w| limited("tokens per minute", w))?;
+                .map_err(|w| limited(key, "tpm", "tokens per minute", w))?;
         }
         let permit = match &self.concurrency {
             Some(sem) => Some(sem.clone().try_acquire_owned().map_err(|_| {
-                limited(&format!("{} concurrent requests", self.max_concurrent), 1)
+                limited(
+                    key,
+                    "max_concurrent",
+                    &format!("{} concurrent requests", self.max_concurrent),
+                    1,
+                )
             })?),
             None => None,
         };
         if let Some(rpm) = &self.rpm {
             rpm.take_one()
-                .map_err(|w| limited("requests per minute", w))?;
+                .map_err(|w| limited(key, "rpm", "requests per minute", w))?;
         }
         Ok(permit.map(Slot::Local))
     }

@@ -24,6 +24,16 @@ use crate::scripting::{
 /// The one mapping from a script failure to what the client sees: a thrown status and
 /// message as they are, anything else a 500 naming only the plugin (details are in the log).
 pub fn failure_to_error(f: ScriptFailure) -> GatewayError {
+    failure_in("", f)
+}
+
+/// [`failure_to_error`] for a failure in `hook`, counted in `sophgate_script_errors_total`.
+fn failure_in(hook: &'static str, f: ScriptFailure) -> GatewayError {
+    if let ScriptFailure::Error { plugin } = &f {
+        if !hook.is_empty() {
+            crate::observe::metrics::script_error(plugin, hook);
+        }
+    }
     match f {
         ScriptFailure::Thrown { status, message } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -98,7 +108,9 @@ pub fn on_request(
         key: view.key.to_owned(),
         ctx: rhai::Map::new(),
     };
-    plugins.on_request(&mut sreq).map_err(failure_to_error)?;
+    plugins
+        .on_request(&mut sreq)
+        .map_err(|f| failure_in("on_request", f))?;
     Ok(RequestEdits {
         path: (sreq.path != planned_path).then_some(sreq.path),
         headers: sreq.headers,
@@ -134,7 +146,9 @@ pub async fn on_response(
         body: json.unwrap_or(serde_json::Value::Null),
         ctx,
     };
-    plugins.on_response(&mut res).map_err(failure_to_error)?;
+    plugins
+        .on_response(&mut res)
+        .map_err(|f| failure_in("on_response", f))?;
     parts.status = StatusCode::from_u16(res.status).unwrap_or(parts.status);
     parts.headers = res.headers;
     let bytes = if had_json || !res.body.is_null() {
@@ -222,7 +236,7 @@ impl EventFilter for ScriptEventFilter {
             }
             Err(f) => {
                 // The script failed, not the upstream: the closing event says so.
-                let e = failure_to_error(f);
+                let e = failure_in("on_event", f);
                 EventAction::Stop {
                     event: error_event(&e.message, SCRIPT_ERROR_TYPE, e.code),
                     outcome: outcome::SCRIPT_ERROR,

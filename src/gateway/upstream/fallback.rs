@@ -16,6 +16,7 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::relay::body::ResponseBody;
 use crate::gateway::request_id::RequestId;
 use crate::observe::live;
+use crate::observe::metrics::{self, attempt};
 use crate::observe::trace::RequestTrace;
 
 /// Retry-After longer than this is not waited out for a retry on the same upstream.
@@ -113,6 +114,12 @@ pub async fn send(
                     s.failed(e.code);
                 }
                 tracing::debug!(request_id = %rid, upstream = %upstream.name, code = e.code, "attempt failed");
+                let outcome = if e.kind == ErrorKind::GatewayTimeout {
+                    attempt::TIMEOUT
+                } else {
+                    attempt::CONNECT_ERROR
+                };
+                metrics::upstream_attempt(&upstream.label, outcome);
                 last_err = Some(e);
             }
             Ok(mut resp) => {
@@ -132,6 +139,7 @@ pub async fn send(
                     if status == StatusCode::UNAUTHORIZED && c.is_fetched() && !refetched {
                         // The token may have been revoked early: refetch once, same upstream.
                         refetched = true;
+                        metrics::upstream_attempt(&upstream.label, attempt::HTTP_4XX);
                         c.invalidate(l);
                         drop(resp);
                         tracing::info!(request_id = %rid, credential = c.name(), "upstream refused the token; refetching once");
@@ -144,6 +152,10 @@ pub async fn send(
                     {
                         // That key now cools down; one other key of the pool gets a go.
                         pool_retried = true;
+                        metrics::upstream_attempt(
+                            &upstream.label,
+                            attempt::of_status(status.as_u16()),
+                        );
                         drop(resp);
                         continue;
                     }
@@ -164,8 +176,11 @@ pub async fn send(
                     if let (Some(t), Some(s)) = (trace, span) {
                         t.keep_attempt(s);
                     }
+                    // Counted when the answer ends (it may yet break).
+                    resp.body_mut().served_by(upstream.label.clone());
                     return Ok(resp);
                 }
+                metrics::upstream_attempt(&upstream.label, attempt::of_status(status.as_u16()));
                 tracing::debug!(request_id = %rid, upstream = %upstream.name, status = status.as_u16(), "retrying on the next upstream");
                 drop(resp);
                 let mut wait = backoff(p.plan.backoff, attempt);

@@ -26,6 +26,8 @@ use crate::http::{headers, wire};
 #[derive(Debug)]
 pub struct Upstream {
     pub name: String,
+    /// `name`, shared: the `upstream` label of the metrics and the end record.
+    pub label: Arc<str>,
     /// Name of the credential this upstream uses, if any.
     pub credential: Option<String>,
     /// Proxied requests, targets the pool cannot send as they are, and the model list.
@@ -205,6 +207,7 @@ impl Upstream {
         };
         Ok(Upstream {
             name: def.name.clone(),
+            label: Arc::from(def.name.as_str()),
             credential: def.credential.clone(),
             client,
             pool,

@@ -67,3 +67,6 @@ pub use plugin::{
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod lazy_tests;

@@ -120,7 +120,7 @@ pub fn of_hook(ast: &AST, hook: &str, body_field: &str) -> Reach {
                     if name == body_field {
                         let parent = path.len().checked_sub(2).and_then(|i| path.get(i));
                         let bare = BareUse {
-                            node: *e,
+                            node: e,
                             parent,
                             special_calls,
                         };

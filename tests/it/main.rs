@@ -22,6 +22,7 @@ mod forward_headers;
 mod http1_server;
 mod ip_acl;
 mod key_policy;
+mod lazy_scripts;
 mod logs;
 mod mock_endpoints;
 mod models;

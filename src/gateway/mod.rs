@@ -276,7 +276,7 @@ where
             aliases: &cfg.field_aliases,
             rename_to: plan.rename_to.as_deref(),
             inject_usage: injected_usage,
-            tree_for_scripts: hooks,
+            tree_for_scripts: generation.plugins.request_body_reached(),
         },
     )?;
     let mut target = match route {
@@ -312,8 +312,8 @@ where
         headers = out.headers;
         if let Some(v) = out.body {
             body_value = Some(v);
-            body_changed = true;
         }
+        body_changed |= out.body_changed;
         script_ctx = Some(out.ctx);
     }
     let reencoded = match body_value.filter(|_| body_changed) {

@@ -54,11 +54,19 @@
 pub mod api;
 pub mod bundled;
 pub mod engine;
+mod outcome;
+mod partial;
 pub mod plugin;
+mod reach;
 
 pub use api::{EventData, EventOutcome, ScriptEvent, ScriptRequest, ScriptResponse};
 pub use bundled::bundled;
-pub use plugin::{PluginSpec, Plugins, ScriptCompileError, ScriptFailure, ScriptLimits};
+pub use plugin::{
+    Edited, EventVerdict, PluginSpec, Plugins, ScriptCompileError, ScriptFailure, ScriptLimits,
+};
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod lazy_tests;

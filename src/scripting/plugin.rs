@@ -14,10 +14,15 @@ use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Map, ParseError, Posit
 use serde_json::Value;
 
 use super::api::{
-    check_headers, dynamic_to_json, headers_from_dynamic, headers_to_dynamic, is_plain_data,
-    json_to_dynamic, object, EventData, EventOutcome, ScriptEvent, ScriptRequest, ScriptResponse,
+    headers_from_dynamic, headers_to_dynamic, is_plain_data, json_to_dynamic, object, EventData,
+    EventOutcome, ScriptEvent, ScriptRequest, ScriptResponse,
 };
 use super::engine::{self, ActiveGuard, HOOK_NAMES, LOG_TARGET};
+use super::outcome::{
+    check_event, check_request, check_response, field, innermost, status_of, take_ctx, thrown,
+};
+use super::partial;
+use super::reach::{self, BodyReach, Reach};
 
 pub use super::engine::ScriptLimits;
 
@@ -92,6 +97,25 @@ impl fmt::Display for ScriptFailure {
 
 impl std::error::Error for ScriptFailure {}
 
+/// What the hooks of one call changed that the caller cannot see from the value alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Edited {
+    /// The body differs from the one given: it must be encoded again. When `false` the body
+    /// is the value it came as, and its bytes can go on untouched.
+    pub body: bool,
+}
+
+/// An SSE event after the `on_event` hooks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventVerdict {
+    /// Send the event as it came, byte for byte.
+    Unchanged,
+    /// Send it with this data.
+    Changed(EventData),
+    /// A hook set `ev.drop = true`.
+    Drop,
+}
+
 // === hooks ===
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +140,14 @@ impl Hook {
         HOOK_NAMES[self.index()]
     }
 
+    /// The argument's field holding the JSON body.
+    const fn body_field(self) -> &'static str {
+        match self {
+            Hook::Request | Hook::Response => "body",
+            Hook::Event => "data",
+        }
+    }
+
     fn from_name(name: &str) -> Option<Hook> {
         Hook::ALL.into_iter().find(|h| h.name() == name)
     }
@@ -129,6 +161,8 @@ struct Plugin {
     /// call's fresh scope.
     constants: Vec<(String, Dynamic)>,
     hooks: [bool; 3],
+    /// What each hook can reach of its argument.
+    reach: [Reach; 3],
 }
 
 /// The compiled plugins of one config generation, in config order. `Send + Sync`; the hook
@@ -140,6 +174,8 @@ pub struct Plugins {
     /// Native stack a hook call may need (see [`engine::with_stack`]).
     stack_needed: usize,
     any_hook: [bool; 3],
+    /// What the hooks of each kind can reach of their argument, joined over the plugins.
+    reach: [Reach; 3],
 }
 
 impl fmt::Debug for Plugins {
@@ -180,8 +216,13 @@ impl Plugins {
             return Err(errors);
         }
         let mut any_hook = [false; 3];
+        let mut reach: [Reach; 3] = Default::default();
         for hook in Hook::ALL {
-            any_hook[hook.index()] = plugins.iter().any(|p| p.hooks[hook.index()]);
+            let i = hook.index();
+            any_hook[i] = plugins.iter().any(|p| p.hooks[i]);
+            for p in plugins.iter().filter(|p| p.hooks[i]) {
+                reach[i].add(&p.reach[i]);
+            }
         }
         Ok(Plugins {
             engine,
@@ -189,6 +230,7 @@ impl Plugins {
             max_wall_time: limits.max_wall_time,
             stack_needed,
             any_hook,
+            reach,
         })
     }
 
@@ -213,65 +255,109 @@ impl Plugins {
         self.any_hook[Hook::Event.index()]
     }
 
+    /// Whether an `on_request` hook can reach `req.body`: only then must the body be parsed.
+    pub fn request_body_reached(&self) -> bool {
+        self.body_reached(Hook::Request)
+    }
+
+    /// Whether an `on_response` hook can reach `res.body`.
+    pub fn response_body_reached(&self) -> bool {
+        self.body_reached(Hook::Response)
+    }
+
+    fn body_reached(&self, hook: Hook) -> bool {
+        self.any_hook[hook.index()] && *self.reach[hook.index()].body() != BodyReach::Untouched
+    }
+
     /// Runs every plugin's `on_request` in config order. Scripts see and may change
     /// `req.body`, `req.headers`, `req.path` and `req.ctx`; `req.method`, `req.client_ip` and
     /// `req.key` are informative (changes to them are ignored). On error `req` is left partly
     /// updated (its `ctx` is gone); the request must then be answered with the failure.
     pub fn on_request(&self, req: &mut ScriptRequest) -> Result<(), ScriptFailure> {
+        self.on_request_edited(req).map(|_| ())
+    }
+
+    /// [`on_request`](Self::on_request), telling whether the body changed.
+    pub fn on_request_edited(&self, req: &mut ScriptRequest) -> Result<Edited, ScriptFailure> {
         let Some(first) = self.first_with(Hook::Request) else {
-            return Ok(());
+            return Ok(Edited::default());
         };
-        let body = json_to_dynamic(&req.body)
-            .map_err(|e| self.fail(first, Hook::Request, "cannot convert the body", &e))?;
-        let arg = object([
-            ("body", body),
-            ("headers", headers_to_dynamic(&req.headers)),
+        let reach = &self.reach[Hook::Request.index()];
+        let mut arg = object([
             ("path", Dynamic::from(req.path.clone())),
             ("method", Dynamic::from(req.method.clone())),
             ("client_ip", Dynamic::from(req.client_ip.clone())),
             ("key", Dynamic::from(req.key.clone())),
             ("ctx", Dynamic::from_map(std::mem::take(&mut req.ctx))),
         ]);
-        let (last, mut fields) = self.run_chain(first, Hook::Request, arg, check_request)?;
+        let with_headers = reach.field("headers");
+        if with_headers {
+            arg.insert("headers".into(), headers_to_dynamic(&req.headers));
+        }
+        let body = partial::to_script(&req.body, reach.body())
+            .map_err(|e| self.fail(first, Hook::Request, "cannot convert the body", &e))?;
+        if let Some(body) = body {
+            arg.insert("body".into(), body);
+        }
+        let check = |map: &Map| check_request(map, with_headers);
+        let (last, mut fields) = self.run_chain(first, Hook::Request, arg, &check)?;
         let fail = |what: &str, e: &str| self.fail(last, Hook::Request, what, e);
 
-        let headers = field(&mut fields, "headers");
-        req.headers = headers_from_dynamic(&headers).map_err(|e| fail("bad req.headers", &e))?;
+        if with_headers {
+            let headers = field(&mut fields, "headers");
+            req.headers =
+                headers_from_dynamic(&headers).map_err(|e| fail("bad req.headers", &e))?;
+        }
         req.path = field(&mut fields, "path")
             .into_immutable_string()
             .map_err(|t| fail("bad req.path", t))?
             .to_string();
-        req.body =
-            dynamic_to_json(&field(&mut fields, "body")).map_err(|e| fail("bad req.body", &e))?;
+        let body = partial::merge(&mut req.body, field(&mut fields, "body"), reach.body())
+            .map_err(|e| fail("bad req.body", &e))?;
         req.ctx = take_ctx(&mut fields).map_err(|e| fail("bad req.ctx", &e))?;
-        Ok(())
+        Ok(Edited { body })
     }
 
     /// Runs every plugin's `on_response` in config order (non-streamed answers). Scripts may
     /// change `res.status`, `res.headers`, `res.body` and `res.ctx`.
     pub fn on_response(&self, res: &mut ScriptResponse) -> Result<(), ScriptFailure> {
+        self.on_response_edited(res).map(|_| ())
+    }
+
+    /// [`on_response`](Self::on_response), telling whether the body changed.
+    pub fn on_response_edited(&self, res: &mut ScriptResponse) -> Result<Edited, ScriptFailure> {
         let Some(first) = self.first_with(Hook::Response) else {
-            return Ok(());
+            return Ok(Edited::default());
         };
-        let body = json_to_dynamic(&res.body)
-            .map_err(|e| self.fail(first, Hook::Response, "cannot convert the body", &e))?;
-        let arg = object([
+        let reach = &self.reach[Hook::Response.index()];
+        let mut arg = object([
             ("status", Dynamic::from(rhai::INT::from(res.status))),
-            ("headers", headers_to_dynamic(&res.headers)),
-            ("body", body),
             ("ctx", Dynamic::from_map(std::mem::take(&mut res.ctx))),
         ]);
-        let (last, mut fields) = self.run_chain(first, Hook::Response, arg, check_response)?;
+        let with_headers = reach.field("headers");
+        if with_headers {
+            arg.insert("headers".into(), headers_to_dynamic(&res.headers));
+        }
+        let body = partial::to_script(&res.body, reach.body())
+            .map_err(|e| self.fail(first, Hook::Response, "cannot convert the body", &e))?;
+        if let Some(body) = body {
+            arg.insert("body".into(), body);
+        }
+        let check = |map: &Map| check_response(map, with_headers);
+        let (last, mut fields) = self.run_chain(first, Hook::Response, arg, &check)?;
         let fail = |what: &str, e: &str| self.fail(last, Hook::Response, what, e);
 
         res.status =
             status_of(&field(&mut fields, "status")).map_err(|e| fail("bad res.status", &e))?;
-        let headers = field(&mut fields, "headers");
-        res.headers = headers_from_dynamic(&headers).map_err(|e| fail("bad res.headers", &e))?;
-        res.body =
-            dynamic_to_json(&field(&mut fields, "body")).map_err(|e| fail("bad res.body", &e))?;
+        if with_headers {
+            let headers = field(&mut fields, "headers");
+            res.headers =
+                headers_from_dynamic(&headers).map_err(|e| fail("bad res.headers", &e))?;
+        }
+        let body = partial::merge(&mut res.body, field(&mut fields, "body"), reach.body())
+            .map_err(|e| fail("bad res.body", &e))?;
         res.ctx = take_ctx(&mut fields).map_err(|e| fail("bad res.ctx", &e))?;
-        Ok(())
+        Ok(Edited { body })
     }
 
     /// Runs every plugin's `on_event` in config order for one SSE event. A hook may change
@@ -279,33 +365,82 @@ impl Plugins {
     /// remaining plugins. The status is already sent by then, so the caller can only turn a
     /// failure (even [`ScriptFailure::Thrown`]) into an error event that ends the stream.
     pub fn on_event(&self, ev: &mut ScriptEvent) -> Result<EventOutcome, ScriptFailure> {
+        let data = &ev.data;
+        match self.run_on_event(|| data.clone(), &mut ev.ctx)? {
+            EventVerdict::Drop => return Ok(EventOutcome::Drop),
+            EventVerdict::Changed(data) => ev.data = data,
+            EventVerdict::Unchanged => {}
+        }
+        Ok(EventOutcome::Keep)
+    }
+
+    /// [`on_event`](Self::on_event) for an event's `data:` text, parsed only when a hook can
+    /// reach `ev.data`; an event the hooks left as it was comes back [`EventVerdict::Unchanged`].
+    pub fn on_event_text(&self, data: &str, ctx: &mut Map) -> Result<EventVerdict, ScriptFailure> {
+        self.run_on_event(|| EventData::parse(data), ctx)
+    }
+
+    fn run_on_event(
+        &self,
+        data: impl FnOnce() -> EventData,
+        ctx: &mut Map,
+    ) -> Result<EventVerdict, ScriptFailure> {
         let Some(first) = self.first_with(Hook::Event) else {
-            return Ok(EventOutcome::Keep);
+            return Ok(EventVerdict::Unchanged);
         };
-        let data = match &ev.data {
-            EventData::Json(value) => json_to_dynamic(value)
-                .map_err(|e| self.fail(first, Hook::Event, "cannot convert the data", &e))?,
-            EventData::Raw(text) => Dynamic::from(text.clone()),
-        };
-        let arg = object([
-            ("data", data),
-            ("ctx", Dynamic::from_map(std::mem::take(&mut ev.ctx))),
+        let reach = self.reach[Hook::Event.index()].body();
+        let mut arg = object([
+            ("ctx", Dynamic::from_map(std::mem::take(ctx))),
             ("drop", Dynamic::FALSE),
         ]);
-        let (last, mut fields) = self.run_chain(first, Hook::Event, arg, check_event)?;
+        let mut before = None;
+        if *reach != BodyReach::Untouched {
+            let given = data();
+            let value = match &given {
+                EventData::Json(value) => partial::to_script(value, reach)
+                    .map_err(|e| self.fail(first, Hook::Event, "cannot convert the data", &e))?
+                    .unwrap_or(Dynamic::UNIT),
+                EventData::Raw(text) => Dynamic::from(text.clone()),
+            };
+            arg.insert("data".into(), value);
+            before = Some(given);
+        }
+        let (last, mut fields) = self.run_chain(first, Hook::Event, arg, &check_event)?;
         let fail = |what: &str, e: &str| self.fail(last, Hook::Event, what, e);
 
-        ev.ctx = take_ctx(&mut fields).map_err(|e| fail("bad ev.ctx", &e))?;
+        *ctx = take_ctx(&mut fields).map_err(|e| fail("bad ev.ctx", &e))?;
         if field(&mut fields, "drop").as_bool().unwrap_or(false) {
-            return Ok(EventOutcome::Drop);
+            return Ok(EventVerdict::Drop);
         }
-        let data = field(&mut fields, "data");
-        ev.data = if data.is_string() {
-            EventData::Raw(data.to_string())
-        } else {
-            EventData::Json(dynamic_to_json(&data).map_err(|e| fail("bad ev.data", &e))?)
+        let Some(before) = before else {
+            return Ok(EventVerdict::Unchanged);
         };
-        Ok(EventOutcome::Keep)
+        let data = field(&mut fields, "data");
+        if data.is_string() {
+            let text = data.to_string();
+            let same = match &before {
+                EventData::Raw(t) => *t == text,
+                EventData::Json(Value::String(t)) => *t == text,
+                EventData::Json(_) => false,
+            };
+            return Ok(if same {
+                EventVerdict::Unchanged
+            } else {
+                EventVerdict::Changed(EventData::Raw(text))
+            });
+        }
+        // Raw text came in and something else goes out: always a change.
+        let (mut value, raw_before) = match before {
+            EventData::Json(value) => (value, false),
+            EventData::Raw(_) => (Value::Null, true),
+        };
+        let changed =
+            partial::merge(&mut value, data, reach).map_err(|e| fail("bad ev.data", &e))?;
+        Ok(if changed || raw_before {
+            EventVerdict::Changed(EventData::Json(value))
+        } else {
+            EventVerdict::Unchanged
+        })
     }
 
     fn first_with(&self, hook: Hook) -> Option<&Plugin> {
@@ -321,7 +456,7 @@ impl Plugins {
         first: &'a Plugin,
         hook: Hook,
         arg: Map,
-        check: fn(&Map) -> Result<bool, String>,
+        check: &dyn Fn(&Map) -> Result<bool, String>,
     ) -> Result<(&'a Plugin, Map), ScriptFailure> {
         // Shared, so what a hook writes into its argument is visible here and to the next
         // plugin: Rhai passes plain values to script functions by copy.
@@ -506,6 +641,7 @@ fn load(
         }
     }
 
+    let reach = Hook::ALL.map(|h| reach::of_hook(&ast, h.name(), h.body_field()));
     let defined_any = hooks.iter().any(|h| *h);
     for hook in disabled.iter().filter_map(|h| Hook::from_name(h)) {
         hooks[hook.index()] = false;
@@ -528,110 +664,6 @@ fn load(
         ast,
         constants,
         hooks,
+        reach,
     })
-}
-
-// === helpers ===
-
-/// The error that actually happened, under the "error in call to function ..." wrappers that
-/// calls through script functions add.
-fn innermost(mut err: &EvalAltResult) -> &EvalAltResult {
-    loop {
-        match err {
-            EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
-            | EvalAltResult::ErrorInModule(_, inner, _) => err = inner,
-            _ => return err,
-        }
-    }
-}
-
-/// Reads a thrown `#{status, message}`. `status` must be an integer in 400..=599; `message`
-/// defaults to the status's reason phrase.
-fn thrown(value: &Dynamic) -> Result<(u16, String), String> {
-    let map = value
-        .read_lock::<Map>()
-        .ok_or_else(|| format!("threw {value:?}, not #{{status: 400..599, message: \"...\"}}"))?;
-    let status = map
-        .get("status")
-        .and_then(|s| s.as_int().ok())
-        .and_then(|s| u16::try_from(s).ok())
-        .filter(|s| (400..=599).contains(s))
-        .ok_or_else(|| format!("threw {value:?}: `status` must be an integer in 400..=599"))?;
-    let message = match map.get("message") {
-        None => None,
-        Some(m) if m.is_unit() => None,
-        Some(m) => Some(m.to_string()),
-    };
-    let message = message.unwrap_or_else(|| {
-        http::StatusCode::from_u16(status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("error")
-            .to_owned()
-    });
-    Ok((status, message))
-}
-
-fn field(fields: &mut Map, name: &str) -> Dynamic {
-    fields.remove(name).unwrap_or(Dynamic::UNIT)
-}
-
-fn take_ctx(fields: &mut Map) -> Result<Map, String> {
-    let ctx = field(fields, "ctx");
-    ctx.try_cast::<Map>()
-        .ok_or_else(|| String::from("ctx must be a map"))
-}
-
-fn status_of(value: &Dynamic) -> Result<u16, String> {
-    value
-        .as_int()
-        .ok()
-        .and_then(|s| u16::try_from(s).ok())
-        .filter(|s| http::StatusCode::from_u16(*s).is_ok())
-        .ok_or_else(|| format!("status must be an integer in 100..=999, found {value}"))
-}
-
-fn check_ctx(map: &Map) -> Result<(), String> {
-    match map.get("ctx") {
-        Some(ctx) if ctx.is_map() && is_plain_data(ctx) => Ok(()),
-        Some(ctx) if ctx.is_map() => Err(String::from(
-            "ctx may only hold data (no functions or closures)",
-        )),
-        _ => Err(String::from("ctx must be a map")),
-    }
-}
-
-fn check_headers_field(map: &Map) -> Result<(), String> {
-    check_headers(map.get("headers").unwrap_or(&Dynamic::UNIT))
-}
-
-fn check_request(map: &Map) -> Result<bool, String> {
-    let path = map
-        .get("path")
-        .and_then(|p| p.read_lock::<rhai::ImmutableString>().map(|p| p.clone()))
-        .ok_or_else(|| String::from("path must be a string"))?;
-    if !path.starts_with('/') || http::uri::PathAndQuery::try_from(path.as_str()).is_err() {
-        return Err(format!(
-            "path must be a valid path starting with '/', found {path:?}"
-        ));
-    }
-    check_headers_field(map)?;
-    check_ctx(map)?;
-    Ok(false)
-}
-
-fn check_response(map: &Map) -> Result<bool, String> {
-    status_of(map.get("status").unwrap_or(&Dynamic::UNIT))?;
-    check_headers_field(map)?;
-    check_ctx(map)?;
-    Ok(false)
-}
-
-fn check_event(map: &Map) -> Result<bool, String> {
-    check_ctx(map)?;
-    match map.get("drop") {
-        Some(d) if d.is_bool() => Ok(d.as_bool().unwrap_or(false)),
-        Some(d) if d.is_unit() => Ok(false),
-        _ => Err(String::from("drop must be true or false")),
-    }
 }

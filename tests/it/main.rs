@@ -25,6 +25,7 @@ mod forward_headers;
 mod http1_server;
 mod ip_acl;
 mod key_policy;
+mod lazy_scripts;
 mod logs;
 mod metrics;
 mod mock_endpoints;

@@ -1,7 +1,8 @@
 //! Stage 5, the plugin stage: runs the generation's Rhai hooks — `on_request` before the
 //! request goes upstream, `on_response` on a non-streamed answer, `on_event` on each event of
 //! a streamed one. A request that meets no hook pays nothing here: the caller checks
-//! `has_on_*` first, and the body converts to script values at most once per request.
+//! `has_on_*` first. A body or event data no hook can reach is not parsed, and one no hook
+//! changed goes on as the bytes that came.
 
 use std::sync::Arc;
 
@@ -17,9 +18,7 @@ use crate::gateway::relay::sse::error_event;
 use crate::gateway::stages::routing::Plan;
 use crate::gateway::upstream::prepared::Target;
 use crate::http::headers::is_hop_by_hop;
-use crate::scripting::{
-    EventData, EventOutcome, Plugins, ScriptEvent, ScriptFailure, ScriptRequest, ScriptResponse,
-};
+use crate::scripting::{EventVerdict, Plugins, ScriptFailure, ScriptRequest, ScriptResponse};
 
 /// The one mapping from a script failure to what the client sees: a thrown status and
 /// message as they are, anything else a 500 naming only the plugin (details are in the log).
@@ -81,6 +80,8 @@ pub struct RequestEdits {
     pub headers: HeaderMap,
     /// The body, when there was one or a hook set one.
     pub body: Option<serde_json::Value>,
+    /// Whether a hook changed the body (else it goes on as it came).
+    pub body_changed: bool,
     /// `req.ctx`, for the response hooks.
     pub ctx: rhai::Map,
 }
@@ -108,13 +109,14 @@ pub fn on_request(
         key: view.key.to_owned(),
         ctx: rhai::Map::new(),
     };
-    plugins
-        .on_request(&mut sreq)
+    let edited = plugins
+        .on_request_edited(&mut sreq)
         .map_err(|f| failure_in("on_request", f))?;
     Ok(RequestEdits {
         path: (sreq.path != planned_path).then_some(sreq.path),
         headers: sreq.headers,
-        body: (had_body || !sreq.body.is_null()).then_some(sreq.body),
+        body: (had_body || edited.body).then_some(sreq.body),
+        body_changed: edited.body,
         ctx: sreq.ctx,
     })
 }
@@ -138,7 +140,11 @@ pub async fn on_response(
             )
         })?
         .to_bytes();
-    let json: Option<serde_json::Value> = serde_json::from_slice(&collected).ok();
+    // Parsed only when a hook can see it.
+    let json: Option<serde_json::Value> = plugins
+        .response_body_reached()
+        .then(|| serde_json::from_slice(&collected).ok())
+        .flatten();
     let had_json = json.is_some();
     let mut res = ScriptResponse {
         status: parts.status.as_u16(),
@@ -146,12 +152,12 @@ pub async fn on_response(
         body: json.unwrap_or(serde_json::Value::Null),
         ctx,
     };
-    plugins
-        .on_response(&mut res)
+    let edited = plugins
+        .on_response_edited(&mut res)
         .map_err(|f| failure_in("on_response", f))?;
     parts.status = StatusCode::from_u16(res.status).unwrap_or(parts.status);
     parts.headers = res.headers;
-    let bytes = if had_json || !res.body.is_null() {
+    let bytes = if edited.body {
         let b = serde_json::to_vec(&res.body)
             .map_err(|_| GatewayError::internal("could not encode the response"))?;
         if !had_json {
@@ -176,18 +182,12 @@ pub const SCRIPT_ERROR_TYPE: &str = "script_error";
 /// Runs `on_event` over each event of a stream, carrying `ctx` from event to event.
 pub struct ScriptEventFilter {
     plugins: Arc<Plugins>,
-    event: ScriptEvent,
+    ctx: rhai::Map,
 }
 
 impl ScriptEventFilter {
     pub fn new(plugins: Arc<Plugins>, ctx: rhai::Map) -> Self {
-        ScriptEventFilter {
-            plugins,
-            event: ScriptEvent {
-                data: EventData::Raw(String::new()),
-                ctx,
-            },
-        }
+        ScriptEventFilter { plugins, ctx }
     }
 }
 
@@ -220,11 +220,11 @@ impl EventFilter for ScriptEventFilter {
         let Some(data) = data else {
             return EventAction::Keep;
         };
-        self.event.data = EventData::parse(&data);
-        match self.plugins.on_event(&mut self.event) {
-            Ok(EventOutcome::Drop) => EventAction::Drop,
-            Ok(EventOutcome::Keep) => {
-                let new = self.event.data.to_data_string();
+        match self.plugins.on_event_text(&data, &mut self.ctx) {
+            Ok(EventVerdict::Drop) => EventAction::Drop,
+            Ok(EventVerdict::Unchanged) => EventAction::Keep,
+            Ok(EventVerdict::Changed(data)) => {
+                let new = data.to_data_string();
                 let mut out = other;
                 for line in new.split('\n') {
                     out.push_str("data: ");

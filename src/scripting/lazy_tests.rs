@@ -1,0 +1,228 @@
+//! Hooks see only what they can reach, and whatever a script could do with the full map it
+//! still can: nested edits, replacement, `type_of`, iteration, printing, arrays, copies.
+
+use serde_json::{json, Value};
+
+use super::*;
+
+fn plugins(sources: &[&str]) -> Plugins {
+    let specs = sources
+        .iter()
+        .enumerate()
+        .map(|(i, src)| PluginSpec {
+            name: format!("p{i}.rhai"),
+            source: (*src).into(),
+            params: Value::Null,
+        })
+        .collect();
+    Plugins::compile(specs, ScriptLimits::default()).unwrap()
+}
+
+fn body() -> Value {
+    json!({
+        "model": "m",
+        "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}],
+        "temperature": 0.5,
+        "metadata": {"team": "a", "tags": ["x"]},
+    })
+}
+
+fn request(body: Value) -> ScriptRequest {
+    ScriptRequest {
+        body,
+        path: "/v1/chat/completions".into(),
+        method: "POST".into(),
+        ..Default::default()
+    }
+}
+
+/// Runs `sources` as one chain over [`body`]: the body after, and whether it changed.
+fn run(sources: &[&str]) -> (Value, bool) {
+    let mut req = request(body());
+    let edited = plugins(sources).on_request_edited(&mut req).unwrap();
+    (req.body, edited.body)
+}
+
+#[test]
+fn reading_changes_nothing() {
+    for src in [
+        "fn on_request(req) { let m = req.body.model; }",
+        "fn on_request(req) { req.body.messages[0].content.len(); }",
+        r#"fn on_request(req) { if type_of(req.body) != "map" || !("model" in req.body) { throw "no"; } }"#,
+        "fn on_request(req) { for k in req.body.keys() { } }",
+        "fn on_request(req) { let b = req.body; b.model = \"other\"; }",
+        r#"fn on_request(req) { req.headers["x"] = json_encode(req.body); }"#,
+        "fn on_request(req) { }",
+    ] {
+        assert_eq!(run(&[src]), (body(), false), "{src}");
+    }
+}
+
+#[test]
+fn nested_edits_and_arrays() {
+    let (b, changed) = run(&[r#"fn on_request(req) {
+        req.body.messages[0].content = "Hello";
+        req.body.messages.push(#{role: "user", content: "more"});
+        req.body.metadata.tags += ["y"];
+        req.body.user = "u";
+    }"#]);
+    assert!(changed);
+    let mut expected = body();
+    expected["messages"][0]["content"] = "Hello".into();
+    expected["messages"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"role": "user", "content": "more"}));
+    expected["metadata"]["tags"] = json!(["x", "y"]);
+    expected["user"] = "u".into();
+    assert_eq!(b, expected);
+}
+
+#[test]
+fn replacement_copies_and_removal() {
+    let (b, changed) = run(&["fn on_request(req) { req.body = #{model: \"n\", n: [1, 2]}; }"]);
+    assert!(changed);
+    assert_eq!(b, json!({"model": "n", "n": [1, 2]}));
+
+    let (b, _) = run(&["fn on_request(req) { let b = req.body; b.model = \"n\"; req.body = b; }"]);
+    assert_eq!(b["model"], "n");
+    assert_eq!(b["messages"], body()["messages"]);
+
+    let (b, changed) = run(&["fn on_request(req) { req.body.remove(\"temperature\"); }"]);
+    assert!(changed && b.get("temperature").is_none() && b["model"] == "m");
+}
+
+#[test]
+fn what_a_hook_sees_is_the_whole_body_when_it_looks() {
+    // keys, type_of, `in` and printing answer as for the full map, whatever the hook names.
+    let (b, _) = run(&[r#"fn on_request(req) {
+        req.body.seen_type = type_of(req.body);
+        req.body.has_model = "model" in req.body;
+        req.body.has_nothing = "nothing" in req.body;
+        req.body.first = req.body.messages[0].role;
+    }"#]);
+    assert_eq!(b["seen_type"], "map");
+    assert_eq!(
+        (b["has_model"].clone(), b["has_nothing"].clone()),
+        (json!(true), json!(false))
+    );
+    assert_eq!(b["first"], "user");
+
+    let (b, _) = run(&["fn on_request(req) { let k = req.body.keys(); req.body.n = k.len(); }"]);
+    assert_eq!(b["n"], 4);
+    let (b, _) = run(&["fn on_request(req) { req.body.text = json_encode(req.body.metadata); }"]);
+    assert_eq!(b["text"], r#"{"tags":["x"],"team":"a"}"#);
+    let (b, _) = run(&["fn on_request(req) { req.body.dbg = `${req.body.messages[1]}`; }"]);
+    assert!(b["dbg"].as_str().unwrap().contains("Yo"));
+}
+
+#[test]
+fn plugins_share_one_body_whatever_each_names() {
+    let (b, changed) = run(&[
+        "fn on_request(req) { req.body.user = req.body.model + \"-u\"; }",
+        "fn on_request(req) { req.body.rename_keys(#{user: \"end_user\"}); }",
+        "fn on_request(req) { req.body.seen = req.body.end_user; }",
+    ]);
+    assert!(changed);
+    assert_eq!(b["end_user"], "m-u");
+    assert_eq!(b["seen"], "m-u");
+    assert!(b.get("user").is_none());
+}
+
+#[test]
+fn headers_only_hooks_leave_the_body_alone() {
+    let p = plugins(&[r#"fn on_request(req) { req.headers["x-team"] = "blue"; }"#]);
+    assert!(!p.request_body_reached());
+    let mut req = request(body());
+    assert_eq!(
+        p.on_request_edited(&mut req).unwrap(),
+        Edited { body: false }
+    );
+    assert_eq!(req.headers["x-team"], "blue");
+    assert_eq!(req.body, body());
+}
+
+#[test]
+fn a_non_object_body_is_seen_whole() {
+    let p = plugins(&[r#"fn on_request(req) {
+        if type_of(req.body) == "map" { req.body.model; }
+        req.headers["t"] = type_of(req.body);
+    }"#]);
+    for (given, kind) in [
+        (json!([1, 2]), "array"),
+        (Value::Null, "()"),
+        (json!("s"), "string"),
+    ] {
+        let mut req = request(given.clone());
+        assert_eq!(
+            p.on_request_edited(&mut req).unwrap(),
+            Edited { body: false }
+        );
+        assert_eq!(req.headers["t"], kind);
+        assert_eq!(req.body, given);
+    }
+    // Property access on a body that is not a map fails, as it always did.
+    let p = plugins(&["fn on_request(req) { req.body.model }"]);
+    assert!(p.on_request_edited(&mut request(json!([1]))).is_err());
+}
+
+#[test]
+fn responses_say_whether_the_body_changed() {
+    let p = plugins(&["fn on_response(res) { if res.body.model == \"m\" { res.status = 201; } }"]);
+    let mut res = ScriptResponse {
+        status: 200,
+        body: body(),
+        ..Default::default()
+    };
+    assert_eq!(
+        p.on_response_edited(&mut res).unwrap(),
+        Edited { body: false }
+    );
+    assert_eq!((res.status, res.body.clone()), (201, body()));
+    let p = plugins(&["fn on_response(res) { res.body.model = \"n\"; }"]);
+    assert_eq!(
+        p.on_response_edited(&mut res).unwrap(),
+        Edited { body: true }
+    );
+    assert_eq!(res.body["model"], "n");
+}
+
+#[test]
+fn events_unchanged_changed_dropped() {
+    let data = r#"{"choices": [{"delta": {"content": "hi"}}], "id": "x"}"#;
+    let mut ctx = rhai::Map::new();
+    for src in [
+        "fn on_event(ev) { }",
+        r#"fn on_event(ev) { if type_of(ev.data) == "map" { ev.ctx.c = ev.data.choices[0].delta.content; } }"#,
+        r#"fn on_event(ev) { let d = ev.data; if type_of(d) == "map" { d.id = "y"; } }"#,
+    ] {
+        let p = plugins(&[src]);
+        assert_eq!(
+            p.on_event_text(data, &mut ctx).unwrap(),
+            EventVerdict::Unchanged,
+            "{src}"
+        );
+        assert_eq!(
+            p.on_event_text("[DONE]", &mut ctx).unwrap(),
+            EventVerdict::Unchanged
+        );
+    }
+    assert_eq!(ctx.get("c").map(|c| c.to_string()), Some("hi".into()));
+
+    let p = plugins(&["fn on_event(ev) { if type_of(ev.data) == \"map\" { ev.data.choices[0].delta.content += \"!\"; } }"]);
+    let EventVerdict::Changed(EventData::Json(v)) = p.on_event_text(data, &mut ctx).unwrap() else {
+        panic!("expected changed JSON");
+    };
+    assert_eq!(
+        v,
+        json!({"choices": [{"delta": {"content": "hi!"}}], "id": "x"})
+    );
+
+    let p = plugins(&["fn on_event(ev) { ev.data = \"text\"; }"]);
+    assert_eq!(
+        p.on_event_text(data, &mut ctx).unwrap(),
+        EventVerdict::Changed(EventData::Raw("text".into()))
+    );
+    let p = plugins(&["fn on_event(ev) { ev.drop = ev.data.id == \"x\"; }"]);
+    assert_eq!(p.on_event_text(data, &mut ctx).unwrap(), EventVerdict::Drop);
+}

@@ -1,0 +1,309 @@
+//! What of its argument a hook can reach, read once from the compiled script, so a call builds
+//! only that: a hook that never names `req.headers` gets no headers converted, one that never
+//! names `req.body` no body, and one that only names `req.body.model` and `req.body.user` a
+//! body map holding just those two fields.
+//!
+//! The reading is conservative: the argument counts as wholly reachable as soon as the hook
+//! uses it in any way other than `arg.<name>…` — passed to a function, stored in a variable,
+//! captured by a closure, indexed with `arg[...]`, used as a method receiver, printed. Within
+//! the body (`body` or `data`), only `body.<field>…`, `body["<field>"]…`, `type_of(body)` and
+//! `"<field>" in body` keep the reach to named fields; a field once named is converted whole.
+//! A script cannot reach a value except through a variable naming it (function parameters
+//! are copies, `eval` is disabled), so what is not named cannot be observed and need not be
+//! converted.
+
+use std::collections::BTreeSet;
+
+use rhai::{ASTNode, Expr, Stmt, AST};
+
+/// How much of the body (`req.body`, `res.body`, `ev.data`) a hook can reach.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum BodyReach {
+    /// Never named: the body is not converted at all.
+    #[default]
+    Untouched,
+    /// Only these top-level fields of a JSON object (possibly none: `type_of(req.body)`).
+    Fields(BTreeSet<String>),
+    /// The whole value.
+    Whole,
+}
+
+impl BodyReach {
+    fn add(&mut self, other: &BodyReach) {
+        match (&mut *self, other) {
+            (_, BodyReach::Untouched) | (BodyReach::Whole, _) => {}
+            (BodyReach::Fields(mine), BodyReach::Fields(theirs)) => {
+                mine.extend(theirs.iter().cloned());
+            }
+            (me, other) => *me = other.clone(),
+        }
+    }
+}
+
+/// What a hook (or every hook of one kind, joined) can reach of its argument.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reach {
+    /// The argument escapes: every field and the whole body.
+    whole: bool,
+    /// Top-level fields of the argument the hook names.
+    fields: BTreeSet<String>,
+    body: BodyReach,
+}
+
+impl Reach {
+    /// Everything: what an argument that escapes needs.
+    pub fn everything() -> Self {
+        Reach {
+            whole: true,
+            fields: BTreeSet::new(),
+            body: BodyReach::Whole,
+        }
+    }
+
+    /// Whether the hook can reach the argument's field `name`.
+    pub fn field(&self, name: &str) -> bool {
+        self.whole || self.fields.contains(name)
+    }
+
+    /// What the hook can reach of the body.
+    pub fn body(&self) -> &BodyReach {
+        &self.body
+    }
+
+    /// Adds what `other` reaches.
+    pub fn add(&mut self, other: &Reach) {
+        self.whole |= other.whole;
+        self.fields.extend(other.fields.iter().cloned());
+        self.body.add(&other.body);
+    }
+}
+
+/// What `hook` (a one-parameter function of `ast`) can reach of its argument, whose body field
+/// is called `body_field`. A hook the script does not define reaches nothing.
+pub fn of_hook(ast: &AST, hook: &str, body_field: &str) -> Reach {
+    let Some(param) = ast
+        .iter_fn_def()
+        .find(|f| f.name == hook && f.params.len() == 1)
+        .and_then(|f| f.params.first().cloned())
+    else {
+        return Reach::default();
+    };
+    // A script may define its own `type_of` or `contains`: then those calls can see the body.
+    let special_calls = !ast
+        .iter_functions()
+        .any(|f| f.name == "type_of" || f.name == "contains");
+    let mut only_hook = ast.clone();
+    only_hook.clear_statements();
+    only_hook.retain_functions(|_, _, name, n| name == hook && n == 1);
+
+    let mut reach = Reach::default();
+    let (mut uses, mut explained, mut escapes) = (0usize, 0usize, false);
+    only_hook.walk(&mut |path: &[ASTNode]| {
+        let Some(node) = path.last() else {
+            return true;
+        };
+        match node {
+            ASTNode::Stmt(Stmt::Share(names)) => {
+                escapes |= names.iter().any(|(id, _)| id.name == param);
+            }
+            ASTNode::Expr(Expr::Variable(v, ..)) if v.1 == param => uses += 1,
+            // `f!(...)` runs `f` in the caller's scope, where the argument is visible.
+            ASTNode::Stmt(Stmt::FnCall(call, _))
+            | ASTNode::Expr(Expr::FnCall(call, _) | Expr::MethodCall(call, _))
+                if call.capture_parent_scope =>
+            {
+                escapes = true;
+            }
+            ASTNode::Expr(e @ Expr::Dot(x, ..)) if is_variable(&x.lhs, &param) => {
+                if let Some((name, rest)) = chain_head(&x.rhs) {
+                    explained += 1;
+                    if name == body_field {
+                        let parent = path.len().checked_sub(2).and_then(|i| path.get(i));
+                        let bare = BareUse {
+                            node: e,
+                            parent,
+                            special_calls,
+                        };
+                        reach.body.add(&body_use(rest, &bare));
+                    }
+                    reach.fields.insert(name.to_owned());
+                }
+            }
+            _ => {}
+        }
+        true
+    });
+    if escapes || uses != explained {
+        Reach::everything()
+    } else {
+        reach
+    }
+}
+
+fn is_variable(expr: &Expr, name: &str) -> bool {
+    matches!(expr, Expr::Variable(v, ..) if v.1 == name)
+}
+
+/// What follows `arg.<name>` in a chain.
+enum Rest<'a> {
+    /// Nothing: `arg.<name>` is used as a value.
+    End,
+    /// `arg.<name>.<rhs>`.
+    Dot(&'a Expr),
+    /// `arg.<name>[<rhs>]`.
+    Index(&'a Expr),
+}
+
+/// The property a chain after `arg.` starts with, and what follows it; `None` for a method
+/// call (`arg.f()` hands the whole argument to `f` as `this`).
+fn chain_head(rhs: &Expr) -> Option<(&str, Rest<'_>)> {
+    match rhs {
+        Expr::Property(p, _) => Some((p.2.as_str(), Rest::End)),
+        Expr::Dot(x, ..) => property_name(&x.lhs).map(|n| (n, Rest::Dot(&x.rhs))),
+        Expr::Index(x, ..) => property_name(&x.lhs).map(|n| (n, Rest::Index(&x.rhs))),
+        _ => None,
+    }
+}
+
+fn property_name(expr: &Expr) -> Option<&str> {
+    match expr {
+        Expr::Property(p, _) => Some(p.2.as_str()),
+        _ => None,
+    }
+}
+
+/// The `arg.body` node and what it sits in, for a bare use of the body.
+struct BareUse<'a, 'n> {
+    node: &'a Expr,
+    parent: Option<&'a ASTNode<'n>>,
+    special_calls: bool,
+}
+
+/// What `arg.body` followed by `rest` reaches of the body.
+fn body_use(rest: Rest<'_>, bare: &BareUse<'_, '_>) -> BodyReach {
+    let field = match rest {
+        Rest::Dot(next) => match next {
+            Expr::Property(p, _) => Some(p.2.to_string()),
+            Expr::Dot(x, ..) | Expr::Index(x, ..) => property_name(&x.lhs).map(str::to_owned),
+            _ => None,
+        },
+        Rest::Index(next) => match next {
+            Expr::StringConstant(s, _) => Some(s.to_string()),
+            Expr::Dot(x, ..) | Expr::Index(x, ..) => match &x.lhs {
+                Expr::StringConstant(s, _) => Some(s.to_string()),
+                _ => None,
+            },
+            _ => None,
+        },
+        Rest::End => return bare_body_use(bare),
+    };
+    match field {
+        Some(name) => BodyReach::Fields(BTreeSet::from([name])),
+        None => BodyReach::Whole,
+    }
+}
+
+/// `type_of(arg.body)` sees only the type, and `"<field>" in arg.body` (a call to `contains`)
+/// only that field; any other bare use sees the whole body.
+fn bare_body_use(bare: &BareUse<'_, '_>) -> BodyReach {
+    let Some(ASTNode::Expr(Expr::FnCall(call, _))) = bare.parent else {
+        return BodyReach::Whole;
+    };
+    if !bare.special_calls || call.is_qualified() {
+        return BodyReach::Whole;
+    }
+    let args = &call.args;
+    let is_node = |e: &Expr| std::ptr::eq(e, bare.node);
+    match (call.name.as_str(), args.first(), args.get(1), args.len()) {
+        ("type_of", Some(a), None, 1) if is_node(a) => BodyReach::Fields(BTreeSet::new()),
+        ("contains", Some(a), Some(Expr::StringConstant(s, _)), 2) if is_node(a) => {
+            BodyReach::Fields(BTreeSet::from([s.to_string()]))
+        }
+        _ => BodyReach::Whole,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reach(src: &str) -> Reach {
+        let engine = rhai::Engine::new_raw();
+        let ast = engine.compile(src).unwrap();
+        of_hook(&ast, "on_request", "body")
+    }
+
+    fn fields(names: &[&str]) -> BodyReach {
+        BodyReach::Fields(names.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn named_fields_only() {
+        let r = reach("fn on_request(req) { let m = req.body.model; req.body.user = m; }");
+        assert_eq!(r.body(), &fields(&["model", "user"]));
+        assert!(r.field("body") && !r.field("headers"));
+
+        let r = reach(r#"fn on_request(req) { req.body["model"]; req.body.messages[0].content }"#);
+        assert_eq!(r.body(), &fields(&["messages", "model"]));
+
+        let r = reach(r#"fn on_request(req) { req.body["tools"][0]; req.body.m.len() }"#);
+        assert_eq!(r.body(), &fields(&["m", "tools"]));
+
+        let r =
+            reach(r#"fn on_request(req) { if type_of(req.body) == "map" && "n" in req.body {} }"#);
+        assert_eq!(r.body(), &fields(&["n"]));
+    }
+
+    #[test]
+    fn headers_only_reaches_no_body() {
+        let r = reach(r#"fn on_request(req) { req.headers["x-tag"] = "a"; req.path; }"#);
+        assert_eq!(r.body(), &BodyReach::Untouched);
+        assert!(r.field("headers") && r.field("path") && !r.field("body"));
+        assert_eq!(reach("fn on_request(req) { }"), Reach::default());
+        assert_eq!(reach("fn other(req) { req }"), Reach::default());
+    }
+
+    #[test]
+    fn escapes_reach_everything() {
+        for src in [
+            "fn on_request(req) { let r = req; }",
+            "fn on_request(req) { helper(req) }  fn helper(x) { x.body }",
+            "fn on_request(req) { req.f() }",
+            r#"fn on_request(req) { req["body"] }"#,
+            "fn on_request(req) { let f = || req.body.x; f.call() }",
+            "fn on_request(req) { print(req) }",
+            r#"fn on_request(req) { `${req}` }"#,
+            "fn on_request(req) { peek!() } fn peek() { req.body }",
+            "fn on_request(req) { for k in req.keys() {} }",
+        ] {
+            assert_eq!(reach(src), Reach::everything(), "{src}");
+        }
+    }
+
+    #[test]
+    fn whole_body_uses() {
+        for src in [
+            "fn on_request(req) { req.body = #{} }",
+            "fn on_request(req) { let b = req.body; }",
+            "fn on_request(req) { req.body.remove(\"x\") }",
+            "fn on_request(req) { req.body.rename_keys(#{}) }",
+            "fn on_request(req) { req.body[k] }",
+            "fn on_request(req) { json_encode(req.body) }",
+            "fn on_request(req) { for k in req.body.keys() {} }",
+            "fn on_request(req) { contains(req.body, \"a\") } fn contains(x, y) { x }",
+        ] {
+            let r = reach(src);
+            assert_eq!(r.body(), &BodyReach::Whole, "{src}");
+        }
+    }
+
+    #[test]
+    fn joined_reach() {
+        let mut r = reach("fn on_request(req) { req.body.a }");
+        r.add(&reach("fn on_request(req) { req.body.b; req.headers }"));
+        assert_eq!(r.body(), &fields(&["a", "b"]));
+        assert!(r.field("headers"));
+        r.add(&reach("fn on_request(req) { req.body = 1 }"));
+        assert_eq!(r.body(), &BodyReach::Whole);
+    }
+}

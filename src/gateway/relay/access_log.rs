@@ -51,7 +51,7 @@ pub struct AccessLog {
     pub inflight: Option<crate::observe::metrics::Inflight>,
 }
 
-/// The values of the access log's `outcome` field (README, "Logs").
+/// The values of the access log's `outcome` field (docs/operations.md, "Logging").
 pub mod outcome {
     /// A 2xx/3xx answer, delivered whole.
     pub const OK: &str = "ok";

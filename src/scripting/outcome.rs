@@ -98,6 +98,34 @@ impl Given {
     }
 }
 
+/// The fields of `req` other than its headers and body that `given` and `reach` name; `ctx`
+/// is moved out of `req`.
+pub(super) fn request_fields(
+    req: &mut super::api::ScriptRequest,
+    reach: &super::reach::Reach,
+    given: Given,
+) -> Map {
+    let mut arg = Map::new();
+    let (path, method, ip, key) = (&req.path, &req.method, &req.client_ip, &req.key);
+    for (name, value) in [
+        ("path", path),
+        ("method", method),
+        ("client_ip", ip),
+        ("key", key),
+    ] {
+        if reach.field(name) {
+            arg.insert(name.into(), Dynamic::from(value.clone()));
+        }
+    }
+    if given.ctx {
+        arg.insert(
+            "ctx".into(),
+            Dynamic::from_map(std::mem::take(&mut req.ctx)),
+        );
+    }
+    arg
+}
+
 pub(super) fn check_headers_field(map: &Map, with_headers: bool) -> Result<(), String> {
     if !with_headers {
         return Ok(());

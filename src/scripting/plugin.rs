@@ -19,8 +19,8 @@ use super::api::{
 };
 use super::engine::{self, ActiveGuard, HOOK_NAMES, LOG_TARGET};
 use super::outcome::{
-    check_event, check_request, check_response, field, innermost, status_of, take_ctx, thrown,
-    Given,
+    check_event, check_request, check_response, field, innermost, request_fields, status_of,
+    take_ctx, thrown, Given,
 };
 use super::partial;
 use super::reach::{self, BodyReach, Reach};
@@ -177,7 +177,7 @@ pub struct Plugins {
     any_hook: [bool; 3],
     /// What the hooks of each kind can reach of their argument, joined over the plugins.
     reach: [Reach; 3],
-    /// The argument fields each kind of hook call is given: what [`reach`](Self::reach) names.
+    /// The argument fields each kind of hook call is given (what `reach` names).
     given: [Given; 3],
 }
 
@@ -289,24 +289,7 @@ impl Plugins {
         };
         let reach = &self.reach[Hook::Request.index()];
         let given = self.given[Hook::Request.index()];
-        let mut arg = Map::new();
-        let informative = [
-            ("path", &req.path),
-            ("method", &req.method),
-            ("client_ip", &req.client_ip),
-            ("key", &req.key),
-        ];
-        for (name, value) in informative {
-            if reach.field(name) {
-                arg.insert(name.into(), Dynamic::from(value.clone()));
-            }
-        }
-        if given.ctx {
-            arg.insert(
-                "ctx".into(),
-                Dynamic::from_map(std::mem::take(&mut req.ctx)),
-            );
-        }
+        let mut arg = request_fields(req, reach, given);
         if given.headers {
             arg.insert("headers".into(), headers_to_dynamic(&req.headers));
         }

@@ -5,8 +5,6 @@
 //! what a hook writes into it is what the next plugin, and finally the pipeline, sees — Rhai
 //! passes function arguments by value otherwise, and `call_fn` would drop the changes.
 
-use std::collections::BTreeMap;
-
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use rhai::{Dynamic, Map};
@@ -375,14 +373,6 @@ fn plain_at(value: &Dynamic, depth: usize) -> bool {
         || value.is_char()
         || value.is_string()
         || value.is_blob()
-}
-
-/// Builds a map from `(field, value)` pairs.
-pub(crate) fn object(fields: impl IntoIterator<Item = (&'static str, Dynamic)>) -> Map {
-    fields
-        .into_iter()
-        .map(|(k, v)| (k.into(), v))
-        .collect::<BTreeMap<_, _>>()
 }
 
 #[cfg(test)]

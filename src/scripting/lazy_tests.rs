@@ -1,6 +1,7 @@
 //! Hooks see only what they can reach, and whatever a script could do with the full map it
 //! still can: nested edits, replacement, `type_of`, iteration, printing, arrays, copies.
 
+use rhai::{Dynamic, Map};
 use serde_json::{json, Value};
 
 use super::*;
@@ -225,4 +226,82 @@ fn events_unchanged_changed_dropped() {
     );
     let p = plugins(&["fn on_event(ev) { ev.drop = ev.data.id == \"x\"; }"]);
     assert_eq!(p.on_event_text(data, &mut ctx).unwrap(), EventVerdict::Drop);
+}
+
+/// The argument holds only the fields some hook names; the fields left out come back as they
+/// went in, and a chain where one plugin names a field gives it to every plugin.
+#[test]
+fn fields_no_hook_names_stay_as_they_were() {
+    let mut ctx = Map::new();
+    ctx.insert("team".into(), Dynamic::from("a"));
+    for (sources, path, team) in [
+        (&["fn on_request(req) { }"][..], "/v1/chat/completions", "a"),
+        (
+            &["fn on_request(req) { req.body.user = \"u\"; }"][..],
+            "/v1/chat/completions",
+            "a",
+        ),
+        (
+            &[r#"fn on_request(req) { req.path = "/v1/x"; }"#][..],
+            "/v1/x",
+            "a",
+        ),
+        (
+            &[r#"fn on_request(req) { req.ctx.team = "b"; }"#][..],
+            "/v1/chat/completions",
+            "b",
+        ),
+        (
+            &[
+                r#"fn on_request(req) { req.ctx.team += req.path; }"#,
+                r#"fn on_request(req) { req.path = "/v1/y"; }"#,
+            ][..],
+            "/v1/y",
+            "a/v1/chat/completions",
+        ),
+        // The whole argument escapes: every field is given and read back.
+        (
+            &["fn on_request(req) { let r = req; r.path; }"][..],
+            "/v1/chat/completions",
+            "a",
+        ),
+    ] {
+        let mut req = request(body());
+        req.ctx = ctx.clone();
+        plugins(sources).on_request(&mut req).unwrap();
+        assert_eq!(req.path, path, "{sources:?}");
+        let got = req.ctx.get("team").map(|t| t.to_string());
+        assert_eq!(got.as_deref(), Some(team), "{sources:?}");
+    }
+}
+
+#[test]
+fn response_and_event_fields_no_hook_names_stay() {
+    let mut ctx = Map::new();
+    ctx.insert("n".into(), Dynamic::from_int(1));
+    let p = plugins(&["fn on_response(res) { res.body.x = 1; }\nfn on_event(ev) { }"]);
+    let mut res = ScriptResponse {
+        status: 201,
+        body: json!({}),
+        ctx: ctx.clone(),
+        ..Default::default()
+    };
+    p.on_response(&mut res).unwrap();
+    assert_eq!(
+        (res.status, res.body, res.ctx.len()),
+        (201, json!({"x": 1}), 1)
+    );
+
+    let mut ev_ctx = ctx.clone();
+    let verdict = p.on_event_text(r#"{"a":1}"#, &mut ev_ctx).unwrap();
+    assert_eq!(verdict, EventVerdict::Unchanged);
+    assert_eq!(ev_ctx.len(), 1);
+
+    // A bad value in a field that was given is still caught.
+    let p = plugins(&["fn on_event(ev) { ev.drop = 3; }"]);
+    assert!(p.on_event_text("{}", &mut ctx.clone()).is_err());
+    let p = plugins(&["fn on_event(ev) { ev.ctx = 3; }"]);
+    assert!(p.on_event_text("{}", &mut ctx.clone()).is_err());
+    let p = plugins(&["fn on_response(res) { res.status = 0; }"]);
+    assert!(p.on_response(&mut ScriptResponse::default()).is_err());
 }

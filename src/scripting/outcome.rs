@@ -75,6 +75,57 @@ pub(super) fn check_ctx(map: &Map) -> Result<(), String> {
 }
 
 /// `with_headers`: the argument was given headers (the hooks can reach them).
+/// Which fields of its argument a hook call was given: only those its hooks can reach (see
+/// [`reach`](super::reach)), since a field a hook cannot name it can neither read nor change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Given {
+    pub headers: bool,
+    pub path: bool,
+    pub status: bool,
+    pub ctx: bool,
+    pub drop: bool,
+}
+
+impl Given {
+    pub(super) fn of(reach: &super::reach::Reach) -> Self {
+        Self {
+            headers: reach.field("headers"),
+            path: reach.field("path"),
+            status: reach.field("status"),
+            ctx: reach.field("ctx"),
+            drop: reach.field("drop"),
+        }
+    }
+}
+
+/// The fields of `req` other than its headers and body that `given` and `reach` name; `ctx`
+/// is moved out of `req`.
+pub(super) fn request_fields(
+    req: &mut super::api::ScriptRequest,
+    reach: &super::reach::Reach,
+    given: Given,
+) -> Map {
+    let mut arg = Map::new();
+    let (path, method, ip, key) = (&req.path, &req.method, &req.client_ip, &req.key);
+    for (name, value) in [
+        ("path", path),
+        ("method", method),
+        ("client_ip", ip),
+        ("key", key),
+    ] {
+        if reach.field(name) {
+            arg.insert(name.into(), Dynamic::from(value.clone()));
+        }
+    }
+    if given.ctx {
+        arg.insert(
+            "ctx".into(),
+            Dynamic::from_map(std::mem::take(&mut req.ctx)),
+        );
+    }
+    arg
+}
+
 pub(super) fn check_headers_field(map: &Map, with_headers: bool) -> Result<(), String> {
     if !with_headers {
         return Ok(());
@@ -82,7 +133,14 @@ pub(super) fn check_headers_field(map: &Map, with_headers: bool) -> Result<(), S
     check_headers(map.get("headers").unwrap_or(&Dynamic::UNIT))
 }
 
-pub(super) fn check_request(map: &Map, with_headers: bool) -> Result<bool, String> {
+pub(super) fn check_request(map: &Map, given: Given) -> Result<bool, String> {
+    check_headers_field(map, given.headers)?;
+    if given.ctx {
+        check_ctx(map)?;
+    }
+    if !given.path {
+        return Ok(false);
+    }
     let path = map
         .get("path")
         .and_then(|p| p.read_lock::<rhai::ImmutableString>().map(|p| p.clone()))
@@ -92,20 +150,27 @@ pub(super) fn check_request(map: &Map, with_headers: bool) -> Result<bool, Strin
             "path must be a valid path starting with '/', found {path:?}"
         ));
     }
-    check_headers_field(map, with_headers)?;
-    check_ctx(map)?;
     Ok(false)
 }
 
-pub(super) fn check_response(map: &Map, with_headers: bool) -> Result<bool, String> {
-    status_of(map.get("status").unwrap_or(&Dynamic::UNIT))?;
-    check_headers_field(map, with_headers)?;
-    check_ctx(map)?;
+pub(super) fn check_response(map: &Map, given: Given) -> Result<bool, String> {
+    if given.status {
+        status_of(map.get("status").unwrap_or(&Dynamic::UNIT))?;
+    }
+    check_headers_field(map, given.headers)?;
+    if given.ctx {
+        check_ctx(map)?;
+    }
     Ok(false)
 }
 
-pub(super) fn check_event(map: &Map) -> Result<bool, String> {
-    check_ctx(map)?;
+pub(super) fn check_event(map: &Map, given: Given) -> Result<bool, String> {
+    if given.ctx {
+        check_ctx(map)?;
+    }
+    if !given.drop {
+        return Ok(false);
+    }
     match map.get("drop") {
         Some(d) if d.is_bool() => Ok(d.as_bool().unwrap_or(false)),
         Some(d) if d.is_unit() => Ok(false),

@@ -14,12 +14,13 @@ use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Map, ParseError, Posit
 use serde_json::Value;
 
 use super::api::{
-    headers_from_dynamic, headers_to_dynamic, is_plain_data, json_to_dynamic, object, EventData,
+    headers_from_dynamic, headers_to_dynamic, is_plain_data, json_to_dynamic, EventData,
     EventOutcome, ScriptEvent, ScriptRequest, ScriptResponse,
 };
 use super::engine::{self, ActiveGuard, HOOK_NAMES, LOG_TARGET};
 use super::outcome::{
-    check_event, check_request, check_response, field, innermost, status_of, take_ctx, thrown,
+    check_event, check_request, check_response, field, innermost, request_fields, status_of,
+    take_ctx, thrown, Given,
 };
 use super::partial;
 use super::reach::{self, BodyReach, Reach};
@@ -176,6 +177,8 @@ pub struct Plugins {
     any_hook: [bool; 3],
     /// What the hooks of each kind can reach of their argument, joined over the plugins.
     reach: [Reach; 3],
+    /// The argument fields each kind of hook call is given (what `reach` names).
+    given: [Given; 3],
 }
 
 impl fmt::Debug for Plugins {
@@ -224,6 +227,7 @@ impl Plugins {
                 reach[i].add(&p.reach[i]);
             }
         }
+        let given = Hook::ALL.map(|h| Given::of(&reach[h.index()]));
         Ok(Plugins {
             engine,
             plugins,
@@ -231,6 +235,7 @@ impl Plugins {
             stack_needed,
             any_hook,
             reach,
+            given,
         })
     }
 
@@ -283,15 +288,9 @@ impl Plugins {
             return Ok(Edited::default());
         };
         let reach = &self.reach[Hook::Request.index()];
-        let mut arg = object([
-            ("path", Dynamic::from(req.path.clone())),
-            ("method", Dynamic::from(req.method.clone())),
-            ("client_ip", Dynamic::from(req.client_ip.clone())),
-            ("key", Dynamic::from(req.key.clone())),
-            ("ctx", Dynamic::from_map(std::mem::take(&mut req.ctx))),
-        ]);
-        let with_headers = reach.field("headers");
-        if with_headers {
+        let given = self.given[Hook::Request.index()];
+        let mut arg = request_fields(req, reach, given);
+        if given.headers {
             arg.insert("headers".into(), headers_to_dynamic(&req.headers));
         }
         let body = partial::to_script(&req.body, reach.body())
@@ -299,22 +298,26 @@ impl Plugins {
         if let Some(body) = body {
             arg.insert("body".into(), body);
         }
-        let check = |map: &Map| check_request(map, with_headers);
+        let check = |map: &Map| check_request(map, given);
         let (last, mut fields) = self.run_chain(first, Hook::Request, arg, &check)?;
         let fail = |what: &str, e: &str| self.fail(last, Hook::Request, what, e);
 
-        if with_headers {
+        if given.headers {
             let headers = field(&mut fields, "headers");
             req.headers =
                 headers_from_dynamic(&headers).map_err(|e| fail("bad req.headers", &e))?;
         }
-        req.path = field(&mut fields, "path")
-            .into_immutable_string()
-            .map_err(|t| fail("bad req.path", t))?
-            .to_string();
+        if given.path {
+            req.path = field(&mut fields, "path")
+                .into_immutable_string()
+                .map_err(|t| fail("bad req.path", t))?
+                .to_string();
+        }
         let body = partial::merge(&mut req.body, field(&mut fields, "body"), reach.body())
             .map_err(|e| fail("bad req.body", &e))?;
-        req.ctx = take_ctx(&mut fields).map_err(|e| fail("bad req.ctx", &e))?;
+        if given.ctx {
+            req.ctx = take_ctx(&mut fields).map_err(|e| fail("bad req.ctx", &e))?;
+        }
         Ok(Edited { body })
     }
 
@@ -330,12 +333,18 @@ impl Plugins {
             return Ok(Edited::default());
         };
         let reach = &self.reach[Hook::Response.index()];
-        let mut arg = object([
-            ("status", Dynamic::from(rhai::INT::from(res.status))),
-            ("ctx", Dynamic::from_map(std::mem::take(&mut res.ctx))),
-        ]);
-        let with_headers = reach.field("headers");
-        if with_headers {
+        let given = self.given[Hook::Response.index()];
+        let mut arg = Map::new();
+        if given.status {
+            arg.insert("status".into(), Dynamic::from(rhai::INT::from(res.status)));
+        }
+        if given.ctx {
+            arg.insert(
+                "ctx".into(),
+                Dynamic::from_map(std::mem::take(&mut res.ctx)),
+            );
+        }
+        if given.headers {
             arg.insert("headers".into(), headers_to_dynamic(&res.headers));
         }
         let body = partial::to_script(&res.body, reach.body())
@@ -343,20 +352,24 @@ impl Plugins {
         if let Some(body) = body {
             arg.insert("body".into(), body);
         }
-        let check = |map: &Map| check_response(map, with_headers);
+        let check = |map: &Map| check_response(map, given);
         let (last, mut fields) = self.run_chain(first, Hook::Response, arg, &check)?;
         let fail = |what: &str, e: &str| self.fail(last, Hook::Response, what, e);
 
-        res.status =
-            status_of(&field(&mut fields, "status")).map_err(|e| fail("bad res.status", &e))?;
-        if with_headers {
+        if given.status {
+            res.status =
+                status_of(&field(&mut fields, "status")).map_err(|e| fail("bad res.status", &e))?;
+        }
+        if given.headers {
             let headers = field(&mut fields, "headers");
             res.headers =
                 headers_from_dynamic(&headers).map_err(|e| fail("bad res.headers", &e))?;
         }
         let body = partial::merge(&mut res.body, field(&mut fields, "body"), reach.body())
             .map_err(|e| fail("bad res.body", &e))?;
-        res.ctx = take_ctx(&mut fields).map_err(|e| fail("bad res.ctx", &e))?;
+        if given.ctx {
+            res.ctx = take_ctx(&mut fields).map_err(|e| fail("bad res.ctx", &e))?;
+        }
         Ok(Edited { body })
     }
 
@@ -389,10 +402,14 @@ impl Plugins {
             return Ok(EventVerdict::Unchanged);
         };
         let reach = self.reach[Hook::Event.index()].body();
-        let mut arg = object([
-            ("ctx", Dynamic::from_map(std::mem::take(ctx))),
-            ("drop", Dynamic::FALSE),
-        ]);
+        let given = self.given[Hook::Event.index()];
+        let mut arg = Map::new();
+        if given.ctx {
+            arg.insert("ctx".into(), Dynamic::from_map(std::mem::take(ctx)));
+        }
+        if given.drop {
+            arg.insert("drop".into(), Dynamic::FALSE);
+        }
         let mut before = None;
         if *reach != BodyReach::Untouched {
             let given = data();
@@ -405,10 +422,13 @@ impl Plugins {
             arg.insert("data".into(), value);
             before = Some(given);
         }
-        let (last, mut fields) = self.run_chain(first, Hook::Event, arg, &check_event)?;
+        let check = |map: &Map| check_event(map, given);
+        let (last, mut fields) = self.run_chain(first, Hook::Event, arg, &check)?;
         let fail = |what: &str, e: &str| self.fail(last, Hook::Event, what, e);
 
-        *ctx = take_ctx(&mut fields).map_err(|e| fail("bad ev.ctx", &e))?;
+        if given.ctx {
+            *ctx = take_ctx(&mut fields).map_err(|e| fail("bad ev.ctx", &e))?;
+        }
         if field(&mut fields, "drop").as_bool().unwrap_or(false) {
             return Ok(EventVerdict::Drop);
         }

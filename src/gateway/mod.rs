@@ -121,6 +121,9 @@ where
         Step::Forward(p) => p,
     };
     // 9. upstream: credentials and the attempt loop across the plan's upstreams
+    // The request's meter reads the answer's usage (the usage taps): the metrics' tap then
+    // only times it, and the end record takes the tokens from the meter's tally.
+    let usage_read_by_meter = p.usage.is_some();
     let taps = relay::Taps::take(&mut p);
     ctx.log.tally = taps.usage_tally();
     if let Some(t) = ctx.trace.as_deref() {
@@ -138,7 +141,12 @@ where
     drop(p);
     if let (Ok(resp), Some(start)) = (sent.as_mut(), ctx.log.start.filter(|_| ctx.log.metrics)) {
         if let Some(relay) = resp.body_mut().relay_mut() {
-            relay.tap(crate::observe::stream_tap::StreamTap::new(start));
+            let tap = crate::observe::stream_tap::StreamTap::new(start);
+            relay.tap(if usage_read_by_meter {
+                tap.without_usage()
+            } else {
+                tap
+            });
         }
     }
     // 10. relay: stream filters (scripts.on_event, usage), on_response, the key's slot

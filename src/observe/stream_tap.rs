@@ -21,6 +21,10 @@ pub struct StreamTap {
     last_token: Option<Instant>,
     pub token_gaps: Option<LocalHistogram>,
     pub usage: Option<Usage>,
+    /// Whether to read the answer's usage here: not when the usage taps
+    /// (`gateway::relay::usage`) already read it for the request's meter, whose tally the end
+    /// record then takes, so the answer is parsed once.
+    reads_usage: bool,
     /// A plain answer's chunks (shared, not copied) until it ends.
     kept: Vec<Bytes>,
     kept_len: usize,
@@ -83,9 +87,16 @@ impl StreamTap {
             last_token: None,
             token_gaps: None,
             usage: None,
+            reads_usage: true,
             kept: Vec::new(),
             kept_len: 0,
         }
+    }
+
+    /// A tap that leaves the usage to the usage taps (timing only).
+    pub fn without_usage(mut self) -> Self {
+        self.reads_usage = false;
+        self
     }
 
     /// One SSE event (with its blank line) as the upstream sent it.
@@ -101,7 +112,7 @@ impl StreamTap {
             }
             self.last_token = Some(now);
         }
-        if !has_usage_object(event) {
+        if !self.reads_usage || !has_usage_object(event) {
             return;
         }
         if let Some(usage) = event_data(event).and_then(usage_of) {
@@ -111,6 +122,9 @@ impl StreamTap {
 
     /// One chunk of a plain answer.
     pub fn on_chunk(&mut self, chunk: &Bytes) {
+        if !self.reads_usage {
+            return;
+        }
         if self.kept_len + chunk.len() > MAX_KEPT {
             self.kept = Vec::new();
             self.kept_len = usize::MAX / 2;

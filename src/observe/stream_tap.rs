@@ -9,7 +9,8 @@ use bytes::Bytes;
 
 use super::finished::Usage;
 use super::histogram::{LocalHistogram, TOKEN_GAP_BUCKETS};
-use crate::gateway::relay::sse::{find, has_usage_object};
+use crate::gateway::relay::sse::{event_data, find, has_usage_object};
+use crate::usage::meter::read_usage;
 
 /// Largest plain answer kept to read its `usage`.
 const MAX_KEPT: usize = 4 * 1024 * 1024;
@@ -49,34 +50,11 @@ fn carries_token(event: &[u8]) -> bool {
     })
 }
 
-#[derive(serde::Deserialize)]
-struct WithUsage {
-    usage: Option<UsageIn>,
-}
-
-#[derive(serde::Deserialize)]
-struct UsageIn {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-}
-
 fn usage_of(json: &[u8]) -> Option<Usage> {
-    let u = serde_json::from_slice::<WithUsage>(json).ok()?.usage?;
-    Some(Usage {
-        input: u.prompt_tokens.unwrap_or(0),
-        output: u.completion_tokens.unwrap_or(0),
+    read_usage(json).map(|u| Usage {
+        input: u.input,
+        output: u.output,
     })
-}
-
-/// The JSON after `data:` of a single-line data event.
-fn event_data(event: &[u8]) -> Option<&[u8]> {
-    let text = event.strip_prefix(b"data:")?;
-    let text = text.strip_prefix(b" ").unwrap_or(text);
-    let end = text
-        .iter()
-        .position(|b| *b == b'\n' || *b == b'\r')
-        .unwrap_or(text.len());
-    Some(&text[..end])
 }
 
 impl StreamTap {

@@ -369,7 +369,7 @@ struct Usage {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    crate::gateway::relay::sse::find(haystack, needle).is_some()
 }
 
 impl Tap {

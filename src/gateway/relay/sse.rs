@@ -94,6 +94,17 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     (0..=last_start).find(|&i| haystack[i] == first && haystack[i + 1..].starts_with(rest))
 }
 
+/// The JSON after `data:` of one event, if it is a single-line data event.
+pub fn event_data(event: &[u8]) -> Option<&[u8]> {
+    let text = event.strip_prefix(b"data:")?;
+    let text = text.strip_prefix(b" ").unwrap_or(text);
+    let end = text
+        .iter()
+        .position(|b| *b == b'\n' || *b == b'\r')
+        .unwrap_or(text.len());
+    Some(&text[..end])
+}
+
 /// Whether a JSON event has a `"usage"` key holding an object (not `null`).
 pub fn has_usage_object(event: &[u8]) -> bool {
     let mut rest = event;

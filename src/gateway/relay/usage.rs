@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::gateway::relay::body::{BodyObserver, EventAction, EventFilter};
-use crate::gateway::relay::sse::has_usage_object;
+use crate::gateway::relay::sse::{event_data, has_usage_object};
 use crate::gateway::stages::policy::UsageMeter;
 use crate::usage::meter::{read_usage, TokenUsage};
 use crate::usage::RequestMeter;
@@ -77,17 +77,6 @@ impl UsageFilter {
     pub fn new(taps: UsageTaps, strip: bool) -> Self {
         UsageFilter { taps, strip }
     }
-}
-
-/// The JSON after `data:` of one event, if it is a single-line data event.
-fn event_data(event: &[u8]) -> Option<&[u8]> {
-    let text = event.strip_prefix(b"data:")?;
-    let text = text.strip_prefix(b" ").unwrap_or(text);
-    let end = text
-        .iter()
-        .position(|b| *b == b'\n' || *b == b'\r')
-        .unwrap_or(text.len());
-    Some(&text[..end])
 }
 
 impl EventFilter for UsageFilter {

@@ -73,11 +73,11 @@ fn run(c: &mut Criterion) -> Result<(), String> {
     // Each subject once, checked, so no benchmark times an error path.
     rt.block_on(async {
         store.ping().await.map_err(|e| format!("ping: {e}"))?;
-        match rpm.admit().await {
+        match rpm.admit(None).await {
             Ok(Verdict::Admitted(None)) => {}
             other => return Err(format!("admit_rpm: {other:?}")),
         }
-        match leased.admit().await {
+        match leased.admit(None).await {
             Ok(Verdict::Admitted(Some(_))) => Ok(()),
             other => Err(format!("admit_rpm_lease: {other:?}")),
         }
@@ -111,12 +111,13 @@ fn run(c: &mut Criterion) -> Result<(), String> {
             .iter(|| async { store.ping().await.is_ok() })
     });
     group.bench_function("admit_rpm", |b| {
-        b.to_async(&rt).iter(|| async { rpm.admit().await.is_ok() })
+        b.to_async(&rt)
+            .iter(|| async { rpm.admit(None).await.is_ok() })
     });
     group.bench_function("admit_rpm_lease", |b| {
         // The lease drops at once: its release (a ZREM, off the request path) runs too.
         b.to_async(&rt)
-            .iter(|| async { leased.admit().await.is_ok() })
+            .iter(|| async { leased.admit(None).await.is_ok() })
     });
     group.bench_function("budget_read", |b| {
         b.to_async(&rt).iter(|| async {

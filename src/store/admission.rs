@@ -1,15 +1,21 @@
 //! Admission of one request under its key's shared limits, in one round trip: a Lua script
-//! checks tpm, takes a `max_concurrent` lease and an rpm slot atomically, against Redis's
-//! clock (so replicas' clocks do not matter).
+//! checks the key's budget and tpm, takes a `max_concurrent` lease and an rpm slot atomically,
+//! against Redis's clock (so replicas' clocks do not matter).
 //!
-//! rpm and tpm are GCRA (a token bucket kept as its "theoretical arrival time"): a key
-//! may use its whole minute at once and then earns it back continuously, exactly as the
-//! in-process buckets do. tpm is charged after the answer with its real usage
-//! ([`SharedLimits::charge_tokens`], off the request path), so the balance may go negative.
+//! rpm and tpm are GCRA (a token bucket kept as its "theoretical arrival time", counted in
+//! whole microseconds and stored as milliseconds with three decimals): a key may use its whole minute at once and then earns it back continuously,
+//! exactly as the in-process buckets do. tpm is charged after the answer with its real usage
+//! ([`SharedLimits::charge_tokens`], through the store's writer), so the balance may go
+//! negative.
 //!
-//! Leases are members of a sorted set scored by their expiry. One task per process renews all
-//! of its live leases in one call every third of the TTL; a replica that dies stops renewing,
-//! and its slots free themselves within the TTL.
+//! Leases are members of a sorted set scored by their expiry (ms). Expired members (a dead
+//! replica's) are swept only when the set looks full, so the common admission is a `ZCARD`.
+//! Releases and renewals go through the store's one writer ([`super::writer`]), which sends
+//! them batched, off the request path.
+//!
+//! The script costs Redis little: numbers go to `redis.call` as integers formatted with `%d`
+//! (Lua's float formatting was the largest part of its cost), the stored milliseconds too
+//! (`%d.%03d` of the microseconds), and it answers one integer.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,57 +24,72 @@ use std::time::Duration;
 
 use redis::Script;
 
-use super::{spawn_detached, Store, StoreError};
+use super::writer::Write;
+use super::{Store, StoreError};
 
-/// KEYS: rpm, tpm, leases. ARGV: rpm, tpm, max_concurrent (0 = none), lease ttl ms, lease id.
-/// Answers {0, 0} (admitted) or {limit, wait ms}: 1 = rpm, 2 = tpm, 3 = max_concurrent.
+/// KEYS: rpm, tpm, leases, budget. ARGV: rpm interval µs (`0`: none), `1` if tpm is limited,
+/// max_concurrent (`0`: none), lease ttl ms, lease member, budget field (`""`: none), budget
+/// limit.
+/// A lease set gets its expiry from the renewal (a set whose leases all ended is empty, and
+/// Redis deletes it), so admission does not set it.
+/// Answers 0 (admitted) or `wait_ms * 8 + limit`: 1 = rpm, 2 = tpm, 3 = max_concurrent,
+/// 4 = budget (its wait is the caller's: the period's end).
 const ADMIT: &str = r"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = 60000
-local rpm, tpm, maxc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if tpm > 0 then
-  local tat = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if tat - now >= window then return {2, math.ceil(tat - now - window) + 1} end
+local now = t[1] * 1000000 + t[2]
+if ARGV[6] ~= '' then
+  local used = redis.call('HGET', KEYS[4], ARGV[6])
+  if used and tonumber(used) >= tonumber(ARGV[7]) then return 4 end
 end
-if maxc > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  if redis.call('ZCARD', KEYS[3]) >= maxc then return {3, 1000} end
+if ARGV[2] ~= '0' then
+  local tat = redis.call('GET', KEYS[2])
+  if tat then
+    local ahead = tonumber(tat) * 1000 - now - 60000000
+    if ahead >= 0 then return (math.ceil(ahead / 1000) + 1) * 8 + 2 end
+  end
 end
-if rpm > 0 then
-  local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local maxc = tonumber(ARGV[3])
+if maxc > 0 and redis.call('ZCARD', KEYS[3]) >= maxc then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('%d', now / 1000))
+  if redis.call('ZCARD', KEYS[3]) >= maxc then return 1000 * 8 + 3 end
+end
+if ARGV[1] ~= '0' then
+  local tat = tonumber(redis.call('GET', KEYS[1]) or 0) * 1000
   if tat < now then tat = now end
-  local next_tat = tat + window / rpm
-  if next_tat - now > window then return {1, math.ceil(next_tat - now - window)} end
-  redis.call('SET', KEYS[1], string.format('%.3f', next_tat), 'PX', math.ceil(next_tat - now) + 1000)
+  local next_tat = math.ceil(tat + tonumber(ARGV[1]))
+  local ahead = next_tat - now
+  if ahead > 60000000 then return math.ceil((ahead - 60000000) / 1000) * 8 + 1 end
+  redis.call('SET', KEYS[1], string.format('%d.%03d', next_tat / 1000, next_tat % 1000), 'PX', string.format('%d', ahead / 1000 + 1000))
 end
 if maxc > 0 then
-  local ttl = tonumber(ARGV[4])
-  redis.call('ZADD', KEYS[3], now + ttl, ARGV[5])
-  redis.call('PEXPIRE', KEYS[3], ttl * 2)
+  redis.call('ZADD', KEYS[3], string.format('%d', now / 1000 + tonumber(ARGV[4])), ARGV[5])
 end
-return {0, 0}
+return 0
 ";
 
-/// KEYS: tpm. ARGV: tokens, tpm.
+/// KEYS: tpm of each key charged. ARGV[2i - 1], ARGV[2i]: tokens and tpm of KEYS[i].
 const CHARGE: &str = r"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-tat = tat + tonumber(ARGV[1]) * 60000 / tonumber(ARGV[2])
-redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
-return 1
+local now = t[1] * 1000000 + t[2]
+for i, k in ipairs(KEYS) do
+  local tat = tonumber(redis.call('GET', k) or 0) * 1000
+  if tat < now then tat = now end
+  tat = math.ceil(tat + tonumber(ARGV[2 * i - 1]) * 60000000 / tonumber(ARGV[2 * i]))
+  redis.call('SET', k, string.format('%d.%03d', tat / 1000, tat % 1000), 'PX', string.format('%d', (tat - now) / 1000 + 1000))
+end
+return #KEYS
 ";
 
 /// KEYS: lease sets. ARGV[1]: ttl ms; ARGV[i + 1]: the lease in KEYS[i].
 const RENEW: &str = r"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local ttl = tonumber(ARGV[1])
+local score = string.format('%d', now + ttl)
+local expire = string.format('%d', ttl * 2)
 for i, k in ipairs(KEYS) do
-  redis.call('ZADD', k, now + ttl, ARGV[i + 1])
-  redis.call('PEXPIRE', k, ttl * 2)
+  redis.call('ZADD', k, score, ARGV[i + 1])
+  redis.call('PEXPIRE', k, expire)
 end
 return #KEYS
 ";
@@ -79,32 +100,47 @@ pub enum Limit {
     Rpm,
     Tpm,
     Concurrency,
+    /// The key's budget for the period (checked only when asked, see [`BudgetCheck`]).
+    Budget,
 }
 
 #[derive(Debug)]
 pub enum Verdict {
     /// Admitted; holds the lease when the key has `max_concurrent`.
     Admitted(Option<Lease>),
-    Limited {
-        limit: Limit,
-        wait: Duration,
-    },
+    /// Refused; `wait` is Redis's for rpm, tpm and max_concurrent, zero for a budget (its
+    /// caller knows the period's end).
+    Limited { limit: Limit, wait: Duration },
 }
 
-/// One key's shared limits and the names of its Redis keys (built once per generation).
+/// A budget to check in the same script, before anything is taken: the key's counter hash
+/// for the current period (see [`Store::budget_key`]), the field counted (`tokens` or
+/// `cost`) and the limit.
+#[derive(Debug, Clone, Copy)]
+pub struct BudgetCheck<'a> {
+    pub hash: &'a str,
+    pub field: &'static str,
+    pub limit: f64,
+}
+
+/// One key's shared limits, with its script arguments and Redis key names built once per
+/// generation.
 #[derive(Debug)]
 pub struct SharedLimits {
     store: Arc<Store>,
-    rpm: u32,
     tpm: u64,
     max_concurrent: u32,
+    /// ARGV[1]: 60 s / rpm in µs, `0` without rpm.
+    rpm_interval: String,
+    /// ARGV[3].
+    max_concurrent_arg: String,
     rpm_key: String,
-    tpm_key: String,
-    lease_key: String,
+    tpm_key: Arc<str>,
+    lease_key: Arc<str>,
 }
 
 static ADMIT_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(ADMIT));
-static CHARGE_SCRIPT: std::sync::LazyLock<Script> =
+pub(super) static CHARGE_SCRIPT: std::sync::LazyLock<Script> =
     std::sync::LazyLock::new(|| Script::new(CHARGE));
 static RENEW_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(RENEW));
 
@@ -117,14 +153,21 @@ impl SharedLimits {
         tpm: Option<u64>,
         max_concurrent: Option<u32>,
     ) -> SharedLimits {
+        let rpm = rpm.unwrap_or(0);
+        let max_concurrent = max_concurrent.unwrap_or(0);
         SharedLimits {
             store: store.clone(),
-            rpm: rpm.unwrap_or(0),
             tpm: tpm.unwrap_or(0),
-            max_concurrent: max_concurrent.unwrap_or(0),
+            max_concurrent,
+            rpm_interval: if rpm == 0 {
+                "0".into()
+            } else {
+                (60_000_000.0 / f64::from(rpm)).to_string()
+            },
+            max_concurrent_arg: max_concurrent.to_string(),
             rpm_key: store.key("rpm", label),
-            tpm_key: store.key("tpm", label),
-            lease_key: store.key("leases", label),
+            tpm_key: store.key("tpm", label).into(),
+            lease_key: store.key("leases", label).into(),
         }
     }
 
@@ -132,36 +175,47 @@ impl SharedLimits {
         &self.store
     }
 
-    /// One round trip: tpm room, a lease, an rpm slot, or which limit refused and for how long.
-    pub async fn admit(&self) -> Result<Verdict, StoreError> {
+    /// Whether the key has any rpm, tpm or max_concurrent to keep in the store.
+    fn limits_anything(&self) -> bool {
+        self.rpm_interval != "0" || self.tpm > 0 || self.max_concurrent > 0
+    }
+
+    /// One round trip: the budget (when given), tpm room, a lease, an rpm slot, or which
+    /// limit refused and for how long. Nothing to check: no round trip.
+    pub async fn admit(&self, budget: Option<BudgetCheck<'_>>) -> Result<Verdict, StoreError> {
+        if budget.is_none() && !self.limits_anything() {
+            return Ok(Verdict::Admitted(None));
+        }
         let store = &self.store;
         let lease_id = (self.max_concurrent > 0).then(|| store.leases.next_id());
         let member = lease_id
             .map(|id| store.leases.member(id))
             .unwrap_or_default();
-        let ttl_ms = u64::try_from(store.config.lease_ttl.as_millis()).unwrap_or(30_000);
+        let (field, limit) = budget.map_or(("", 0.0), |b| (b.field, b.limit));
+        let budget_hash = budget.map_or("", |b| b.hash);
         let member_arg = &member;
-        let answer: (u8, u64) = store
+        let answer: u64 = store
             .call("admit", |mut conn| async move {
                 ADMIT_SCRIPT
                     .key(&self.rpm_key)
-                    .key(&self.tpm_key)
-                    .key(&self.lease_key)
-                    .arg(self.rpm)
-                    .arg(self.tpm)
-                    .arg(self.max_concurrent)
-                    .arg(ttl_ms)
+                    .key(&*self.tpm_key)
+                    .key(&*self.lease_key)
+                    .key(budget_hash)
+                    .arg(&self.rpm_interval)
+                    .arg(if self.tpm > 0 { "1" } else { "0" })
+                    .arg(&self.max_concurrent_arg)
+                    .arg(&store.lease_ttl_arg)
                     .arg(member_arg)
+                    .arg(field)
+                    .arg(limit)
                     .invoke_async(&mut conn)
                     .await
             })
             .await?;
-        let limit = match answer.0 {
-            0 => {
+        let limit = match answer % 8 {
+            0 if answer == 0 => {
                 let lease = lease_id.map(|id| {
-                    store
-                        .leases
-                        .insert(id, self.lease_key.clone(), member.clone());
+                    store.leases.insert(id, self.lease_key.clone(), member);
                     Lease {
                         store: store.clone(),
                         id,
@@ -172,40 +226,34 @@ impl SharedLimits {
             1 => Limit::Rpm,
             2 => Limit::Tpm,
             3 => Limit::Concurrency,
+            4 => Limit::Budget,
             _ => return Err(StoreError::Protocol),
         };
         Ok(Verdict::Limited {
             limit,
-            wait: Duration::from_millis(answer.1.max(1)),
+            wait: match limit {
+                Limit::Budget => Duration::ZERO,
+                _ => Duration::from_millis((answer / 8).max(1)),
+            },
         })
     }
 
-    /// Charges real usage against the shared tpm, off the request path.
+    /// Charges real usage against the shared tpm, through the store's writer (off the request
+    /// path; charges of one key in one batch go as one).
     pub fn charge_tokens(self: &Arc<Self>, tokens: u64) {
         if self.tpm == 0 || tokens == 0 {
             return;
         }
-        let me = self.clone();
-        spawn_detached(async move {
-            let _ = me
-                .store
-                .call("charge tokens", |mut conn| {
-                    let me = &me;
-                    async move {
-                        CHARGE_SCRIPT
-                            .key(&me.tpm_key)
-                            .arg(tokens)
-                            .arg(me.tpm)
-                            .invoke_async::<i64>(&mut conn)
-                            .await
-                    }
-                })
-                .await;
+        self.store.queue(Write::Tokens {
+            key: self.tpm_key.clone(),
+            tpm: self.tpm,
+            tokens,
         });
     }
 }
 
-/// A `max_concurrent` slot held in the store; released when dropped (with the response).
+/// A `max_concurrent` slot held in the store; released when dropped (with the response),
+/// through the store's writer.
 pub struct Lease {
     store: Arc<Store>,
     id: u64,
@@ -219,22 +267,9 @@ impl std::fmt::Debug for Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let Some((key, member)) = self.store.leases.remove(self.id) else {
-            return;
-        };
-        let store = self.store.clone();
-        spawn_detached(async move {
-            let _ = store
-                .call("release lease", |mut conn| async move {
-                    let (key, member) = (&key, &member);
-                    redis::cmd("ZREM")
-                        .arg(key)
-                        .arg(member)
-                        .query_async::<i64>(&mut conn)
-                        .await
-                })
-                .await;
-        });
+        if let Some((set, member)) = self.store.leases.remove(self.id) {
+            self.store.queue(Write::Release { set, member });
+        }
     }
 }
 
@@ -244,7 +279,7 @@ pub(super) struct LeaseBook {
     /// Tells this process's leases from other replicas' in the shared sets.
     replica: std::sync::OnceLock<String>,
     next: AtomicU64,
-    live: Mutex<HashMap<u64, (String, String)>>,
+    live: Mutex<HashMap<u64, (Arc<str>, String)>>,
 }
 
 impl LeaseBook {
@@ -259,16 +294,16 @@ impl LeaseBook {
                 .map_or(0, |d| d.subsec_nanos());
             format!("{}-{nanos:x}", std::process::id())
         });
-        format!("{replica}-{id}")
+        format!("{replica}-{id:x}")
     }
 
-    fn insert(&self, id: u64, key: String, member: String) {
+    fn insert(&self, id: u64, set: Arc<str>, member: String) {
         if let Ok(mut live) = self.live.lock() {
-            live.insert(id, (key, member));
+            live.insert(id, (set, member));
         }
     }
 
-    fn remove(&self, id: u64) -> Option<(String, String)> {
+    fn remove(&self, id: u64) -> Option<(Arc<str>, String)> {
         self.live.lock().ok()?.remove(&id)
     }
 
@@ -276,7 +311,7 @@ impl LeaseBook {
         self.live.lock().map_or(0, |live| live.len())
     }
 
-    fn snapshot(&self) -> Vec<(String, String)> {
+    fn snapshot(&self) -> Vec<(Arc<str>, String)> {
         self.live
             .lock()
             .map(|live| live.values().cloned().collect())
@@ -284,33 +319,21 @@ impl LeaseBook {
     }
 }
 
-/// The one task that renews this process's leases, every third of the TTL, in one call.
-pub(super) fn spawn_renewal(store: &Arc<Store>) {
-    let weak = Arc::downgrade(store);
-    let every = store.config.lease_ttl / 3;
-    spawn_detached(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let Some(store) = weak.upgrade() else {
-                return;
-            };
-            let live = store.leases.snapshot();
-            if live.is_empty() {
-                continue;
+/// Renews every live lease of this process in one call. Run by the writer, so a lease
+/// released after this snapshot has its release sent after the renewal, never before.
+pub(super) async fn renew(store: &Store) {
+    let live = store.leases.snapshot();
+    if live.is_empty() {
+        return;
+    }
+    let _ = store
+        .call("renew leases", |mut conn| async move {
+            let mut inv = RENEW_SCRIPT.prepare_invoke();
+            inv.arg(&store.lease_ttl_arg);
+            for (set, member) in &live {
+                inv.key(&**set).arg(member);
             }
-            let ttl_ms = u64::try_from(store.config.lease_ttl.as_millis()).unwrap_or(30_000);
-            let _ = store
-                .call("renew leases", |mut conn| async move {
-                    let mut inv = RENEW_SCRIPT.prepare_invoke();
-                    inv.arg(ttl_ms);
-                    for (key, member) in &live {
-                        inv.key(key).arg(member);
-                    }
-                    inv.invoke_async::<i64>(&mut conn).await
-                })
-                .await;
-        }
-    });
+            inv.invoke_async::<i64>(&mut conn).await
+        })
+        .await;
 }

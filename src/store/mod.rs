@@ -3,6 +3,11 @@
 //! cool-downs ([`cooldown`]), usage and budget counters ([`usage`], written by
 //! [`crate::usage::shared`]).
 //!
+//! A request waits on at most one round trip (its admission). What it leaves behind (its
+//! lease's release, its tpm charge, its usage) goes onto one bounded queue to the store's
+//! writer task ([`writer`]), which sends whatever has queued as one pipeline and renews the
+//! process's leases.
+//!
 //! Every call is bounded by `timeout_ms`; a call that fails or runs out of time counts in
 //! [`store_errors_total`] and logs a warning at most every few seconds. What the request does
 //! then (`on_error`) is its caller's choice. One [`Store`] serves the whole process: reloads
@@ -11,6 +16,7 @@
 pub mod admission;
 pub mod cooldown;
 pub mod usage;
+pub mod writer;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,6 +25,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::mpsc;
 
 use crate::config::store::{redacted_url, OnStoreError, StoreConfig};
 
@@ -64,6 +71,13 @@ pub struct Store {
     leases: admission::LeaseBook,
     /// Pools whose cool-downs are mirrored from the store ([`cooldown`]).
     pools: Mutex<Vec<cooldown::Watched>>,
+    /// The queue to the writer task ([`writer`]).
+    writes: mpsc::Sender<writer::Write>,
+    /// The lease TTL in ms, as a script argument.
+    lease_ttl_arg: String,
+    /// Whether the process's usage (and so its budgets) is kept in this store, so that the
+    /// admission script may check budgets ([`Store::keeps_usage`]).
+    keeps_usage: AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -100,15 +114,16 @@ impl Store {
         if let Some(store) = map.get(&id).and_then(Weak::upgrade) {
             return Ok(Some(store));
         }
-        let store = Arc::new(Store::connect(config.clone())?);
+        let (store, writes) = Store::connect(config.clone())?;
+        let store = Arc::new(store);
         map.insert(id, Arc::downgrade(&store));
-        admission::spawn_renewal(&store);
+        writer::spawn(&store, writes);
         cooldown::spawn_poll(&store);
         tracing::info!(url = %redacted_url(config.url.expose()), prefix = %config.prefix, "shared state in Redis");
         Ok(Some(store))
     }
 
-    fn connect(config: StoreConfig) -> Result<Store, String> {
+    fn connect(config: StoreConfig) -> Result<(Store, mpsc::Receiver<writer::Write>), String> {
         let client = redis::Client::open(config.url.expose())
             .map_err(|e| format!("store.url is not a usable Redis URL ({})", e.category()))?;
         let manager_config = ConnectionManagerConfig::new()
@@ -118,12 +133,37 @@ impl Store {
             .set_number_of_retries(3);
         let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
             .map_err(|e| format!("store: cannot set up the Redis client ({})", e.category()))?;
-        Ok(Store {
+        let (writes, queued) = mpsc::channel(writer::QUEUE);
+        let ttl_ms = u64::try_from(config.lease_ttl.as_millis()).unwrap_or(30_000);
+        let store = Store {
             config,
             conn,
             leases: admission::LeaseBook::default(),
             pools: Mutex::new(Vec::new()),
-        })
+            writes,
+            lease_ttl_arg: ttl_ms.to_string(),
+            keeps_usage: AtomicBool::new(false),
+        };
+        Ok((store, queued))
+    }
+
+    /// Hands a write to the writer task, off the request path; a full queue drops it and
+    /// counts a store error.
+    pub(crate) fn queue(&self, write: writer::Write) {
+        if self.writes.try_send(write).is_err() {
+            note_dropped("queue store write");
+        }
+    }
+
+    /// Whether the process's usage is kept in this store (set by
+    /// [`crate::usage::shared::follow_store`]): only then do its budget counters in Redis
+    /// hold every request's spend, and admission may check budgets there.
+    pub fn keeps_usage(&self) -> bool {
+        self.keeps_usage.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_keeps_usage(&self, keeps: bool) {
+        self.keeps_usage.store(keeps, Ordering::Relaxed);
     }
 
     /// For `GET /admin/status`: the URL redacted, the settings, the error count, live leases.

@@ -43,9 +43,12 @@ async fn rpm_admits_the_minute_then_says_when() {
     let s = store(&redis, "t1:");
     let l = limits(&s, Some(3), None, None);
     for _ in 0..3 {
-        assert!(matches!(l.admit().await.unwrap(), Verdict::Admitted(None)));
+        assert!(matches!(
+            l.admit(None).await.unwrap(),
+            Verdict::Admitted(None)
+        ));
     }
-    match l.admit().await.unwrap() {
+    match l.admit(None).await.unwrap() {
         Verdict::Limited { limit, wait } => {
             assert_eq!(limit, Limit::Rpm);
             assert!(
@@ -65,14 +68,14 @@ async fn leases_bound_concurrency_and_free_on_drop() {
     let redis = RedisServer::start();
     let s = store(&redis, "t2:");
     let l = limits(&s, None, None, Some(2));
-    let Verdict::Admitted(Some(a)) = l.admit().await.unwrap() else {
+    let Verdict::Admitted(Some(a)) = l.admit(None).await.unwrap() else {
         panic!()
     };
-    let Verdict::Admitted(Some(_b)) = l.admit().await.unwrap() else {
+    let Verdict::Admitted(Some(_b)) = l.admit(None).await.unwrap() else {
         panic!()
     };
     assert!(matches!(
-        l.admit().await.unwrap(),
+        l.admit(None).await.unwrap(),
         Verdict::Limited {
             limit: Limit::Concurrency,
             ..
@@ -81,7 +84,7 @@ async fn leases_bound_concurrency_and_free_on_drop() {
     drop(a);
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        if let Verdict::Admitted(Some(_)) = l.admit().await.unwrap() {
+        if let Verdict::Admitted(Some(_)) = l.admit(None).await.unwrap() {
             break;
         }
         assert!(Instant::now() < deadline, "released lease was not freed");
@@ -94,13 +97,13 @@ async fn live_leases_are_renewed_past_their_ttl() {
     let redis = RedisServer::start();
     let s = store(&redis, "t3:");
     let l = limits(&s, None, None, Some(1));
-    let Verdict::Admitted(Some(_held)) = l.admit().await.unwrap() else {
+    let Verdict::Admitted(Some(_held)) = l.admit(None).await.unwrap() else {
         panic!()
     };
     // Three TTLs later the renewal task has kept the slot taken.
     tokio::time::sleep(Duration::from_millis(4500)).await;
     assert!(matches!(
-        l.admit().await.unwrap(),
+        l.admit(None).await.unwrap(),
         Verdict::Limited {
             limit: Limit::Concurrency,
             ..
@@ -113,11 +116,14 @@ async fn tpm_is_charged_after_the_fact() {
     let redis = RedisServer::start();
     let s = store(&redis, "t4:");
     let l = limits(&s, None, Some(60), None);
-    assert!(matches!(l.admit().await.unwrap(), Verdict::Admitted(None)));
+    assert!(matches!(
+        l.admit(None).await.unwrap(),
+        Verdict::Admitted(None)
+    ));
     l.charge_tokens(90);
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        match l.admit().await.unwrap() {
+        match l.admit(None).await.unwrap() {
             Verdict::Limited { limit, wait } => {
                 assert_eq!(limit, Limit::Tpm);
                 // 30 tokens over the minute's 60, at one token a second.
@@ -219,7 +225,7 @@ async fn an_unreachable_store_fails_within_its_timeout_and_counts() {
     let l = limits(&s, Some(10), None, None);
     let before = store_errors_total();
     let t = Instant::now();
-    assert!(l.admit().await.is_err());
+    assert!(l.admit(None).await.is_err());
     assert!(
         t.elapsed() < Duration::from_millis(200 + 150),
         "{:?}",

@@ -45,6 +45,21 @@ pub struct UsageWrite {
 }
 
 impl UsageWrite {
+    /// Whether `other` counts under the same key, model and period (and so adds to this).
+    pub fn same_counters(&self, other: &UsageWrite) -> bool {
+        self.key == other.key && self.model == other.model && self.period_id == other.period_id
+    }
+
+    /// Adds `other`'s counts to this one's.
+    pub fn add(&mut self, other: &UsageWrite) {
+        self.requests += other.requests;
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.errors += other.errors;
+        self.rate_limited += other.rate_limited;
+        self.cost += other.cost;
+    }
+
     fn counters(&self) -> [(&'static str, u64); 5] {
         [
             ("requests", self.requests),
@@ -101,6 +116,26 @@ impl Store {
             return Ok(());
         }
         let mut pipe = redis::pipe();
+        self.push_usage(&mut pipe, batch);
+        self.call("write usage", |mut conn| async move {
+            pipe.query_async::<()>(&mut conn).await
+        })
+        .await
+    }
+
+    /// The hash of a key's counters in one budget period.
+    pub fn budget_key(&self, key_label: &str, period_id: &str) -> String {
+        let mut k = self.key("budget", key_label);
+        k.push(':');
+        k.push_str(period_id);
+        k
+    }
+
+    /// Adds the commands writing `batch` to `pipe` (their answers ignored).
+    pub(super) fn push_usage(&self, pipe: &mut redis::Pipeline, batch: &[UsageWrite]) {
+        if batch.is_empty() {
+            return;
+        }
         let now = super::now_ms() / 1000;
         pipe.cmd("SET")
             .arg(self.key("usage-since", ""))
@@ -112,10 +147,7 @@ impl Store {
         for w in batch {
             pipe.sadd(&index, &w.key).ignore();
             let hash = self.key("usage", &w.key);
-            let period = w
-                .period_id
-                .as_ref()
-                .map(|id| self.key("budget", &format!("{}:{id}", w.key)));
+            let period = w.period_id.as_ref().map(|id| self.budget_key(&w.key, id));
             for (counter, v) in w.counters() {
                 if v == 0 {
                     continue;
@@ -146,10 +178,6 @@ impl Store {
                 pipe.cmd("EXPIRE").arg(p).arg(keep).ignore();
             }
         }
-        self.call("write usage", |mut conn| async move {
-            pipe.query_async::<()>(&mut conn).await
-        })
-        .await
     }
 
     /// When the fleet's usage counters started (Unix seconds), if anything was written.
@@ -201,7 +229,7 @@ impl Store {
         tokens: u64,
         cost: f64,
     ) -> Result<(), StoreError> {
-        let hash = self.key("budget", &format!("{key_label}:{period_id}"));
+        let hash = self.budget_key(key_label, period_id);
         let keep = BUDGET_KEEP.as_secs();
         self.call("add budget", |mut conn| async move {
             let mut pipe = redis::pipe();
@@ -225,7 +253,7 @@ impl Store {
         key_label: &str,
         period_id: &str,
     ) -> Result<PeriodUsage, StoreError> {
-        let hash = self.key("budget", &format!("{key_label}:{period_id}"));
+        let hash = self.budget_key(key_label, period_id);
         let fields: BTreeMap<String, String> = self
             .call("read period usage", |mut conn| async move {
                 redis::cmd("HGETALL")
@@ -253,7 +281,7 @@ impl Store {
         key_label: &str,
         period_id: &str,
     ) -> Result<BudgetUsed, StoreError> {
-        let hash = self.key("budget", &format!("{key_label}:{period_id}"));
+        let hash = self.budget_key(key_label, period_id);
         let (tokens, cost): (Option<u64>, Option<f64>) = self
             .call("read budget", |mut conn| async move {
                 redis::cmd("HMGET")

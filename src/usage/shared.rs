@@ -3,9 +3,11 @@
 //! whole fleet and survive restarts.
 //!
 //! Recording never waits on Redis: each charge goes into the in-process ledger (the local
-//! record and the fallback) and onto a bounded queue that one writer task drains, sending
-//! whatever is queued in one pipelined round trip. A full queue drops the write and counts
-//! it as a store error. Reads (the budget check, `/admin/usage`) ask Redis within
+//! record and the fallback) and onto the store's writer queue ([`crate::store::writer`]),
+//! which sends whatever is queued in one pipelined round trip, the counts of one key, model
+//! and period added together. A full queue drops the write and counts it as a store error.
+//! With this backend installed, a budgeted key with shared limits is checked inside its
+//! admission script ([`crate::store::admission`]). Reads (`/admin/usage`, other budget checks) ask Redis within
 //! `timeout_ms`; when it does not answer, `on_error: allow` answers from the ledger (this
 //! replica's own counts) and `deny` reports the store unavailable.
 //!
@@ -18,9 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::future::BoxFuture;
-use tokio::sync::mpsc;
-
 use super::backend::{
     install, ledger, Charge, Counts, PeriodUse, Totals, Unavailable, UsageBackend,
 };
@@ -28,18 +27,14 @@ use super::ledger::Ledger;
 use super::period::Period;
 use crate::config::store::OnStoreError;
 use crate::store::usage::{UsageRow, UsageWrite};
-use crate::store::{note_dropped, Store};
-
-/// Charges queued for the writer before further ones are dropped (and counted).
-pub const QUEUE: usize = 4096;
-/// Charges sent in one pipelined round trip at most.
-pub const BATCH: usize = 256;
+use crate::store::writer::Write;
+use crate::store::Store;
+use futures_util::future::BoxFuture;
 
 /// A [`UsageBackend`] over the shared store, recording into the process's ledger too.
 pub struct SharedUsage {
     store: Arc<Store>,
     ledger: Arc<Ledger>,
-    queue: mpsc::Sender<UsageWrite>,
 }
 
 impl std::fmt::Debug for SharedUsage {
@@ -51,31 +46,15 @@ impl std::fmt::Debug for SharedUsage {
 }
 
 impl SharedUsage {
-    /// A backend over `store` and its writer task; `None` outside a tokio runtime.
+    /// A backend over `store` (whose writer sends the counts); `None` outside a tokio
+    /// runtime.
     pub fn new(store: Arc<Store>, ledger: Arc<Ledger>) -> Option<SharedUsage> {
-        let handle = tokio::runtime::Handle::try_current().ok()?;
-        let (queue, rx) = mpsc::channel(QUEUE);
-        handle.spawn(write_queued(Arc::clone(&store), rx));
-        Some(SharedUsage {
-            store,
-            ledger,
-            queue,
-        })
+        tokio::runtime::Handle::try_current().ok()?;
+        Some(SharedUsage { store, ledger })
     }
 
     pub fn store(&self) -> &Arc<Store> {
         &self.store
-    }
-}
-
-/// The writer: whatever is queued (up to [`BATCH`]) in one round trip; ends when the backend
-/// is dropped and its queue is drained. A failed write is counted by the store and not retried
-/// (the ledger keeps this replica's counts).
-async fn write_queued(store: Arc<Store>, mut rx: mpsc::Receiver<UsageWrite>) {
-    let mut batch = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let _ = store.write_usage(&batch).await;
-        batch.clear();
     }
 }
 
@@ -119,9 +98,7 @@ impl UsageBackend for SharedUsage {
             cost: d.cost,
             period_id: charge.period.map(|p| period_id(p, charge.at)),
         };
-        if self.queue.try_send(write).is_err() {
-            note_dropped("queue usage");
-        }
+        self.store.queue(Write::Usage(write));
     }
 
     fn period_use<'a>(
@@ -207,13 +184,18 @@ pub fn follow_store(store: Option<&Arc<Store>>) {
             }
             if let Some(shared) = SharedUsage::new(Arc::clone(store), ledger()) {
                 let shared = Arc::new(shared);
+                if let Some(previous) = current.as_ref() {
+                    previous.store().set_keeps_usage(false);
+                }
+                store.set_keeps_usage(true);
                 install(Arc::clone(&shared) as Arc<dyn UsageBackend>);
                 *current = Some(shared);
                 tracing::info!("usage and budgets are kept in the shared store");
             }
         }
         None => {
-            if current.take().is_some() {
+            if let Some(previous) = current.take() {
+                previous.store().set_keeps_usage(false);
                 install(ledger());
                 tracing::info!("usage and budgets are kept in this process");
             }

@@ -39,6 +39,7 @@ mod shutdown;
 mod slow_clients;
 mod smuggling;
 mod status_page;
+mod store_cost;
 mod store_faults;
 mod streaming;
 mod tls;

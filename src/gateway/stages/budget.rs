@@ -2,11 +2,16 @@
 //! period is refused (429 `budget_exceeded`, `Retry-After` to the period's end). Runs before
 //! the rpm/tpm/concurrency check so a refused request takes none of those. Spend is charged
 //! after the fact by the request's meter, from the upstream's real usage.
+//!
+//! When the key's limits and the usage both live in the shared store, the check is left to
+//! the key's admission (`stages::policy`): the same Redis script checks the budget before it
+//! takes anything, so a budgeted key costs one round trip, not two.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::stages::auth::Principal;
+use crate::usage::budget::Budget;
 use crate::usage::pricing::Pricing;
 use crate::usage::{backend, RequestMeter};
 
@@ -33,6 +38,13 @@ pub async fn admit(
             format!("This key has a cost budget and model {shown} has no price under pricing:"),
         ));
     }
+    if principal
+        .policy
+        .as_ref()
+        .is_some_and(|p| p.budget_in_admission())
+    {
+        return Ok(());
+    }
     let now = SystemTime::now();
     let used = backend()
         .period_use(&principal.label, budget.period, now)
@@ -48,12 +60,17 @@ pub async fn admit(
     if !budget.exhausted(&used) {
         return Ok(());
     }
+    Err(exceeded(&budget, now))
+}
+
+/// 429 `budget_exceeded` with `Retry-After` to the end of the period holding `now`.
+pub fn exceeded(budget: &Budget, now: SystemTime) -> GatewayError {
     let secs = now
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0);
     let wait = budget.period.seconds_left(secs);
-    Err(GatewayError::new(
+    GatewayError::new(
         ErrorKind::RateLimited,
         "budget_exceeded",
         format!(
@@ -62,5 +79,5 @@ pub async fn admit(
             budget.period.name()
         ),
     )
-    .with_retry_after(wait))
+    .with_retry_after(wait)
 }

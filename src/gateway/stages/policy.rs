@@ -2,7 +2,8 @@
 //! concurrent requests. Limits are per key and per generation (a reload starts them afresh);
 //! each key has its own small lock, so keys never contend with each other. With a `store:`
 //! the limits are shared by every replica ([`crate::store::admission`]); these in-process
-//! ones then serve only while the store does not answer (`on_error: allow`).
+//! ones then serve only while the store does not answer (`on_error: allow`). A budgeted key
+//! whose usage is kept in that store has its budget checked in the same admission call.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -12,7 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::config::store::OnStoreError;
 use crate::config::KeyConfig;
 use crate::error::{ErrorKind, GatewayError};
-use crate::store::admission::{Lease, Limit, SharedLimits, Verdict};
+use crate::store::admission::{BudgetCheck, Lease, Limit, SharedLimits, Verdict};
 use crate::store::Store;
 
 /// A token bucket refilled continuously at `capacity` per minute.
@@ -133,9 +134,14 @@ impl KeyPolicy {
         }
     }
 
-    /// Keeps this key's limits in `store` (when it has any), shared by every replica.
+    /// Keeps this key's limits in `store` (when it has any, or a budget to check there),
+    /// shared by every replica.
     pub fn share(&mut self, store: &Arc<Store>, label: &str) {
-        if self.rpm.is_some() || self.tpm.is_some() || self.concurrency.is_some() {
+        if self.rpm.is_some()
+            || self.tpm.is_some()
+            || self.concurrency.is_some()
+            || self.budget.is_some()
+        {
             self.shared = Some(Arc::new(SharedLimits::new(
                 store,
                 label,
@@ -150,17 +156,47 @@ impl KeyPolicy {
         self.rpm.as_ref().map(|b| b.capacity as u32)
     }
 
-    /// Admits one request under rpm / tpm / concurrency: in the shared store when there is one
-    /// (one round trip), else (or when it fails and `on_error` is `allow`) in process.
+    /// Whether this key's budget is checked by its shared admission ([`KeyPolicy::admit`])
+    /// rather than by the budget stage: it has a budget and shared limits, and the process
+    /// keeps its usage in that store.
+    pub fn budget_in_admission(&self) -> bool {
+        self.budget.is_some()
+            && self
+                .shared
+                .as_ref()
+                .is_some_and(|s| s.store().keeps_usage())
+    }
+
+    /// Admits one request under rpm / tpm / concurrency (and its budget, see
+    /// [`KeyPolicy::budget_in_admission`]): in the shared store when there is one (one round
+    /// trip), else (or when it fails and `on_error` is `allow`) in process.
     pub async fn admit(&self, key: &Arc<str>) -> Result<Option<Slot>, GatewayError> {
         let Some(shared) = &self.shared else {
             return self.admit_local(key);
         };
-        match shared.admit().await {
+        let budget = self.budget.filter(|_| self.budget_in_admission());
+        let now = SystemTime::now();
+        let budget_hash = budget.map(|b| {
+            shared
+                .store()
+                .budget_key(key, &crate::usage::shared::period_id(b.period, now))
+        });
+        let check = budget
+            .zip(budget_hash.as_deref())
+            .map(|(b, hash)| BudgetCheck {
+                hash,
+                field: b.unit(),
+                limit: b.limit_value(),
+            });
+        match shared.admit(check).await {
             Ok(Verdict::Admitted(lease)) => Ok(lease.map(Slot::Shared)),
             Ok(Verdict::Limited { limit, wait }) => {
                 let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
                 Err(match limit {
+                    Limit::Budget => match &budget {
+                        Some(b) => super::budget::exceeded(b, now),
+                        None => GatewayError::internal("unexpected budget refusal"),
+                    },
                     Limit::Rpm => limited(key, "rpm", "requests per minute", secs),
                     Limit::Tpm => limited(key, "tpm", "tokens per minute", secs),
                     Limit::Concurrency => limited(
@@ -172,7 +208,17 @@ impl KeyPolicy {
                 })
             }
             Err(_) => match shared.store().on_error() {
-                OnStoreError::Allow => self.admit_local(key),
+                OnStoreError::Allow => {
+                    if let Some(b) = &budget {
+                        // This replica's own counts, as the budget stage answers then.
+                        let used =
+                            crate::usage::backend::ledger().period_use_now(key, b.period, now);
+                        if b.exhausted(&used) {
+                            return Err(super::budget::exceeded(b, now));
+                        }
+                    }
+                    self.admit_local(key)
+                }
                 OnStoreError::Deny => Err(GatewayError::new(
                     ErrorKind::Unavailable,
                     "limits_unavailable",

@@ -1,0 +1,226 @@
+//! The store's one writer task: everything a request leaves behind (its lease's release, its
+//! tpm charge, its usage counters) goes onto one bounded queue, and the writer sends whatever
+//! has queued as one pipelined round trip, so no request waits on these and Redis sees one
+//! batch however many requests end together.
+//!
+//! A batch is coalesced before it is sent: the releases of one lease set go as one `ZREM`,
+//! the charges of one key as one amount (all keys' charges in one script call), and the usage
+//! of one key, model and period as one set of increments. The writer sends as soon as
+//! anything is queued (an idle gateway's release goes at once, a busy one's ride together
+//! while the previous batch is in flight), one batch at a time.
+//!
+//! The writer also renews this process's leases every third of the lease TTL. Being the same
+//! task, a renewal is never sent after the release of a lease it did not see: a snapshot that
+//! still holds a lease was sent before that lease's release was even queued.
+//!
+//! A full queue drops the write and counts a store error; a batch that fails is counted and
+//! not retried (an unsent release frees its slot within the lease TTL, as a dead replica's
+//! does; the in-process ledger keeps this replica's counts).
+
+use std::sync::{Arc, Weak};
+
+use tokio::sync::mpsc;
+
+use super::admission::{self, CHARGE_SCRIPT};
+use super::usage::UsageWrite;
+use super::Store;
+
+/// Writes queued for the writer before further ones are dropped (and counted).
+pub const QUEUE: usize = 8192;
+/// Writes taken into one batch at most.
+pub const BATCH: usize = 1024;
+
+/// One thing a request leaves for the store.
+#[derive(Debug)]
+pub enum Write {
+    /// A `max_concurrent` lease to remove from its set.
+    Release { set: Arc<str>, member: String },
+    /// Tokens to charge against a key's shared tpm.
+    Tokens {
+        key: Arc<str>,
+        tpm: u64,
+        tokens: u64,
+    },
+    /// A request's usage counters.
+    Usage(UsageWrite),
+}
+
+/// Starts the writer of `store`; it ends when the store is dropped (its queue closes).
+pub(super) fn spawn(store: &Arc<Store>, queued: mpsc::Receiver<Write>) {
+    let weak = Arc::downgrade(store);
+    let renew_every = store.config.lease_ttl / 3;
+    super::spawn_detached(run(weak, queued, renew_every));
+}
+
+async fn run(
+    store: Weak<Store>,
+    mut queued: mpsc::Receiver<Write>,
+    renew_every: std::time::Duration,
+) {
+    let mut tick = tokio::time::interval(renew_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        tokio::select! {
+            n = queued.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    return;
+                }
+                let Some(store) = store.upgrade() else { return };
+                send(&store, &mut batch).await;
+                batch.clear();
+            }
+            _ = tick.tick() => {
+                let Some(store) = store.upgrade() else { return };
+                admission::renew(&store).await;
+            }
+        }
+    }
+}
+
+/// A batch, coalesced: releases per lease set, charges per key, usage per key, model and
+/// period.
+#[derive(Default)]
+struct Coalesced {
+    releases: Vec<(Arc<str>, Vec<String>)>,
+    charges: Vec<(Arc<str>, u64, u64)>,
+    usage: Vec<UsageWrite>,
+}
+
+impl Coalesced {
+    fn of(batch: &mut Vec<Write>) -> Coalesced {
+        let mut c = Coalesced::default();
+        for w in batch.drain(..) {
+            match w {
+                Write::Release { set, member } => {
+                    match c.releases.iter_mut().find(|(s, _)| *s == set) {
+                        Some((_, members)) => members.push(member),
+                        None => c.releases.push((set, vec![member])),
+                    }
+                }
+                Write::Tokens { key, tpm, tokens } => {
+                    match c
+                        .charges
+                        .iter_mut()
+                        .find(|(k, t, _)| *k == key && *t == tpm)
+                    {
+                        Some((_, _, sum)) => *sum += tokens,
+                        None => c.charges.push((key, tpm, tokens)),
+                    }
+                }
+                Write::Usage(u) => match c.usage.iter_mut().find(|w| w.same_counters(&u)) {
+                    Some(w) => w.add(&u),
+                    None => c.usage.push(u),
+                },
+            }
+        }
+        c
+    }
+}
+
+/// Sends one coalesced batch: the releases and usage as one pipeline and, when there are
+/// charges, the charge script beside it on the same connection (written together: one round
+/// trip).
+async fn send(store: &Store, batch: &mut Vec<Write>) {
+    let c = Coalesced::of(batch);
+    let mut pipe = redis::pipe();
+    for (set, members) in &c.releases {
+        pipe.cmd("ZREM").arg(&**set).arg(members).ignore();
+    }
+    store.push_usage(&mut pipe, &c.usage);
+    let writes = async {
+        if c.releases.is_empty() && c.usage.is_empty() {
+            return;
+        }
+        let pipe = &pipe;
+        let _ = store
+            .call("write", |mut conn| async move {
+                pipe.query_async::<()>(&mut conn).await
+            })
+            .await;
+    };
+    let charges = async {
+        if c.charges.is_empty() {
+            return;
+        }
+        let charges = &c.charges;
+        let _ = store
+            .call("charge tokens", |mut conn| async move {
+                let mut inv = CHARGE_SCRIPT.prepare_invoke();
+                for (key, tpm, tokens) in charges {
+                    inv.key(&**key).arg(*tokens).arg(*tpm);
+                }
+                inv.invoke_async::<i64>(&mut conn).await
+            })
+            .await;
+    };
+    futures_util::join!(writes, charges);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(key: &str, model: &str, requests: u64) -> Write {
+        Write::Usage(UsageWrite {
+            key: key.into(),
+            model: model.into(),
+            requests,
+            input_tokens: 10 * requests,
+            cost: 0.5,
+            ..UsageWrite::default()
+        })
+    }
+
+    #[test]
+    fn a_batch_coalesces_per_set_key_and_counters() {
+        let (a, b): (Arc<str>, Arc<str>) = ("l:a".into(), "l:b".into());
+        let mut batch = vec![
+            Write::Release {
+                set: a.clone(),
+                member: "1".into(),
+            },
+            usage("k", "m", 1),
+            Write::Release {
+                set: b.clone(),
+                member: "2".into(),
+            },
+            Write::Tokens {
+                key: a.clone(),
+                tpm: 60,
+                tokens: 5,
+            },
+            usage("k", "m", 2),
+            Write::Release {
+                set: a.clone(),
+                member: "3".into(),
+            },
+            usage("k", "other", 1),
+            Write::Tokens {
+                key: a.clone(),
+                tpm: 60,
+                tokens: 7,
+            },
+        ];
+        let c = Coalesced::of(&mut batch);
+        assert!(batch.is_empty());
+        assert_eq!(
+            c.releases,
+            vec![
+                (a.clone(), vec!["1".into(), "3".into()]),
+                (b, vec!["2".into()])
+            ]
+        );
+        assert_eq!(c.charges, vec![(a, 60, 12)]);
+        assert_eq!(c.usage.len(), 2);
+        assert_eq!(
+            (
+                c.usage[0].requests,
+                c.usage[0].input_tokens,
+                c.usage[0].cost
+            ),
+            (3, 30, 1.0)
+        );
+        assert_eq!(c.usage[1].model, "other");
+    }
+}

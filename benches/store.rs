@@ -6,8 +6,10 @@
 //! Under `cargo test --all-targets` each benchmark runs once as a smoke test.
 //!
 //! Groups: `store/ping` (round trip floor), `store/admit_rpm` (an rpm key: the GCRA script),
-//! `store/admit_rpm_lease` (rpm + `max_concurrent`: the script plus the lease's release after),
-//! `store/budget_read` (a budgeted key's period, read before the upstream call),
+//! `store/admit_rpm_lease` (rpm + `max_concurrent`: the script plus the lease's release after,
+//! through the store's writer), `store/admit_budget_rpm_lease` (the same with the key's budget
+//! checked inside the script, as a budgeted key with shared limits is),
+//! `store/budget_read` (a budgeted key's period as `/admin/usage` reads it),
 //! `store/usage_record` (recording a request's usage: the ledger plus the queue to the writer,
 //! which runs between iterations and pipelines what is queued).
 
@@ -19,7 +21,7 @@ use criterion::Criterion;
 
 use sophgate::config::store::{OnStoreError, StoreConfig};
 use sophgate::secret::Secret;
-use sophgate::store::admission::{SharedLimits, Verdict};
+use sophgate::store::admission::{BudgetCheck, SharedLimits, Verdict};
 use sophgate::store::Store;
 use sophgate::usage::backend::{ledger, Charge, Delta, UsageBackend};
 use sophgate::usage::period::Period;
@@ -70,6 +72,12 @@ fn run(c: &mut Criterion) -> Result<(), String> {
         None,
         Some(1_000_000),
     ));
+    let budget_hash = store.budget_key("leased", "month-0");
+    let budget = BudgetCheck {
+        hash: &budget_hash,
+        field: "tokens",
+        limit: 1e15,
+    };
     // Each subject once, checked, so no benchmark times an error path.
     rt.block_on(async {
         store.ping().await.map_err(|e| format!("ping: {e}"))?;
@@ -78,8 +86,12 @@ fn run(c: &mut Criterion) -> Result<(), String> {
             other => return Err(format!("admit_rpm: {other:?}")),
         }
         match leased.admit(None).await {
+            Ok(Verdict::Admitted(Some(_))) => {}
+            other => return Err(format!("admit_rpm_lease: {other:?}")),
+        }
+        match leased.admit(Some(budget)).await {
             Ok(Verdict::Admitted(Some(_))) => Ok(()),
-            other => Err(format!("admit_rpm_lease: {other:?}")),
+            other => Err(format!("admit_budget_rpm_lease: {other:?}")),
         }
     })?;
 
@@ -118,6 +130,10 @@ fn run(c: &mut Criterion) -> Result<(), String> {
         // The lease drops at once: its release (a ZREM, off the request path) runs too.
         b.to_async(&rt)
             .iter(|| async { leased.admit(None).await.is_ok() })
+    });
+    group.bench_function("admit_budget_rpm_lease", |b| {
+        b.to_async(&rt)
+            .iter(|| async { leased.admit(Some(budget)).await.is_ok() })
     });
     group.bench_function("budget_read", |b| {
         b.to_async(&rt).iter(|| async {

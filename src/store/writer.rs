@@ -88,32 +88,46 @@ struct Coalesced {
 }
 
 impl Coalesced {
+    /// Sorts and merges, so a batch of many keys costs n log n, not n² comparisons.
     fn of(batch: &mut Vec<Write>) -> Coalesced {
-        let mut c = Coalesced::default();
+        let mut releases: Vec<(Arc<str>, String)> = Vec::new();
+        let mut charges: Vec<(Arc<str>, u64, u64)> = Vec::new();
+        let mut usage: Vec<UsageWrite> = Vec::new();
         for w in batch.drain(..) {
             match w {
-                Write::Release { set, member } => {
-                    match c.releases.iter_mut().find(|(s, _)| *s == set) {
-                        Some((_, members)) => members.push(member),
-                        None => c.releases.push((set, vec![member])),
-                    }
-                }
-                Write::Tokens { key, tpm, tokens } => {
-                    match c
-                        .charges
-                        .iter_mut()
-                        .find(|(k, t, _)| *k == key && *t == tpm)
-                    {
-                        Some((_, _, sum)) => *sum += tokens,
-                        None => c.charges.push((key, tpm, tokens)),
-                    }
-                }
-                Write::Usage(u) => match c.usage.iter_mut().find(|w| w.same_counters(&u)) {
-                    Some(w) => w.add(&u),
-                    None => c.usage.push(u),
-                },
+                Write::Release { set, member } => releases.push((set, member)),
+                Write::Tokens { key, tpm, tokens } => charges.push((key, tpm, tokens)),
+                Write::Usage(u) => usage.push(u),
             }
         }
+        releases.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut c = Coalesced::default();
+        for (set, member) in releases {
+            match c.releases.last_mut() {
+                Some((s, members)) if *s == set => members.push(member),
+                _ => c.releases.push((set, vec![member])),
+            }
+        }
+        charges.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        charges.dedup_by(|later, kept| {
+            let same = later.0 == kept.0 && later.1 == kept.1;
+            if same {
+                kept.2 += later.2;
+            }
+            same
+        });
+        c.charges = charges;
+        usage.sort_unstable_by(|a, b| {
+            (&a.key, &a.model, &a.period_id).cmp(&(&b.key, &b.model, &b.period_id))
+        });
+        usage.dedup_by(|later, kept| {
+            let same = kept.same_counters(later);
+            if same {
+                kept.add(later);
+            }
+            same
+        });
+        c.usage = usage;
         c
     }
 }

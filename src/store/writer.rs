@@ -5,9 +5,9 @@
 //!
 //! A batch is coalesced before it is sent: the releases of one lease set go as one `ZREM`,
 //! the charges of one key as one amount (all keys' charges in one script call), and the usage
-//! of one key, model and period as one set of increments. The writer sends as soon as
-//! anything is queued (an idle gateway's release goes at once, a busy one's ride together
-//! while the previous batch is in flight), one batch at a time.
+//! of one key, model and period as one set of increments. The writer sends [`LINGER`] after
+//! the first write of a batch arrived (what ends meanwhile rides along; a released slot is
+//! free again within that plus a round trip), one batch at a time.
 //!
 //! The writer also renews this process's leases every third of the lease TTL. Being the same
 //! task, a renewal is never sent after the release of a lease it did not see: a snapshot that
@@ -29,6 +29,8 @@ use super::Store;
 pub const QUEUE: usize = 8192;
 /// Writes taken into one batch at most.
 pub const BATCH: usize = 1024;
+/// How long the writer waits after the first write of a batch for others to join it.
+pub const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// One thing a request leaves for the store.
 #[derive(Debug)]
@@ -65,6 +67,15 @@ async fn run(
             n = queued.recv_many(&mut batch, BATCH) => {
                 if n == 0 {
                     return;
+                }
+                // The requests ending about now ride along: at low concurrency too, one
+                // pipeline (one write and read on each side) serves many of them.
+                tokio::time::sleep(LINGER).await;
+                while batch.len() < BATCH {
+                    match queued.try_recv() {
+                        Ok(w) => batch.push(w),
+                        Err(_) => break,
+                    }
                 }
                 let Some(store) = store.upgrade() else { return };
                 send(&store, &mut batch).await;

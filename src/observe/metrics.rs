@@ -421,7 +421,7 @@ impl Drop for Inflight {
 #[derive(Default)]
 struct Cache {
     attempts: HashMap<UpstreamOutcome, Counter>,
-    series: HashMap<SeriesId, Series>,
+    series: SeriesCache,
     models: ModelLabels,
     epoch: u64,
 }
@@ -437,7 +437,7 @@ fn with_cache(f: impl FnOnce(&mut Cache)) {
             if c.epoch != epoch {
                 // A new generation: its key and upstream labels are new values, and the model
                 // fold may have changed.
-                c.series.clear();
+                c.series = SeriesCache::default();
                 c.attempts.clear();
                 c.models = ModelLabels::default();
                 c.epoch = epoch;
@@ -504,27 +504,51 @@ impl ModelLabels {
     }
 }
 
-/// Which [`Series`] a finished request updates: its label values by identity (a `'static`
-/// string's address and length, a shared label's allocation), so finding it hashes a few
-/// words instead of the label strings. The series holds the labels it was made for, so no
+/// Which [`Series`] a finished request updates: its label values by identity (a shared
+/// label's allocation, the index of a fixed label value), so finding it compares or hashes a
+/// few words instead of the label strings. The series holds the labels it was made for, so no
 /// address in a cached id can be reused by another value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct SeriesId {
-    route: (usize, usize),
     key: usize,
     model: usize,
-    status: u16,
-    /// `(0, 0)` when no upstream answered.
+    /// 0 when no upstream answered.
     upstream: usize,
-    outcome: (usize, usize),
-}
-
-fn static_id(s: &'static str) -> (usize, usize) {
-    (s.as_ptr() as usize, s.len())
+    status: u16,
+    /// Index in [`INFLIGHT_ROUTES`] (every route label is one of them).
+    route: u8,
+    /// Index in [`FINAL_OUTCOMES`].
+    outcome: u8,
 }
 
 fn label_id(l: &Arc<str>) -> usize {
     Arc::as_ptr(l).cast::<u8>() as usize
+}
+
+/// A thread's series, the one its last request used first: consecutive requests mostly share
+/// their labels (one key, one model, 200), and then no hash is computed.
+#[derive(Default)]
+struct SeriesCache {
+    last: Option<(SeriesId, usize)>,
+    index: HashMap<SeriesId, usize>,
+    all: Vec<Series>,
+}
+
+impl SeriesCache {
+    fn get(&mut self, id: SeriesId, make: impl FnOnce() -> Series) -> &mut Series {
+        let at = match self.last {
+            Some((last, at)) if last == id => at,
+            _ => {
+                let at = *self.index.entry(id).or_insert_with(|| {
+                    self.all.push(make());
+                    self.all.len() - 1
+                });
+                self.last = Some((id, at));
+                at
+            }
+        };
+        &mut self.all[at]
+    }
 }
 
 /// The handles of one finished request's label values, taken from the families once per
@@ -601,6 +625,15 @@ impl Series {
     }
 }
 
+/// The outcomes the attempt whose answer the client got can have (see [`final_attempt`]).
+const FINAL_OUTCOMES: [&str; 5] = [
+    attempt::OK,
+    attempt::HTTP_4XX,
+    attempt::HTTP_5XX,
+    attempt::TIMEOUT,
+    attempt::BROKEN,
+];
+
 /// The `sophgate_upstream_attempts_total{outcome}` of the attempt whose answer the client got.
 fn final_attempt(r: &Finished<'_>) -> &'static str {
     match r.error {
@@ -610,6 +643,15 @@ fn final_attempt(r: &Finished<'_>) -> &'static str {
     }
 }
 
+/// The index of `label` in `fixed`, for a [`SeriesId`].
+fn index_of(fixed: &[&str], label: &str) -> u8 {
+    let i = fixed
+        .iter()
+        .position(|f| *f == label)
+        .unwrap_or(fixed.len());
+    u8::try_from(i).unwrap_or(u8::MAX)
+}
+
 /// Records one finished request.
 pub fn request_finished(r: &Finished<'_>) {
     let m = metrics();
@@ -617,17 +659,14 @@ pub fn request_finished(r: &Finished<'_>) {
         let model = c.models.get(m, r.model);
         let outcome = final_attempt(r);
         let id = SeriesId {
-            route: static_id(r.route),
             key: r.key.map_or(0, label_id),
             model: label_id(&model.0),
-            status: r.status,
             upstream: r.upstream.map_or(0, label_id),
-            outcome: r.upstream.map_or((0, 0), |_| static_id(outcome)),
+            status: r.status,
+            route: index_of(&INFLIGHT_ROUTES, r.route),
+            outcome: index_of(&FINAL_OUTCOMES, outcome),
         };
-        let s = c
-            .series
-            .entry(id)
-            .or_insert_with(|| Series::new(m, r, model, outcome));
+        let s = c.series.get(id, || Series::new(m, r, model, outcome));
         s.requests.inc();
         s.duration.observe(r.duration);
         if let Some(usage) = r.usage {

@@ -122,7 +122,8 @@ where
     };
     // 9. upstream: credentials and the attempt loop across the plan's upstreams
     // The request's meter reads the answer's usage (the usage taps): the metrics' tap then
-    // only times it, and the end record takes the tokens from the meter's tally.
+    // only times a stream (a plain answer's first byte is the record's own), and the end
+    // record takes the tokens from the meter's tally.
     let usage_read_by_meter = p.usage.is_some();
     let taps = relay::Taps::take(&mut p);
     ctx.log.tally = taps.usage_tally();
@@ -140,7 +141,11 @@ where
     recycle_header_map(std::mem::take(&mut p.headers));
     drop(p);
     if let (Ok(resp), Some(start)) = (sent.as_mut(), ctx.log.start.filter(|_| ctx.log.metrics)) {
-        if let Some(relay) = resp.body_mut().relay_mut() {
+        if let Some(relay) = resp
+            .body_mut()
+            .relay_mut()
+            .filter(|r| r.is_sse() || !usage_read_by_meter)
+        {
             let tap = crate::observe::stream_tap::StreamTap::new(start);
             relay.tap(if usage_read_by_meter {
                 tap.without_usage()

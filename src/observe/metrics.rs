@@ -163,8 +163,8 @@ struct Metrics {
 static METRICS: OnceLock<Metrics> = OnceLock::new();
 /// External counters registered before the registry was first used.
 static EXTERNAL: Mutex<Vec<(&'static str, &'static str, ExternalCounter)>> = Mutex::new(Vec::new());
-/// Bumped when the model fold changes size, so threads drop their cached model labels.
-static MODEL_EPOCH: AtomicU64 = AtomicU64::new(0);
+/// Bumped when a generation starts serving, so threads drop their cached handles and labels.
+static CACHE_EPOCH: AtomicU64 = AtomicU64::new(0);
 
 fn metrics() -> &'static Metrics {
     METRICS.get_or_init(build)
@@ -332,9 +332,8 @@ pub fn render() -> Result<String, std::fmt::Error> {
 pub fn generation_serving(number: u64, max_models: usize) {
     let m = metrics();
     m.generation.set(i64::try_from(number).unwrap_or(i64::MAX));
-    if m.max_models.swap(max_models, Ordering::Relaxed) != max_models {
-        MODEL_EPOCH.fetch_add(1, Ordering::Relaxed);
-    }
+    m.max_models.store(max_models, Ordering::Relaxed);
+    CACHE_EPOCH.fetch_add(1, Ordering::Relaxed);
 }
 
 pub fn reload_result(ok: bool) {
@@ -393,41 +392,38 @@ pub fn upstream_attempt(upstream: &Arc<str>, outcome: &'static str) {
     });
 }
 
-/// Holds `sophgate_inflight_requests{route}` up while it lives.
+/// Holds `sophgate_inflight_requests{route}` up while it lives (an index into the
+/// registry's gauges: no handle to clone and drop per request).
 #[derive(Debug)]
-pub struct Inflight(Gauge);
+pub struct Inflight(usize);
 
 impl Inflight {
     pub fn enter(route: &'static str) -> Inflight {
-        let m = metrics();
         let i = INFLIGHT_ROUTES
             .iter()
             .position(|r| *r == route)
             .unwrap_or(INFLIGHT_ROUTES.len() - 1);
-        let g = m.inflight[i].clone();
-        g.inc();
-        Inflight(g)
+        metrics().inflight[i].inc();
+        Inflight(i)
     }
 }
 
 impl Drop for Inflight {
     fn drop(&mut self) {
-        self.0.dec();
+        if let Some(g) = metrics().inflight.get(self.0) {
+            g.dec();
+        }
     }
 }
 
-/// A worker thread's handles, by label set.
+/// A worker thread's handles: by label set for the attempts counted apart from the end
+/// record, and by [`SeriesId`] for everything one finished request updates.
 #[derive(Default)]
 struct Cache {
-    requests: HashMap<RequestLabels, Counter>,
-    duration: HashMap<RouteModel, AtomicHistogram>,
-    ttft: HashMap<ModelUpstream, AtomicHistogram>,
-    token_gaps: HashMap<ModelUpstream, AtomicHistogram>,
-    tokens: HashMap<TokenLabels, Counter>,
     attempts: HashMap<UpstreamOutcome, Counter>,
-    /// Model names this thread has seen with their own label (never the folded ones).
-    models: HashMap<Box<str>, Label>,
-    model_epoch: u64,
+    series: SeriesCache,
+    models: ModelLabels,
+    epoch: u64,
 }
 
 thread_local! {
@@ -437,6 +433,15 @@ thread_local! {
 fn with_cache(f: impl FnOnce(&mut Cache)) {
     CACHE.with(|c| {
         if let Ok(mut c) = c.try_borrow_mut() {
+            let epoch = CACHE_EPOCH.load(Ordering::Relaxed);
+            if c.epoch != epoch {
+                // A new generation: its key and upstream labels are new values, and the model
+                // fold may have changed.
+                c.series = SeriesCache::default();
+                c.attempts.clear();
+                c.models = ModelLabels::default();
+                c.epoch = epoch;
+            }
             f(&mut c);
         }
     });
@@ -452,102 +457,318 @@ where
         .or_insert_with_key(|l| family.get_or_create(l).clone())
 }
 
-/// The `model` label for a client's model name: its own until `metrics.max_models` names
-/// have one, `other` after.
-fn model_label(c: &mut Cache, m: &Metrics, model: Option<&str>) -> Label {
-    let Some(model) = model.filter(|s| !s.is_empty()) else {
-        return m.empty.clone();
-    };
-    let epoch = MODEL_EPOCH.load(Ordering::Relaxed);
-    if c.model_epoch != epoch {
-        c.models.clear();
-        c.model_epoch = epoch;
-    }
-    if let Some(l) = c.models.get(model) {
-        return l.clone();
-    }
-    let Ok(mut all) = m.models.lock() else {
-        return m.other_model.clone();
-    };
-    let label = match all.get(model) {
-        Some(l) => l.clone(),
-        None if all.len() < m.max_models.load(Ordering::Relaxed) => {
-            let l = Label::from(model);
-            all.insert(model.into(), l.clone());
-            l
+/// A thread's `model` labels by the client's model name (only names with their own label;
+/// folded ones are looked up again), the last one first: a thread mostly sees one model
+/// after another.
+#[derive(Default)]
+struct ModelLabels {
+    last: Option<(Box<str>, Label)>,
+    all: HashMap<Box<str>, Label>,
+}
+
+impl ModelLabels {
+    /// The `model` label for a client's model name: its own until `metrics.max_models` names
+    /// have one, `other` after.
+    fn get<'a>(&'a mut self, m: &'a Metrics, model: Option<&str>) -> &'a Label {
+        let Some(model) = model.filter(|s| !s.is_empty()) else {
+            return &m.empty;
+        };
+        if self.last.as_ref().is_some_and(|(name, _)| **name == *model) {
+            return self.last.as_ref().map_or(&m.other_model, |(_, l)| l);
         }
-        None => return m.other_model.clone(),
-    };
-    drop(all);
-    c.models.insert(model.into(), label.clone());
-    label
+        let label = match self.all.get(model) {
+            Some(l) => l.clone(),
+            None => {
+                let Some(l) = Self::shared(m, model) else {
+                    return &m.other_model;
+                };
+                self.all.insert(model.into(), l.clone());
+                l
+            }
+        };
+        &self.last.insert((model.into(), label)).1
+    }
+
+    /// The process's label for `model`, `None` once `metrics.max_models` names have one.
+    fn shared(m: &Metrics, model: &str) -> Option<Label> {
+        let mut all = m.models.lock().ok()?;
+        match all.get(model) {
+            Some(l) => Some(l.clone()),
+            None if all.len() < m.max_models.load(Ordering::Relaxed) => {
+                let l = Label::from(model);
+                all.insert(model.into(), l.clone());
+                Some(l)
+            }
+            None => None,
+        }
+    }
+}
+
+/// Which [`Series`] a finished request updates: its label values by identity (a shared
+/// label's allocation, the index of a fixed label value), so finding it compares or hashes a
+/// few words instead of the label strings. The series holds the labels it was made for, so no
+/// address in a cached id can be reused by another value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct SeriesId {
+    key: usize,
+    model: usize,
+    /// 0 when no upstream answered.
+    upstream: usize,
+    status: u16,
+    /// Index in [`INFLIGHT_ROUTES`] (every route label is one of them).
+    route: u8,
+    /// Index in [`FINAL_OUTCOMES`].
+    outcome: u8,
+}
+
+fn label_id(l: &Arc<str>) -> usize {
+    Arc::as_ptr(l).cast::<u8>() as usize
+}
+
+/// A thread's series, the one its last request used first: consecutive requests mostly share
+/// their labels (one key, one model, 200), and then no hash is computed.
+#[derive(Default)]
+struct SeriesCache {
+    last: Option<(SeriesId, usize)>,
+    index: HashMap<SeriesId, usize>,
+    all: Vec<Series>,
+}
+
+impl SeriesCache {
+    fn get(&mut self, id: SeriesId, make: impl FnOnce() -> Series) -> &mut Series {
+        let at = match self.last {
+            Some((last, at)) if last == id => at,
+            _ => {
+                let at = *self.index.entry(id).or_insert_with(|| {
+                    self.all.push(make());
+                    self.all.len() - 1
+                });
+                self.last = Some((id, at));
+                at
+            }
+        };
+        &mut self.all[at]
+    }
+}
+
+/// The handles of one finished request's label values, taken from the families once per
+/// thread; those not every such request updates (tokens, TTFT, token gaps) when first used,
+/// so no series appears in the exposition before it has a sample.
+struct Series {
+    key: Label,
+    model: Label,
+    requests: Counter,
+    duration: AtomicHistogram,
+    input_tokens: Option<Counter>,
+    output_tokens: Option<Counter>,
+    /// With the upstream that answered, the attempt's counter.
+    upstream: Option<(Label, Counter)>,
+    ttft: Option<AtomicHistogram>,
+    token_gaps: Option<AtomicHistogram>,
+}
+
+impl Series {
+    fn new(m: &Metrics, r: &Finished<'_>, model: &Label, outcome: &'static str) -> Series {
+        let key = r.key.map_or_else(|| m.empty.clone(), |k| Label(k.clone()));
+        let requests = m
+            .requests
+            .get_or_create(&RequestLabels {
+                route: r.route,
+                key: key.clone(),
+                model: model.clone(),
+                status: r.status,
+            })
+            .clone();
+        let duration = m
+            .duration
+            .get_or_create(&RouteModel {
+                route: r.route,
+                model: model.clone(),
+            })
+            .clone();
+        let upstream = r.upstream.map(|u| {
+            let labels = UpstreamOutcome {
+                upstream: Label(u.clone()),
+                outcome,
+            };
+            let counter = m.attempts.get_or_create(&labels).clone();
+            (labels.upstream, counter)
+        });
+        Series {
+            key,
+            model: model.clone(),
+            requests,
+            duration,
+            input_tokens: None,
+            output_tokens: None,
+            upstream,
+            ttft: None,
+            token_gaps: None,
+        }
+    }
+
+    fn tokens(&mut self, m: &Metrics, kind: &'static str) -> &Counter {
+        let slot = if kind == "input" {
+            &mut self.input_tokens
+        } else {
+            &mut self.output_tokens
+        };
+        slot.get_or_insert_with(|| {
+            m.tokens
+                .get_or_create(&TokenLabels {
+                    key: self.key.clone(),
+                    model: self.model.clone(),
+                    r#type: kind,
+                })
+                .clone()
+        })
+    }
+}
+
+/// The outcomes the attempt whose answer the client got can have (see [`final_attempt`]).
+const FINAL_OUTCOMES: [&str; 5] = [
+    attempt::OK,
+    attempt::HTTP_4XX,
+    attempt::HTTP_5XX,
+    attempt::TIMEOUT,
+    attempt::BROKEN,
+];
+
+/// The `sophgate_upstream_attempts_total{outcome}` of the attempt whose answer the client got.
+fn final_attempt(r: &Finished<'_>) -> &'static str {
+    match r.error {
+        Some("upstream_stream_broken") => attempt::BROKEN,
+        Some("upstream_idle_timeout" | "upstream_total_timeout") => attempt::TIMEOUT,
+        _ => attempt::of_status(r.status),
+    }
+}
+
+/// The index of `label` in `fixed`, for a [`SeriesId`].
+fn index_of(fixed: &[&str], label: &str) -> u8 {
+    let i = fixed
+        .iter()
+        .position(|f| *f == label)
+        .unwrap_or(fixed.len());
+    u8::try_from(i).unwrap_or(u8::MAX)
 }
 
 /// Records one finished request.
 pub fn request_finished(r: &Finished<'_>) {
     let m = metrics();
     with_cache(|c| {
-        let model = model_label(c, m, r.model);
-        let key = r.key.map_or_else(|| m.empty.clone(), |k| Label(k.clone()));
-        cached(
-            &mut c.requests,
-            &m.requests,
-            RequestLabels {
-                route: r.route,
-                key: key.clone(),
-                model: model.clone(),
-                status: r.status,
-            },
-        )
-        .inc();
-        cached(
-            &mut c.duration,
-            &m.duration,
-            RouteModel {
-                route: r.route,
-                model: model.clone(),
-            },
-        )
-        .observe(r.duration);
+        let model = c.models.get(m, r.model);
+        let outcome = final_attempt(r);
+        let id = SeriesId {
+            key: r.key.map_or(0, label_id),
+            model: label_id(&model.0),
+            upstream: r.upstream.map_or(0, label_id),
+            status: r.status,
+            route: index_of(&INFLIGHT_ROUTES, r.route),
+            outcome: index_of(&FINAL_OUTCOMES, outcome),
+        };
+        let s = c.series.get(id, || Series::new(m, r, model, outcome));
+        s.requests.inc();
+        s.duration.observe(r.duration);
         if let Some(usage) = r.usage {
-            for (kind, n) in [("input", usage.input), ("output", usage.output)] {
-                cached(
-                    &mut c.tokens,
-                    &m.tokens,
-                    TokenLabels {
-                        key: key.clone(),
-                        model: model.clone(),
-                        r#type: kind,
-                    },
-                )
-                .inc_by(n);
-            }
+            s.tokens(m, "input").inc_by(usage.input);
+            s.tokens(m, "output").inc_by(usage.output);
         }
-        let Some(upstream) = r.upstream else {
+        let Some((upstream, attempts)) = &s.upstream else {
             return;
         };
-        let upstream = Label(upstream.clone());
-        let outcome = match r.error {
-            Some("upstream_stream_broken") => attempt::BROKEN,
-            Some("upstream_idle_timeout" | "upstream_total_timeout") => attempt::TIMEOUT,
-            _ => attempt::of_status(r.status),
+        attempts.inc();
+        let pair = || ModelUpstream {
+            model: s.model.clone(),
+            upstream: upstream.clone(),
         };
-        cached(
-            &mut c.attempts,
-            &m.attempts,
-            UpstreamOutcome {
-                upstream: upstream.clone(),
-                outcome,
-            },
-        )
-        .inc();
-        let pair = ModelUpstream { model, upstream };
         // An error answer has no first token.
         if let Some(ttft) = r.ttft.filter(|_| r.status < 400) {
-            cached(&mut c.ttft, &m.ttft, pair.clone()).observe(ttft);
+            s.ttft
+                .get_or_insert_with(|| m.ttft.get_or_create(&pair()).clone())
+                .observe(ttft);
         }
         if let Some(gaps) = r.token_gaps.filter(|g| g.count() > 0) {
-            cached(&mut c.token_gaps, &m.token_gaps, pair).merge(gaps);
+            s.token_gaps
+                .get_or_insert_with(|| m.token_gaps.get_or_create(&pair()).clone())
+                .merge(gaps);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use super::*;
+    use crate::observe::finished::Usage;
+
+    fn record<'a>(key: &'a Arc<str>, upstream: &'a Arc<str>, usage: Option<Usage>) -> Finished<'a> {
+        Finished {
+            request_id: "req-unit",
+            route: route::CHAT,
+            method: &http::Method::POST,
+            path: "",
+            client_ip: None,
+            key: Some(key),
+            model: Some("unit-series-model"),
+            upstream: Some(upstream),
+            status: 200,
+            outcome: "ok",
+            error: None,
+            stream: false,
+            duration: Duration::from_millis(3),
+            ttft: Some(Duration::from_millis(2)),
+            token_gaps: None,
+            usage,
+            bytes: 10,
+            metrics: true,
+        }
+    }
+
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn a_label_value_is_one_series_whatever_its_allocation_and_across_generations() {
+        let upstream: Arc<str> = Arc::from("unit-series-upstream");
+        let requests = "sophgate_requests_total{route=\"chat\",key=\"unit-series-key\",model=\"unit-series-model\",status=\"200\"}";
+        let input = "sophgate_tokens_total{key=\"unit-series-key\",model=\"unit-series-model\",type=\"input\"}";
+        let attempts =
+            "sophgate_upstream_attempts_total{upstream=\"unit-series-upstream\",outcome=\"ok\"}";
+        // Two allocations of the same key label (a reload builds new ones).
+        let first: Arc<str> = Arc::from("unit-series-key");
+        let second: Arc<str> = Arc::from("unit-series-key");
+        request_finished(&record(&first, &upstream, None));
+        let text = render().unwrap();
+        assert_eq!(sample(&text, requests), Some(1.0), "{text}");
+        assert_eq!(
+            sample(&text, input),
+            None,
+            "no tokens series before a usage"
+        );
+        request_finished(&record(
+            &second,
+            &upstream,
+            Some(Usage {
+                input: 5,
+                output: 7,
+            }),
+        ));
+        generation_serving(1, crate::config::validate::DEFAULT_MAX_MODELS);
+        request_finished(&record(
+            &first,
+            &upstream,
+            Some(Usage {
+                input: 1,
+                output: 0,
+            }),
+        ));
+        let text = render().unwrap();
+        assert_eq!(sample(&text, requests), Some(3.0), "{text}");
+        assert_eq!(sample(&text, input), Some(6.0), "{text}");
+        assert_eq!(sample(&text, attempts), Some(3.0), "{text}");
+    }
 }

@@ -142,15 +142,29 @@ impl UsageObserver {
 
 impl BodyObserver for UsageObserver {
     fn on_chunk(&mut self, chunk: &[u8]) {
-        if self.overflow || self.buf.len() + chunk.len() > MAX_OBSERVED {
+        if self.charged || self.overflow {
+            return;
+        }
+        if self.buf.len() + chunk.len() > MAX_OBSERVED {
             self.overflow = true;
             self.buf = Vec::new();
             return;
         }
-        self.buf.extend_from_slice(chunk);
         // Charge as soon as the answer is complete, before its last bytes leave: a client's
         // next request must already see the spend.
-        if self.buf.trim_ascii_end().ends_with(b"}") {
+        let may_end = chunk.trim_ascii_end().ends_with(b"}");
+        if self.buf.is_empty() {
+            // An answer that comes whole in one chunk is read where it is, not copied.
+            if let Some(u) = may_end.then(|| read_usage(chunk)).flatten() {
+                self.charged = true;
+                self.taps.charge(u);
+                return;
+            }
+            self.buf.extend_from_slice(chunk);
+            return;
+        }
+        self.buf.extend_from_slice(chunk);
+        if may_end {
             self.try_charge();
         }
     }
@@ -161,5 +175,41 @@ impl BodyObserver for UsageObserver {
 
     fn on_broken(&mut self) {
         self.taps.broken();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn observed(chunks: &[&[u8]], end: bool) -> (u64, u64) {
+        let tally = Arc::new(UsageTally::default());
+        let mut o = UsageObserver::new(UsageTaps {
+            tpm: None,
+            request: None,
+            tally: tally.clone(),
+        });
+        for c in chunks {
+            o.on_chunk(c);
+        }
+        if end {
+            o.on_end();
+        }
+        tally.get()
+    }
+
+    #[test]
+    fn a_plain_answer_is_charged_once_whole_or_in_pieces() {
+        let whole: &[u8] =
+            br#"{"choices":[{"message":{"content":"}"}}],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
+        assert_eq!(observed(&[whole], false), (3, 4), "charged before the end");
+        // Pieces whose first one ends with a brace but is not the whole answer.
+        let (a, b) = whole.split_at(whole.iter().position(|c| *c == b'}').unwrap() + 1);
+        assert_eq!(observed(&[a, b], false), (3, 4));
+        let (a, b) = whole.split_at(20);
+        assert_eq!(observed(&[a, b, b"\n"], true), (3, 4));
+        assert_eq!(observed(&[whole, whole], true), (3, 4), "charged once");
+        assert_eq!(observed(&[b"{\"usage\":null}"], true), (0, 0));
     }
 }

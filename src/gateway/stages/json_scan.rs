@@ -292,7 +292,7 @@ fn number_end(src: &[u8], start: usize) -> Option<usize> {
 
 /// Index just past the string token starting at `start` (its opening quote), and whether the
 /// string has escapes; `None` for an unterminated string, a control byte, or a bad escape.
-fn string_end(src: &[u8], start: usize) -> Option<(usize, bool)> {
+pub fn string_end(src: &[u8], start: usize) -> Option<(usize, bool)> {
     let mut i = start + 1;
     let mut escaped = false;
     loop {

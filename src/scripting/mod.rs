@@ -58,6 +58,7 @@ mod outcome;
 mod partial;
 pub mod plugin;
 mod reach;
+mod scopes;
 
 pub use api::{EventData, EventOutcome, ScriptEvent, ScriptRequest, ScriptResponse};
 pub use bundled::bundled;
@@ -70,3 +71,6 @@ mod tests;
 
 #[cfg(test)]
 mod lazy_tests;
+
+#[cfg(test)]
+mod fast_path_tests;

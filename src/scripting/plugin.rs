@@ -24,6 +24,7 @@ use super::outcome::{
 };
 use super::partial;
 use super::reach::{self, BodyReach, Reach};
+use super::scopes;
 
 pub use super::engine::ScriptLimits;
 
@@ -156,10 +157,12 @@ impl Hook {
 
 /// One compiled plugin.
 struct Plugin {
+    /// Unique over the process's lifetime: keys this plugin's scope in [`scopes`].
+    id: u64,
     name: Arc<str>,
     ast: AST,
-    /// `params` plus the variables its top-level code left, pushed as constants into every
-    /// call's fresh scope.
+    /// `params` plus the variables its top-level code left: the constants of every call's
+    /// scope (built once per thread, see [`scopes`]).
     constants: Vec<(String, Dynamic)>,
     hooks: [bool; 3],
     /// What each hook can reach of its argument.
@@ -268,6 +271,12 @@ impl Plugins {
     /// Whether an `on_response` hook can reach `res.body`.
     pub fn response_body_reached(&self) -> bool {
         self.body_reached(Hook::Response)
+    }
+
+    /// What the hooks of kind `index` (0 request, 1 response, 2 event) reach of the body.
+    #[cfg(test)]
+    pub(crate) fn body_reach(&self, index: usize) -> &BodyReach {
+        self.reach[index].body()
     }
 
     fn body_reached(&self, hook: Hook) -> bool {
@@ -509,15 +518,13 @@ impl Plugins {
         }
     }
 
-    /// Calls one hook of one plugin with a fresh scope holding its constants, under the
+    /// Calls one hook of one plugin with a scope holding just its constants, under the
     /// wall-clock budget. Top-level statements are not re-run (`eval_ast(false)`): they ran
-    /// once at load.
+    /// once at load. The scope is this thread's for the plugin, rewound after the call; a
+    /// script cannot change a constant, so every call sees the same scope.
     fn call(&self, plugin: &Plugin, hook: Hook, arg: Dynamic) -> Result<(), ScriptFailure> {
-        let mut scope = Scope::new();
-        for (name, value) in &plugin.constants {
-            scope.push_constant_dynamic(name.as_str(), value.clone());
-        }
-        let options = CallFnOptions::new().eval_ast(false).rewind_scope(false);
+        let mut scope = scopes::take(plugin.id, &plugin.constants);
+        let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
         let result = engine::with_stack(self.stack_needed, || {
             let _active = ActiveGuard::hook(&plugin.name, self.max_wall_time);
             self.engine.call_fn_with_options::<Dynamic>(
@@ -528,6 +535,7 @@ impl Plugins {
                 (arg,),
             )
         });
+        scopes::put(plugin.id, plugin.constants.len(), scope);
         result
             .map(|_| ())
             .map_err(|err| self.script_failure(plugin, hook, &err))
@@ -680,6 +688,7 @@ fn load(
         return Err(errors);
     }
     Ok(Plugin {
+        id: scopes::next_id(),
         name,
         ast,
         constants,

@@ -8,6 +8,8 @@
 //! captured by a closure, indexed with `arg[...]`, used as a method receiver, printed. Within
 //! the body (`body` or `data`), only `body.<field>…`, `body["<field>"]…`, `type_of(body)` and
 //! `"<field>" in body` keep the reach to named fields; a field once named is converted whole.
+//! A body used only as `body.rename_keys(<aliases>)` (and in `type_of`) is not converted at
+//! all: the renaming is recorded and applied to the JSON value (see [`BodyReach::Renamed`]).
 //! A script cannot reach a value except through a variable naming it (function parameters
 //! are copies, `eval` is disabled), so what is not named cannot be observed and need not be
 //! converted.
@@ -24,6 +26,9 @@ pub enum BodyReach {
     Untouched,
     /// Only these top-level fields of a JSON object (possibly none: `type_of(req.body)`).
     Fields(BTreeSet<String>),
+    /// Only `body.rename_keys(aliases)` (and `type_of(body)`): the renaming is recorded and
+    /// applied to the JSON value itself, which is never converted.
+    Renamed,
     /// The whole value.
     Whole,
 }
@@ -34,6 +39,16 @@ impl BodyReach {
             (_, BodyReach::Untouched) | (BodyReach::Whole, _) => {}
             (BodyReach::Fields(mine), BodyReach::Fields(theirs)) => {
                 mine.extend(theirs.iter().cloned());
+            }
+            // `type_of` alone (no field) sees nothing a renaming changes.
+            (BodyReach::Renamed, BodyReach::Fields(f)) if f.is_empty() => {}
+            (BodyReach::Renamed, BodyReach::Renamed) => {}
+            (BodyReach::Fields(f), BodyReach::Renamed) if f.is_empty() => {
+                *self = BodyReach::Renamed;
+            }
+            // A renaming moves fields another hook names: both need the whole body.
+            (BodyReach::Fields(_), BodyReach::Renamed) | (BodyReach::Renamed, _) => {
+                *self = BodyReach::Whole;
             }
             (me, other) => *me = other.clone(),
         }
@@ -91,7 +106,7 @@ pub fn of_hook(ast: &AST, hook: &str, body_field: &str) -> Reach {
     // A script may define its own `type_of` or `contains`: then those calls can see the body.
     let special_calls = !ast
         .iter_functions()
-        .any(|f| f.name == "type_of" || f.name == "contains");
+        .any(|f| f.name == "type_of" || f.name == "contains" || f.name == RENAME_KEYS);
     let mut only_hook = ast.clone();
     only_hook.clear_statements();
     only_hook.retain_functions(|_, _, name, n| name == hook && n == 1);
@@ -179,9 +194,20 @@ struct BareUse<'a, 'n> {
     special_calls: bool,
 }
 
+/// The helper whose call on the body is recorded rather than run on script values.
+pub(crate) const RENAME_KEYS: &str = "rename_keys";
+
 /// What `arg.body` followed by `rest` reaches of the body.
 fn body_use(rest: Rest<'_>, bare: &BareUse<'_, '_>) -> BodyReach {
     let field = match rest {
+        Rest::Dot(Expr::MethodCall(call, _))
+            if bare.special_calls
+                && call.name == RENAME_KEYS
+                && call.args.len() == 1
+                && !call.is_qualified() =>
+        {
+            return BodyReach::Renamed;
+        }
         Rest::Dot(next) => match next {
             Expr::Property(p, _) => Some(p.2.to_string()),
             Expr::Dot(x, ..) | Expr::Index(x, ..) => property_name(&x.lhs).map(str::to_owned),
@@ -286,7 +312,9 @@ mod tests {
             "fn on_request(req) { req.body = #{} }",
             "fn on_request(req) { let b = req.body; }",
             "fn on_request(req) { req.body.remove(\"x\") }",
-            "fn on_request(req) { req.body.rename_keys(#{}) }",
+            "fn on_request(req) { req.body.rename_keys(#{}).x }",
+            "fn on_request(req) { req.body.rename_keys() }",
+            "fn on_request(req) { req.body.rename_keys(#{}) } fn rename_keys(a) { this.x = a }",
             "fn on_request(req) { req.body[k] }",
             "fn on_request(req) { json_encode(req.body) }",
             "fn on_request(req) { for k in req.body.keys() {} }",
@@ -295,6 +323,27 @@ mod tests {
             let r = reach(src);
             assert_eq!(r.body(), &BodyReach::Whole, "{src}");
         }
+    }
+
+    #[test]
+    fn rename_keys_alone_is_recorded() {
+        let src = r#"fn on_request(req) {
+            if type_of(req.body) == "map" { req.body.rename_keys(#{a: "b"}); }
+        }"#;
+        assert_eq!(reach(src).body(), &BodyReach::Renamed);
+        let mut r = reach(src);
+        r.add(&reach("fn on_request(req) { let t = type_of(req.body); }"));
+        assert_eq!(r.body(), &BodyReach::Renamed);
+        r.add(&reach(src));
+        assert_eq!(r.body(), &BodyReach::Renamed);
+        r.add(&reach("fn on_request(req) { req.body.model }"));
+        assert_eq!(r.body(), &BodyReach::Whole);
+        let mut r = reach("fn on_request(req) { req.body.model }");
+        r.add(&reach(src));
+        assert_eq!(r.body(), &BodyReach::Whole);
+        // The argument naming the body again sees it whole.
+        let r = reach("fn on_request(req) { req.body.rename_keys(req.body) }");
+        assert_eq!(r.body(), &BodyReach::Whole);
     }
 
     #[test]

@@ -196,25 +196,18 @@ impl EventFilter for ScriptEventFilter {
         let Ok(text) = std::str::from_utf8(event) else {
             return EventAction::Keep;
         };
-        // Split the event into its data (joined per the SSE spec) and its other fields.
-        let mut data: Option<String> = None;
-        let mut other = String::new();
-        for line in text.lines() {
-            if line.is_empty() {
-                continue;
-            }
-            if let Some(v) = line.strip_prefix("data:") {
-                let v = v.strip_prefix(' ').unwrap_or(v);
-                match &mut data {
-                    Some(d) => {
-                        d.push('\n');
-                        d.push_str(v);
-                    }
-                    None => data = Some(v.to_owned()),
+        // The event's data, joined per the SSE spec: borrowed from the event when it has one
+        // `data:` line (the usual case), so a hook that never reads it costs no copy.
+        let mut data: Option<std::borrow::Cow<'_, str>> = None;
+        for v in text.lines().filter_map(|line| line.strip_prefix("data:")) {
+            let v = v.strip_prefix(' ').unwrap_or(v);
+            match &mut data {
+                Some(d) => {
+                    let d = d.to_mut();
+                    d.push('\n');
+                    d.push_str(v);
                 }
-            } else {
-                other.push_str(line);
-                other.push('\n');
+                None => data = Some(std::borrow::Cow::Borrowed(v)),
             }
         }
         let Some(data) = data else {
@@ -225,7 +218,14 @@ impl EventFilter for ScriptEventFilter {
             Ok(EventVerdict::Unchanged) => EventAction::Keep,
             Ok(EventVerdict::Changed(data)) => {
                 let new = data.to_data_string();
-                let mut out = other;
+                // The event's other fields, as they came.
+                let mut out = String::new();
+                for line in text.lines() {
+                    if !line.is_empty() && !line.starts_with("data:") {
+                        out.push_str(line);
+                        out.push('\n');
+                    }
+                }
                 for line in new.split('\n') {
                     out.push_str("data: ");
                     out.push_str(line);

@@ -229,3 +229,138 @@ fn kept_scopes_hold_only_constants() {
         assert!(plugins.on_request_edited(&mut req).is_err());
     }
 }
+
+/// `source` as given and made to see its body whole (the slow path), on `body`: each result.
+fn request_both_ways(source: &str, body: &Value) -> [Result<(Value, bool), ScriptFailure>; 2] {
+    let slow = source.replace(
+        "fn on_request(req) {",
+        "fn on_request(req) { let _w = req.body;",
+    );
+    [source.to_owned(), slow].map(|src| {
+        let plugins = compile(&src, Value::Null);
+        let mut req = request(body.clone());
+        plugins
+            .on_request_edited(&mut req)
+            .map(|edited| (req.body, edited.body))
+    })
+}
+
+#[test]
+fn nested_paths_give_what_the_whole_body_gives() {
+    let chat = json!({
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hi", "name": "u"},
+        ],
+        "metadata": {"team": {"name": "a", "size": 3}, "tags": ["x", "y"]},
+    });
+    let hooks = [
+        // Reads only.
+        r#"fn on_request(req) { if req.body.messages[1].content == "" { throw "empty"; } }"#,
+        r#"fn on_request(req) { let t = req.body.metadata.team["name"]; }"#,
+        // Writes along a path.
+        r#"fn on_request(req) { req.body.messages[1].content = "hello"; }"#,
+        r#"fn on_request(req) { req.body.messages[0]["content"] += "!"; }"#,
+        r#"fn on_request(req) { req.body.metadata.team.size = 4; req.body.metadata.tags[1] = "z"; }"#,
+        // A property that is not there: added.
+        r#"fn on_request(req) { req.body.messages[1].extra = 1; req.body.metadata.team.lead = "b"; }"#,
+        // A value replaced along the path.
+        r#"fn on_request(req) { req.body.messages[1] = #{role: "user", content: "new"}; }"#,
+        r#"fn on_request(req) { req.body.metadata.team = "none"; }"#,
+        // A path through a value of another type: the value is converted whole.
+        r#"fn on_request(req) { req.body.model.x = 1; }"#,
+        r#"fn on_request(req) { let c = req.body.model[0]; req.body.c = c; }"#,
+        r#"fn on_request(req) { req.body.metadata.tags.first = 1; }"#,
+        // Missing paths read as ().
+        r#"fn on_request(req) { req.body.seen = type_of(req.body.nothing.here); }"#,
+        r#"fn on_request(req) { req.body.seen = type_of(req.body.messages[0].nothing); }"#,
+        // Out of range: an error on both paths.
+        r#"fn on_request(req) { req.body.messages[5].content = "x"; }"#,
+        r#"fn on_request(req) { let x = req.body.messages[2]; }"#,
+        // A computed index: the field is converted whole.
+        r#"fn on_request(req) { let i = 1; req.body.messages[i].content = "c"; }"#,
+        // Reads then writes across two plugins' worth of paths in one hook.
+        r#"fn on_request(req) { req.body.messages[0].content = req.body.messages[1].name; }"#,
+    ];
+    let bodies = [
+        chat.clone(),
+        json!({"messages": []}),
+        json!({"messages": "text", "metadata": null}),
+        json!([1, 2]),
+        json!("text"),
+        json!({}),
+    ];
+    for hook in hooks {
+        for body in &bodies {
+            let [fast, slow] = request_both_ways(hook, body);
+            assert_eq!(fast, slow, "{hook} on {body}");
+        }
+    }
+    let [fast, _] = request_both_ways(hooks[2], &chat);
+    let (body, changed) = fast.unwrap();
+    assert!(changed);
+    assert_eq!(
+        body["messages"][1],
+        json!({"role": "user", "content": "hello", "name": "u"})
+    );
+    let [fast, _] = request_both_ways(hooks[0], &chat);
+    assert_eq!(fast.unwrap(), (chat.clone(), false));
+}
+
+fn content_event(content: &str) -> String {
+    json!({
+        "id": "c1", "object": "chat.completion.chunk", "model": "m",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}],
+    })
+    .to_string()
+}
+
+/// `source`'s `on_event` as given and made to see the data whole, on `data`.
+fn event_both_ways(source: &str, data: &str) -> [Result<(EventVerdict, String), ScriptFailure>; 2] {
+    let slow = source.replace("fn on_event(ev) {", "fn on_event(ev) { let _w = ev.data;");
+    [source.to_owned(), slow].map(|src| {
+        let plugins = compile(&src, Value::Null);
+        let mut ctx = Map::new();
+        plugins
+            .on_event_text(data, &mut ctx)
+            .map(|verdict| (verdict, format!("{ctx:?}")))
+    })
+}
+
+#[test]
+fn event_paths_give_what_the_whole_event_gives() {
+    let hooks = [
+        r#"fn on_event(ev) { if ev.data.choices[0].delta.content == "" { ev.ctx.empty = true; } }"#,
+        r#"fn on_event(ev) { ev.ctx.c = ev.data.choices[0].delta.content; }"#,
+        r#"fn on_event(ev) { ev.data.choices[0].delta.content = "[redacted]"; }"#,
+        r#"fn on_event(ev) { ev.data.choices[0].delta.content += "!"; }"#,
+        r#"fn on_event(ev) { if ev.data.choices[0].delta.content == "drop me" { ev.drop = true; } }"#,
+        r#"fn on_event(ev) { ev.data.choices[1].delta.content = "x"; }"#,
+        r#"fn on_event(ev) { ev.ctx.t = type_of(ev.data.choices[0].delta.reasoning); }"#,
+    ];
+    let events = [
+        content_event("hi"),
+        content_event(""),
+        content_event("drop me"),
+        json!({"choices": []}).to_string(),
+        json!({"choices": [{"delta": {}}]}).to_string(),
+        json!({"id": "x"}).to_string(),
+        "[DONE]".to_owned(),
+        "7".to_owned(),
+    ];
+    for hook in hooks {
+        for data in &events {
+            let [fast, slow] = event_both_ways(hook, data);
+            assert_eq!(fast, slow, "{hook} on {data}");
+        }
+    }
+    let [fast, _] = event_both_ways(hooks[0], &content_event("hi"));
+    assert_eq!(fast.unwrap().0, EventVerdict::Unchanged);
+    let [fast, _] = event_both_ways(hooks[2], &content_event("hi"));
+    let EventVerdict::Changed(EventData::Json(v)) = fast.unwrap().0 else {
+        panic!("not changed");
+    };
+    assert_eq!(v["choices"][0]["delta"]["content"], "[redacted]");
+    assert_eq!(v["id"], "c1");
+}

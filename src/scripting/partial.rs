@@ -10,7 +10,10 @@ use rhai::{Dynamic, Map};
 use serde_json::Value;
 
 use super::api::{dynamic_to_json, json_to_dynamic};
-use super::reach::BodyReach;
+use std::collections::BTreeMap;
+
+use super::api::{too_deep, MAX_DEPTH};
+use super::reach::{BodyReach, Part};
 
 /// The one key of the stand-in map a renaming-only hook gets as its body. The value under it
 /// is a [`RenameLog`], which no JSON converts to, so a real body is never taken for it.
@@ -30,20 +33,6 @@ pub(crate) fn rename_log(map: &mut Map) -> Option<rhai::DynamicWriteLock<'_, Ren
         .and_then(|v| v.write_lock::<RenameLog>())
 }
 
-/// The named fields of a JSON object are all a hook can see of it.
-fn partial<'a>(
-    json: &'a Value,
-    reach: &'a BodyReach,
-) -> Option<(
-    &'a serde_json::Map<String, Value>,
-    &'a std::collections::BTreeSet<String>,
-)> {
-    match (json, reach) {
-        (Value::Object(obj), BodyReach::Fields(names)) => Some((obj, names)),
-        _ => None,
-    }
-}
-
 /// The script value of `json` for hooks that reach `reach` of it; `None` when they never name
 /// it (the argument then has no such field).
 pub(crate) fn to_script(json: &Value, reach: &BodyReach) -> Result<Option<Dynamic>, String> {
@@ -55,16 +44,52 @@ pub(crate) fn to_script(json: &Value, reach: &BodyReach) -> Result<Option<Dynami
         map.insert(RENAME_LOG_KEY.into(), Dynamic::from(RenameLog::default()));
         return Ok(Some(Dynamic::from_map(map)));
     }
-    if let Some((obj, names)) = partial(json, reach) {
-        let mut map = Map::new();
-        for name in names {
-            if let Some(v) = obj.get(name) {
-                map.insert(name.as_str().into(), json_to_dynamic(v)?);
-            }
+    match (json, reach) {
+        // The named fields of a JSON object are all a hook can see of it.
+        (Value::Object(obj), BodyReach::Fields(fields)) => {
+            props_to_script(obj, fields, 0).map(Some)
         }
-        return Ok(Some(Dynamic::from_map(map)));
+        _ => json_to_dynamic(json).map(Some),
     }
-    json_to_dynamic(json).map(Some)
+}
+
+fn props_to_script(
+    obj: &serde_json::Map<String, Value>,
+    fields: &BTreeMap<String, Part>,
+    depth: usize,
+) -> Result<Dynamic, String> {
+    let mut map = Map::new();
+    for (name, part) in fields {
+        if let Some(v) = obj.get(name) {
+            map.insert(name.as_str().into(), part_to_script(v, part, depth + 1)?);
+        }
+    }
+    Ok(Dynamic::from_map(map))
+}
+
+/// `json` as far as `part` reaches it: an object with only the named properties, an array with
+/// only the indexed elements (the others `()`, which no constant index names), else whole.
+fn part_to_script(json: &Value, part: &Part, depth: usize) -> Result<Dynamic, String> {
+    if depth > MAX_DEPTH {
+        return Err(too_deep());
+    }
+    match (json, part) {
+        (Value::Object(obj), Part::Props(fields)) => props_to_script(obj, fields, depth),
+        (Value::Array(items), Part::Items(indices)) => {
+            let len = indices
+                .keys()
+                .next_back()
+                .map_or(0, |last| items.len().min(last.saturating_add(1)));
+            let mut array = vec![Dynamic::UNIT; len];
+            for (i, part) in indices.range(..len) {
+                if let (Some(slot), Some(item)) = (array.get_mut(*i), items.get(*i)) {
+                    *slot = part_to_script(item, part, depth + 1)?;
+                }
+            }
+            Ok(Dynamic::from_array(array))
+        }
+        _ => json_to_dynamic(json),
+    }
 }
 
 /// Merges what the hooks left (`after`, made by [`to_script`] with the same `reach`) into
@@ -89,12 +114,16 @@ pub(crate) fn merge(
             return Ok(changed);
         }
     }
-    if partial(json, reach).is_some() {
-        if let Some(mut map) = after.read_lock::<Map>().map(|m| m.clone()) {
-            return merge_fields(json, &mut map, reach);
+    match (json, reach) {
+        (Value::Object(obj), BodyReach::Fields(fields)) if after.is_map() => {
+            merge_props(obj, after, fields, 0)
         }
+        (json, _) => merge_whole(json, &after),
     }
-    let new = dynamic_to_json(&after)?;
+}
+
+fn merge_whole(json: &mut Value, after: &Dynamic) -> Result<bool, String> {
+    let new = dynamic_to_json(after)?;
     if new == *json {
         return Ok(false);
     }
@@ -102,26 +131,52 @@ pub(crate) fn merge(
     Ok(true)
 }
 
-fn merge_fields(json: &mut Value, after: &mut Map, reach: &BodyReach) -> Result<bool, String> {
-    let (Value::Object(obj), BodyReach::Fields(names)) = (json, reach) else {
-        return Ok(false);
-    };
-    let mut changed = false;
-    for name in names {
-        match after.remove(name.as_str()) {
-            Some(v) => {
-                let new = dynamic_to_json(&v)?;
-                if obj.get(name) != Some(&new) {
-                    obj.insert(name.clone(), new);
-                    changed = true;
+/// Merges `after`, made by [`part_to_script`] from `json` and `part`, back into `json`. A value
+/// that is not the map or array it was made as is a new value a hook put there: taken whole.
+fn merge_part(json: &mut Value, after: Dynamic, part: &Part, depth: usize) -> Result<bool, String> {
+    if depth > MAX_DEPTH {
+        return Err(too_deep());
+    }
+    match (json, part) {
+        (Value::Object(obj), Part::Props(fields)) if after.is_map() => {
+            merge_props(obj, after, fields, depth)
+        }
+        (Value::Array(items), Part::Items(indices)) if after.is_array() => {
+            let mut array = after.cast::<rhai::Array>();
+            let mut changed = false;
+            for (i, part) in indices {
+                if let (Some(have), Some(v)) = (items.get_mut(*i), array.get_mut(*i)) {
+                    changed |= merge_part(have, std::mem::take(v), part, depth + 1)?;
                 }
             }
-            None => changed |= obj.shift_remove(name).is_some(),
+            Ok(changed)
+        }
+        (json, _) => merge_whole(json, &after),
+    }
+}
+
+/// [`merge_part`] for an object of which `fields` are reached; `after` is a map.
+fn merge_props(
+    obj: &mut serde_json::Map<String, Value>,
+    after: Dynamic,
+    fields: &BTreeMap<String, Part>,
+    depth: usize,
+) -> Result<bool, String> {
+    let mut map = after.cast::<Map>();
+    let mut changed = false;
+    for (name, part) in fields {
+        match (map.remove(name.as_str()), obj.get_mut(name)) {
+            (Some(v), Some(have)) => changed |= merge_part(have, v, part, depth + 1)?,
+            (Some(v), None) => {
+                obj.insert(name.clone(), dynamic_to_json(&v)?);
+                changed = true;
+            }
+            (None, _) => changed |= obj.shift_remove(name).is_some(),
         }
     }
-    // Fields the hooks could not name can only have been added by a plugin reaching the whole
-    // body, which would have made the reach whole; kept anyway, never lost.
-    for (name, v) in after.iter() {
+    // Properties the hooks could not name can only have been added by a plugin reaching this
+    // value whole, which would have made the reach whole; kept anyway, never lost.
+    for (name, v) in map.iter() {
         obj.insert(name.to_string(), dynamic_to_json(v)?);
         changed = true;
     }
@@ -135,8 +190,8 @@ fn rename_in_json(
     aliases: &[(String, String)],
     depth: usize,
 ) -> Result<bool, String> {
-    if depth > super::api::MAX_DEPTH {
-        return Err(super::api::too_deep());
+    if depth > MAX_DEPTH {
+        return Err(too_deep());
     }
     let mut changed = false;
     match value {
@@ -167,7 +222,7 @@ mod tests {
     use serde_json::json;
 
     fn fields(names: &[&str]) -> BodyReach {
-        BodyReach::Fields(names.iter().map(|s| s.to_string()).collect())
+        BodyReach::Fields(names.iter().map(|s| (s.to_string(), Part::Whole)).collect())
     }
 
     #[test]

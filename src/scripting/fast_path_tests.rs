@@ -364,3 +364,39 @@ fn event_paths_give_what_the_whole_event_gives() {
     assert_eq!(v["choices"][0]["delta"]["content"], "[redacted]");
     assert_eq!(v["id"], "c1");
 }
+
+#[test]
+fn hooks_that_never_use_their_argument_still_run_and_fail() {
+    // Called (the log and the throw happen), with nothing given or read back.
+    let plugins = compile(
+        r#"fn on_request(req) { throw #{status: 429, message: "slow down"}; }"#,
+        Value::Null,
+    );
+    let mut req = request(json!({"model": "m"}));
+    assert_eq!(
+        plugins.on_request_edited(&mut req).unwrap_err(),
+        ScriptFailure::Thrown {
+            status: 429,
+            message: "slow down".into()
+        }
+    );
+    let plugins = compile("fn on_request(req) { let x = 1 / 0; }", Value::Null);
+    assert!(plugins.on_request_edited(&mut request(json!({}))).is_err());
+    // Unchanged, with ctx and body as they were.
+    let plugins = compile("fn on_event(ev) { let n = 1 + 1; }", Value::Null);
+    let mut ctx = Map::new();
+    ctx.insert("k".into(), rhai::Dynamic::from_int(1));
+    let verdict = plugins
+        .on_event_text(&content_event("hi"), &mut ctx)
+        .unwrap();
+    assert_eq!(verdict, EventVerdict::Unchanged);
+    assert_eq!(ctx.len(), 1);
+    let plugins = compile("fn on_response(res) { }", Value::Null);
+    let mut res = ScriptResponse {
+        status: 201,
+        body: json!({"a": 1}),
+        ..Default::default()
+    };
+    assert!(!plugins.on_response_edited(&mut res).unwrap().body);
+    assert_eq!((res.status, res.body), (201, json!({"a": 1})));
+}

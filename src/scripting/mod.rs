@@ -54,6 +54,7 @@
 pub mod api;
 pub mod bundled;
 pub mod engine;
+mod failure;
 mod outcome;
 mod partial;
 pub mod plugin;

@@ -10,7 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Map, ParseError, Position, Scope, AST};
+use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Map, Position, Scope, AST};
 use serde_json::Value;
 
 use super::api::{
@@ -27,6 +27,7 @@ use super::reach::{self, BodyReach, Reach};
 use super::scopes;
 
 pub use super::engine::ScriptLimits;
+pub use super::failure::{ScriptCompileError, ScriptFailure};
 
 /// One configured plugin, before compilation.
 #[derive(Debug, Clone)]
@@ -38,66 +39,6 @@ pub struct PluginSpec {
     /// The plugin's `params` from config (any JSON; `null` when absent).
     pub params: Value,
 }
-
-/// Why a plugin could not be loaded: a syntax error, a malformed hook, or an error in its
-/// top-level code (which runs once at load). `line`/`column` are 1-based when known.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScriptCompileError {
-    pub plugin: String,
-    pub line: Option<usize>,
-    pub column: Option<usize>,
-    pub message: String,
-}
-
-impl fmt::Display for ScriptCompileError {
-    /// `plugin:line:column: message`, the form editors and terminals turn into a link.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.line, self.column) {
-            (Some(line), Some(col)) => write!(f, "{}:{line}:{col}: {}", self.plugin, self.message),
-            (Some(line), None) => write!(f, "{}:{line}: {}", self.plugin, self.message),
-            _ => write!(f, "{}: {}", self.plugin, self.message),
-        }
-    }
-}
-
-impl std::error::Error for ScriptCompileError {}
-
-impl ScriptCompileError {
-    fn new(plugin: &str, pos: Position, message: impl Into<String>) -> Self {
-        Self {
-            plugin: plugin.to_owned(),
-            line: pos.line(),
-            column: pos.position(),
-            message: message.into(),
-        }
-    }
-
-    fn parse(plugin: &str, err: &ParseError) -> Self {
-        Self::new(plugin, err.position(), err.0.to_string())
-    }
-}
-
-/// How a hook call failed, as the pipeline must answer it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ScriptFailure {
-    /// `throw #{status: 4xx/5xx, message: "..."}` — answer the client with this.
-    Thrown { status: u16, message: String },
-    /// Any other error (runtime error, limit hit, bad throw value). Details are already logged
-    /// with plugin name, hook, line and column; the client only gets "script error in plugin
-    /// <name>".
-    Error { plugin: String },
-}
-
-impl fmt::Display for ScriptFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Thrown { status, message } => write!(f, "{status}: {message}"),
-            Self::Error { plugin } => write!(f, "script error in plugin {plugin}"),
-        }
-    }
-}
-
-impl std::error::Error for ScriptFailure {}
 
 /// What the hooks of one call changed that the caller cannot see from the value alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -296,6 +237,9 @@ impl Plugins {
         let Some(first) = self.first_with(Hook::Request) else {
             return Ok(Edited::default());
         };
+        if self.run_blind(Hook::Request)? {
+            return Ok(Edited::default());
+        }
         let reach = &self.reach[Hook::Request.index()];
         let given = self.given[Hook::Request.index()];
         let mut arg = request_fields(req, reach, given);
@@ -341,6 +285,9 @@ impl Plugins {
         let Some(first) = self.first_with(Hook::Response) else {
             return Ok(Edited::default());
         };
+        if self.run_blind(Hook::Response)? {
+            return Ok(Edited::default());
+        }
         let reach = &self.reach[Hook::Response.index()];
         let given = self.given[Hook::Response.index()];
         let mut arg = Map::new();
@@ -410,6 +357,9 @@ impl Plugins {
         let Some(first) = self.first_with(Hook::Event) else {
             return Ok(EventVerdict::Unchanged);
         };
+        if self.run_blind(Hook::Event)? {
+            return Ok(EventVerdict::Unchanged);
+        }
         let reach = self.reach[Hook::Event.index()].body();
         let given = self.given[Hook::Event.index()];
         let mut arg = Map::new();
@@ -470,6 +420,19 @@ impl Plugins {
         } else {
             EventVerdict::Unchanged
         })
+    }
+
+    /// When no hook of this kind uses its argument at all (a hook that does nothing, or only
+    /// logs or counts): calls each with an empty map, which nothing reads back, and says so.
+    /// Nothing is built, shared, checked or merged for such a call.
+    fn run_blind(&self, hook: Hook) -> Result<bool, ScriptFailure> {
+        if !self.reach[hook.index()].is_nothing() {
+            return Ok(false);
+        }
+        for plugin in self.plugins.iter().filter(|p| p.hooks[hook.index()]) {
+            self.call(plugin, hook, Dynamic::from_map(Map::new()))?;
+        }
+        Ok(true)
     }
 
     fn first_with(&self, hook: Hook) -> Option<&Plugin> {

@@ -109,6 +109,11 @@ impl Reach {
         }
     }
 
+    /// Whether the hook never uses its argument.
+    pub fn is_nothing(&self) -> bool {
+        *self == Reach::default()
+    }
+
     /// Whether the hook can reach the argument's field `name`.
     pub fn field(&self, name: &str) -> bool {
         self.whole || self.fields.contains(name)

@@ -64,7 +64,8 @@ mod scopes;
 pub use api::{EventData, EventOutcome, ScriptEvent, ScriptRequest, ScriptResponse};
 pub use bundled::bundled;
 pub use plugin::{
-    Edited, EventVerdict, PluginSpec, Plugins, ScriptCompileError, ScriptFailure, ScriptLimits,
+    Edited, EventVerdict, PluginSpec, Plugins, Renames, ScriptCompileError, ScriptFailure,
+    ScriptLimits,
 };
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ pub(crate) const RENAME_LOG_KEY: &str = "\u{0}rename_log";
 /// The aliases `rename_keys` was called with on the stand-in body, in call order, each as the
 /// (from, to) pairs in the order the script helper applies them.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct RenameLog(pub Vec<Vec<(String, String)>>);
+pub(crate) struct RenameLog(pub Renames);
 
 /// The log of a stand-in body map, when `map` is one.
 pub(crate) fn rename_log(map: &mut Map) -> Option<rhai::DynamicWriteLock<'_, RenameLog>> {
@@ -31,6 +31,29 @@ pub(crate) fn rename_log(map: &mut Map) -> Option<rhai::DynamicWriteLock<'_, Ren
     }
     map.get_mut(RENAME_LOG_KEY)
         .and_then(|v| v.write_lock::<RenameLog>())
+}
+
+/// Key renamings, each the (from, to) pairs of one `rename_keys` call in the order applied.
+pub type Renames = Vec<Vec<(String, String)>>;
+
+/// The renamings recorded in `after`, the stand-in body of hooks that only rename (`None` for
+/// any other body).
+pub(crate) fn take_renames(after: &mut Dynamic, reach: &BodyReach) -> Option<Renames> {
+    if *reach != BodyReach::Renamed {
+        return None;
+    }
+    after
+        .write_lock::<Map>()
+        .and_then(|mut m| rename_log(&mut m).map(|mut log| std::mem::take(&mut log.0)))
+}
+
+/// Applies `renames` to `json`; whether a key was renamed.
+pub(crate) fn apply_renames(json: &mut Value, renames: &Renames) -> Result<bool, String> {
+    let mut changed = false;
+    for aliases in renames {
+        changed |= rename_in_json(json, aliases, 0)?;
+    }
+    Ok(changed)
 }
 
 /// The script value of `json` for hooks that reach `reach` of it; `None` when they never name
@@ -102,17 +125,8 @@ pub(crate) fn merge(
     if *reach == BodyReach::Untouched {
         return Ok(false);
     }
-    if *reach == BodyReach::Renamed {
-        let log = after
-            .write_lock::<Map>()
-            .and_then(|mut m| rename_log(&mut m).map(|mut log| std::mem::take(&mut log.0)));
-        if let Some(log) = log {
-            let mut changed = false;
-            for aliases in &log {
-                changed |= rename_in_json(json, aliases, 0)?;
-            }
-            return Ok(changed);
-        }
+    if let Some(log) = take_renames(&mut after, reach) {
+        return apply_renames(json, &log);
     }
     match (json, reach) {
         (Value::Object(obj), BodyReach::Fields(fields)) if after.is_map() => {

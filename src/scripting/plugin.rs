@@ -28,6 +28,7 @@ use super::scopes;
 
 pub use super::engine::ScriptLimits;
 pub use super::failure::{ScriptCompileError, ScriptFailure};
+pub use super::partial::Renames;
 
 /// One configured plugin, before compilation.
 #[derive(Debug, Clone)]
@@ -209,6 +210,15 @@ impl Plugins {
         self.body_reached(Hook::Request)
     }
 
+    /// Whether the `on_request` hooks use `req.body` only to rename keys in it
+    /// (`req.body.rename_keys(aliases)`, `type_of(req.body)`): a JSON object body then need
+    /// not be parsed for them; [`on_request_renames`](Self::on_request_renames) says which
+    /// aliases to apply to its text.
+    pub fn request_body_renamed_only(&self) -> bool {
+        self.any_hook[Hook::Request.index()]
+            && *self.reach[Hook::Request.index()].body() == BodyReach::Renamed
+    }
+
     /// Whether an `on_response` hook can reach `res.body`.
     pub fn response_body_reached(&self) -> bool {
         self.body_reached(Hook::Response)
@@ -234,11 +244,22 @@ impl Plugins {
 
     /// [`on_request`](Self::on_request), telling whether the body changed.
     pub fn on_request_edited(&self, req: &mut ScriptRequest) -> Result<Edited, ScriptFailure> {
+        self.on_request_renames(req).map(|(edited, _)| edited)
+    }
+
+    /// [`on_request_edited`](Self::on_request_edited), also returning the aliases the hooks
+    /// renamed the body's keys with when they only rename (see
+    /// [`request_body_renamed_only`](Self::request_body_renamed_only)), in the order applied
+    /// (already applied to `req.body`).
+    pub fn on_request_renames(
+        &self,
+        req: &mut ScriptRequest,
+    ) -> Result<(Edited, Renames), ScriptFailure> {
         let Some(first) = self.first_with(Hook::Request) else {
-            return Ok(Edited::default());
+            return Ok((Edited::default(), Vec::new()));
         };
         if self.run_blind(Hook::Request)? {
-            return Ok(Edited::default());
+            return Ok((Edited::default(), Vec::new()));
         }
         let reach = &self.reach[Hook::Request.index()];
         let given = self.given[Hook::Request.index()];
@@ -266,12 +287,17 @@ impl Plugins {
                 .map_err(|t| fail("bad req.path", t))?
                 .to_string();
         }
-        let body = partial::merge(&mut req.body, field(&mut fields, "body"), reach.body())
-            .map_err(|e| fail("bad req.body", &e))?;
+        let mut after = field(&mut fields, "body");
+        let renames = partial::take_renames(&mut after, reach.body());
+        let body = match &renames {
+            Some(log) => partial::apply_renames(&mut req.body, log),
+            None => partial::merge(&mut req.body, after, reach.body()),
+        }
+        .map_err(|e| fail("bad req.body", &e))?;
         if given.ctx {
             req.ctx = take_ctx(&mut fields).map_err(|e| fail("bad req.ctx", &e))?;
         }
-        Ok(Edited { body })
+        Ok((Edited { body }, renames.unwrap_or_default()))
     }
 
     /// Runs every plugin's `on_response` in config order (non-streamed answers). Scripts may

@@ -291,7 +291,8 @@ impl Plugins {
         let renames = partial::take_renames(&mut after, reach.body());
         let body = match &renames {
             Some(log) => partial::apply_renames(&mut req.body, log),
-            None => partial::merge(&mut req.body, after, reach.body()),
+            None if reach.body_writes() => partial::merge(&mut req.body, after, reach.body()),
+            None => Ok(false),
         }
         .map_err(|e| fail("bad req.body", &e))?;
         if given.ctx {
@@ -347,8 +348,12 @@ impl Plugins {
             res.headers =
                 headers_from_dynamic(&headers).map_err(|e| fail("bad res.headers", &e))?;
         }
-        let body = partial::merge(&mut res.body, field(&mut fields, "body"), reach.body())
-            .map_err(|e| fail("bad res.body", &e))?;
+        let body = if reach.body_writes() {
+            partial::merge(&mut res.body, field(&mut fields, "body"), reach.body())
+                .map_err(|e| fail("bad res.body", &e))?
+        } else {
+            false
+        };
         if given.ctx {
             res.ctx = take_ctx(&mut fields).map_err(|e| fail("bad res.ctx", &e))?;
         }
@@ -417,7 +422,7 @@ impl Plugins {
         if field(&mut fields, "drop").as_bool().unwrap_or(false) {
             return Ok(EventVerdict::Drop);
         }
-        let Some(before) = before else {
+        let Some(before) = before.filter(|_| self.reach[Hook::Event.index()].body_writes()) else {
             return Ok(EventVerdict::Unchanged);
         };
         let data = field(&mut fields, "data");

@@ -97,6 +97,9 @@ pub struct Reach {
     /// Top-level fields of the argument the hook names.
     fields: BTreeSet<String>,
     body: BodyReach,
+    /// Whether the hook may change the body (assigns along a path into it, calls a method on
+    /// any part of it, or reaches it whole): when not, nothing is merged back.
+    body_writes: bool,
 }
 
 impl Reach {
@@ -106,7 +109,13 @@ impl Reach {
             whole: true,
             fields: BTreeSet::new(),
             body: BodyReach::Whole,
+            body_writes: true,
         }
+    }
+
+    /// Whether the hook may change the body (see the field).
+    pub fn body_writes(&self) -> bool {
+        self.body_writes
     }
 
     /// Whether the hook never uses its argument.
@@ -129,6 +138,7 @@ impl Reach {
         self.whole |= other.whole;
         self.fields.extend(other.fields.iter().cloned());
         self.body.add(&other.body);
+        self.body_writes |= other.body_writes;
     }
 }
 
@@ -178,7 +188,14 @@ pub fn of_hook(ast: &AST, hook: &str, body_field: &str) -> Reach {
                             parent,
                             special_calls,
                         };
-                        reach.body.add(&body_use(rest, &bare));
+                        let assigned = matches!(
+                            bare.parent,
+                            Some(ASTNode::Stmt(Stmt::Assignment(a))) if std::ptr::eq(&a.1.lhs, *e)
+                        );
+                        let calls = rest_has_call(rest);
+                        let used = body_use(rest, &bare);
+                        reach.body_writes |= assigned || calls || used == BodyReach::Whole;
+                        reach.body.add(&used);
                     }
                     reach.fields.insert(name.to_owned());
                 }
@@ -199,6 +216,7 @@ fn is_variable(expr: &Expr, name: &str) -> bool {
 }
 
 /// What follows `arg.<name>` in a chain.
+#[derive(Clone, Copy)]
 enum Rest<'a> {
     /// Nothing: `arg.<name>` is used as a value.
     End,
@@ -286,6 +304,22 @@ fn chain_part(rest: Rest<'_>) -> Part {
                 _ => Part::Whole,
             }
         }
+    }
+}
+
+/// Whether a chain calls anything (a method may change the value it is called on).
+fn rest_has_call(rest: Rest<'_>) -> bool {
+    let next = match rest {
+        Rest::End => return false,
+        Rest::Dot(next) | Rest::Index(next) => next,
+    };
+    match next {
+        Expr::Dot(x, ..) | Expr::Index(x, ..) => {
+            matches!(x.lhs, Expr::MethodCall(..) | Expr::FnCall(..))
+                || rest_has_call(Rest::Dot(&x.rhs))
+        }
+        Expr::MethodCall(..) | Expr::FnCall(..) => true,
+        _ => false,
     }
 }
 
@@ -395,6 +429,30 @@ mod tests {
         assert_eq!(r.body(), &BodyReach::Fields(expected_fields(expected)));
         let r = reach("fn on_request(req) { req.body.a.b; req.body.a[0] }");
         assert_eq!(r.body(), &fields(&["a"]));
+    }
+
+    #[test]
+    fn writes_are_told_from_reads() {
+        for src in [
+            "fn on_request(req) { let m = req.body.model; }",
+            r#"fn on_request(req) { if req.body.messages[0].content == "" { req.ctx.e = 1; } }"#,
+            r#"fn on_request(req) { let t = type_of(req.body); let n = "n" in req.body; }"#,
+            "fn on_request(req) { req.headers.x = req.body.model; }",
+        ] {
+            assert!(!reach(src).body_writes(), "{src}");
+        }
+        for src in [
+            "fn on_request(req) { req.body.model = 1; }",
+            "fn on_request(req) { req.body.messages[0].content += \"!\"; }",
+            "fn on_request(req) { req.body.tags.push(1); }",
+            "fn on_request(req) { req.body.messages[0].content.clear(); }",
+            "fn on_request(req) { req.body = #{}; }",
+            "fn on_request(req) { let b = req.body; }",
+            "fn on_request(req) { f(req); } fn f(r) { }",
+        ] {
+            assert!(reach(src).body_writes(), "{src}");
+        }
+        assert!(!Reach::default().body_writes());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Criterion benchmarks of what Rhai hooks cost a request, one row per target of issue 18
 //! ("scripts cost what they touch"):
 //!
-//! - `on_request`: a do-nothing `on_request` on 1 KB and 100 KB chat bodies, as the hook call
+//! - `on_request`: Rhai's own `call_fn` of a do-nothing function (`bare_rhai_call_fn`, the floor
+//!   of any hook call); a do-nothing `on_request` on 1 KB and 100 KB chat bodies, as the hook call
 //!   alone (`hook/…`) and as the whole request path without sockets (`prepare/…`, next to the
 //!   same gateway without plugins);
 //! - `touch`: a hook that reads `req.body.model` and sets `req.body.user` on a 100 KB body
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use criterion::measurement::WallTime;
 use criterion::{BatchSize, BenchmarkId, Criterion};
 use http::Request;
 use http_body_util::Full;
@@ -215,8 +217,31 @@ fn bench_prepare(
     Ok(())
 }
 
+/// The floor under every hook call: Rhai's own `call_fn` of a do-nothing function on the
+/// sandboxed engine, with a kept empty scope and an empty map argument.
+fn bench_bare_call_fn(group: &mut criterion::BenchmarkGroup<'_, WallTime>) -> BenchResult {
+    let engine = sophgate::scripting::engine::build(&ScriptLimits::default());
+    let ast = engine.compile(NOOP_REQUEST).map_err(|e| e.to_string())?;
+    let mut scope = rhai::Scope::new();
+    let call = |scope: &mut rhai::Scope<'_>| {
+        engine.call_fn_with_options::<rhai::Dynamic>(
+            rhai::CallFnOptions::new()
+                .eval_ast(false)
+                .rewind_scope(true),
+            scope,
+            &ast,
+            "on_request",
+            (rhai::Dynamic::from_map(rhai::Map::new()),),
+        )
+    };
+    call(&mut scope).map(|_| ()).map_err(|e| e.to_string())?;
+    group.bench_function("bare_rhai_call_fn", |b| b.iter(|| call(&mut scope).is_ok()));
+    Ok(())
+}
+
 fn bench_on_request(c: &mut Criterion) -> BenchResult {
     let mut group = c.benchmark_group("on_request");
+    bench_bare_call_fn(&mut group)?;
     let noop = compile(NOOP_REQUEST)?;
     let noop_path = plugin_file("noop.rhai", NOOP_REQUEST)?;
     let none = generation("")?;

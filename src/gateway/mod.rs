@@ -281,6 +281,7 @@ where
     let hooks = generation.plugins.has_on_request();
     // Usage (the ledger, budgets, tpm) counts real tokens: make sure a stream reports them.
     let injected_usage = facts.streams_without_usage();
+    let text_renames = hooks && scripts::renames_in_text(&generation.plugins, facts.json, &bytes);
     let rewritten = rewrite::apply(
         &mut bytes,
         facts,
@@ -289,7 +290,7 @@ where
             aliases: &cfg.field_aliases,
             rename_to: plan.rename_to.as_deref(),
             inject_usage: injected_usage,
-            tree_for_scripts: generation.plugins.request_body_reached(),
+            tree_for_scripts: generation.plugins.request_body_reached() && !text_renames,
         },
     )?;
     let mut target = match route {
@@ -304,7 +305,7 @@ where
     cfg.forward_headers.strip(&mut headers);
     let mut script_ctx = None;
     let (mut body_value, mut body_changed) = (rewritten.tree, rewritten.changed);
-    let text_edited = rewritten.text_edited;
+    let mut text_edited = rewritten.text_edited;
     if hooks {
         let out = scripts::on_request(
             &generation.plugins,
@@ -318,6 +319,7 @@ where
             },
             headers,
             body_value.take(),
+            text_renames.then_some(&mut bytes),
         )?;
         if let Some(path) = out.path {
             target = Target::Path(path);
@@ -327,6 +329,7 @@ where
             body_value = Some(v);
         }
         body_changed |= out.body_changed;
+        text_edited |= out.text_edited;
         script_ctx = Some(out.ctx);
     }
     let reencoded = match body_value.filter(|_| body_changed) {

@@ -98,9 +98,9 @@ pub enum EventOutcome {
 /// Deepest nesting the conversions below and [`rename_keys`] walk. Request JSON is at most 128
 /// deep (serde_json's parser limit) and scripts cannot build deep values cheaply (Rhai copies a
 /// value to nest it), but a fixed bound keeps native recursion off the edge of the stack.
-const MAX_DEPTH: usize = 512;
+pub(crate) const MAX_DEPTH: usize = 512;
 
-fn too_deep() -> String {
+pub(crate) fn too_deep() -> String {
     format!("value nested deeper than {MAX_DEPTH} levels")
 }
 
@@ -196,6 +196,16 @@ fn to_json_at(value: &Dynamic, depth: usize) -> Result<Value, String> {
 /// a script walk of a chat body costs ~100 µs per request in release builds; this costs ~1 µs.
 pub(crate) fn rename_keys(map: &mut Map, aliases: &Map) -> Result<(), String> {
     let pairs = alias_pairs(aliases)?;
+    // The stand-in body of a hook that only renames: record, the JSON is renamed after.
+    if let Some(mut log) = super::partial::rename_log(map) {
+        log.0.push(
+            pairs
+                .iter()
+                .map(|(from, to)| ((*from).to_owned(), to.to_string()))
+                .collect(),
+        );
+        return Ok(());
+    }
     rename_in_map(map, &pairs, 0)
 }
 

@@ -54,15 +54,18 @@
 pub mod api;
 pub mod bundled;
 pub mod engine;
+mod failure;
 mod outcome;
 mod partial;
 pub mod plugin;
 mod reach;
+mod scopes;
 
 pub use api::{EventData, EventOutcome, ScriptEvent, ScriptRequest, ScriptResponse};
 pub use bundled::bundled;
 pub use plugin::{
-    Edited, EventVerdict, PluginSpec, Plugins, ScriptCompileError, ScriptFailure, ScriptLimits,
+    Edited, EventVerdict, PluginSpec, Plugins, Renames, ScriptCompileError, ScriptFailure,
+    ScriptLimits,
 };
 
 #[cfg(test)]
@@ -70,3 +73,6 @@ mod tests;
 
 #[cfg(test)]
 mod lazy_tests;
+
+#[cfg(test)]
+mod fast_path_tests;

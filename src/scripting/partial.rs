@@ -1,25 +1,59 @@
 //! The body as a hook call sees it: converted to script values only as far as the hooks can
 //! reach it (see [`reach`](super::reach)), and merged back only where a hook changed it, so a
 //! body no hook changed stays the value (and the bytes) it came as.
+//!
+//! A body the hooks only rename keys in (`body.rename_keys(aliases)`, see
+//! [`BodyReach::Renamed`]) is given to them as a stand-in map holding a [`RenameLog`]: the
+//! `rename_keys` helper records its aliases there, and [`merge`] renames the JSON value itself.
 
 use rhai::{Dynamic, Map};
 use serde_json::Value;
 
 use super::api::{dynamic_to_json, json_to_dynamic};
-use super::reach::BodyReach;
+use std::collections::BTreeMap;
 
-/// The named fields of a JSON object are all a hook can see of it.
-fn partial<'a>(
-    json: &'a Value,
-    reach: &'a BodyReach,
-) -> Option<(
-    &'a serde_json::Map<String, Value>,
-    &'a std::collections::BTreeSet<String>,
-)> {
-    match (json, reach) {
-        (Value::Object(obj), BodyReach::Fields(names)) => Some((obj, names)),
-        _ => None,
+use super::api::{too_deep, MAX_DEPTH};
+use super::reach::{BodyReach, Part};
+
+/// The one key of the stand-in map a renaming-only hook gets as its body. The value under it
+/// is a [`RenameLog`], which no JSON converts to, so a real body is never taken for it.
+pub(crate) const RENAME_LOG_KEY: &str = "\u{0}rename_log";
+
+/// The aliases `rename_keys` was called with on the stand-in body, in call order, each as the
+/// (from, to) pairs in the order the script helper applies them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RenameLog(pub Renames);
+
+/// The log of a stand-in body map, when `map` is one.
+pub(crate) fn rename_log(map: &mut Map) -> Option<rhai::DynamicWriteLock<'_, RenameLog>> {
+    if map.len() != 1 {
+        return None;
     }
+    map.get_mut(RENAME_LOG_KEY)
+        .and_then(|v| v.write_lock::<RenameLog>())
+}
+
+/// Key renamings, each the (from, to) pairs of one `rename_keys` call in the order applied.
+pub type Renames = Vec<Vec<(String, String)>>;
+
+/// The renamings recorded in `after`, the stand-in body of hooks that only rename (`None` for
+/// any other body).
+pub(crate) fn take_renames(after: &mut Dynamic, reach: &BodyReach) -> Option<Renames> {
+    if *reach != BodyReach::Renamed {
+        return None;
+    }
+    after
+        .write_lock::<Map>()
+        .and_then(|mut m| rename_log(&mut m).map(|mut log| std::mem::take(&mut log.0)))
+}
+
+/// Applies `renames` to `json`; whether a key was renamed.
+pub(crate) fn apply_renames(json: &mut Value, renames: &Renames) -> Result<bool, String> {
+    let mut changed = false;
+    for aliases in renames {
+        changed |= rename_in_json(json, aliases, 0)?;
+    }
+    Ok(changed)
 }
 
 /// The script value of `json` for hooks that reach `reach` of it; `None` when they never name
@@ -28,30 +62,82 @@ pub(crate) fn to_script(json: &Value, reach: &BodyReach) -> Result<Option<Dynami
     if *reach == BodyReach::Untouched {
         return Ok(None);
     }
-    if let Some((obj, names)) = partial(json, reach) {
+    if *reach == BodyReach::Renamed && json.is_object() {
         let mut map = Map::new();
-        for name in names {
-            if let Some(v) = obj.get(name) {
-                map.insert(name.as_str().into(), json_to_dynamic(v)?);
-            }
-        }
+        map.insert(RENAME_LOG_KEY.into(), Dynamic::from(RenameLog::default()));
         return Ok(Some(Dynamic::from_map(map)));
     }
-    json_to_dynamic(json).map(Some)
+    match (json, reach) {
+        // The named fields of a JSON object are all a hook can see of it.
+        (Value::Object(obj), BodyReach::Fields(fields)) => {
+            props_to_script(obj, fields, 0).map(Some)
+        }
+        _ => json_to_dynamic(json).map(Some),
+    }
+}
+
+fn props_to_script(
+    obj: &serde_json::Map<String, Value>,
+    fields: &BTreeMap<String, Part>,
+    depth: usize,
+) -> Result<Dynamic, String> {
+    let mut map = Map::new();
+    for (name, part) in fields {
+        if let Some(v) = obj.get(name) {
+            map.insert(name.as_str().into(), part_to_script(v, part, depth + 1)?);
+        }
+    }
+    Ok(Dynamic::from_map(map))
+}
+
+/// `json` as far as `part` reaches it: an object with only the named properties, an array with
+/// only the indexed elements (the others `()`, which no constant index names), else whole.
+fn part_to_script(json: &Value, part: &Part, depth: usize) -> Result<Dynamic, String> {
+    if depth > MAX_DEPTH {
+        return Err(too_deep());
+    }
+    match (json, part) {
+        (Value::Object(obj), Part::Props(fields)) => props_to_script(obj, fields, depth),
+        (Value::Array(items), Part::Items(indices)) => {
+            let len = indices
+                .keys()
+                .next_back()
+                .map_or(0, |last| items.len().min(last.saturating_add(1)));
+            let mut array = vec![Dynamic::UNIT; len];
+            for (i, part) in indices.range(..len) {
+                if let (Some(slot), Some(item)) = (array.get_mut(*i), items.get(*i)) {
+                    *slot = part_to_script(item, part, depth + 1)?;
+                }
+            }
+            Ok(Dynamic::from_array(array))
+        }
+        _ => json_to_dynamic(json),
+    }
 }
 
 /// Merges what the hooks left (`after`, made by [`to_script`] with the same `reach`) into
 /// `json`; whether that changed it.
-pub(crate) fn merge(json: &mut Value, after: Dynamic, reach: &BodyReach) -> Result<bool, String> {
+pub(crate) fn merge(
+    json: &mut Value,
+    mut after: Dynamic,
+    reach: &BodyReach,
+) -> Result<bool, String> {
     if *reach == BodyReach::Untouched {
         return Ok(false);
     }
-    if partial(json, reach).is_some() {
-        if let Some(mut map) = after.read_lock::<Map>().map(|m| m.clone()) {
-            return merge_fields(json, &mut map, reach);
-        }
+    if let Some(log) = take_renames(&mut after, reach) {
+        return apply_renames(json, &log);
     }
-    let new = dynamic_to_json(&after)?;
+    match (json, reach) {
+        (Value::Object(obj), BodyReach::Fields(fields)) if after.is_map() => {
+            merge_props(obj, after, fields, 0)
+        }
+        (json, _) => merge_whole(json, &after),
+    }
+}
+
+fn merge_whole(json: &mut Value, after: &Dynamic) -> Result<bool, String> {
+    let new = dynamic_to_json(after)?;
     if new == *json {
         return Ok(false);
     }
@@ -59,28 +145,87 @@ pub(crate) fn merge(json: &mut Value, after: Dynamic, reach: &BodyReach) -> Resu
     Ok(true)
 }
 
-fn merge_fields(json: &mut Value, after: &mut Map, reach: &BodyReach) -> Result<bool, String> {
-    let (Value::Object(obj), BodyReach::Fields(names)) = (json, reach) else {
-        return Ok(false);
-    };
-    let mut changed = false;
-    for name in names {
-        match after.remove(name.as_str()) {
-            Some(v) => {
-                let new = dynamic_to_json(&v)?;
-                if obj.get(name) != Some(&new) {
-                    obj.insert(name.clone(), new);
-                    changed = true;
+/// Merges `after`, made by [`part_to_script`] from `json` and `part`, back into `json`. A value
+/// that is not the map or array it was made as is a new value a hook put there: taken whole.
+fn merge_part(json: &mut Value, after: Dynamic, part: &Part, depth: usize) -> Result<bool, String> {
+    if depth > MAX_DEPTH {
+        return Err(too_deep());
+    }
+    match (json, part) {
+        (Value::Object(obj), Part::Props(fields)) if after.is_map() => {
+            merge_props(obj, after, fields, depth)
+        }
+        (Value::Array(items), Part::Items(indices)) if after.is_array() => {
+            let mut array = after.cast::<rhai::Array>();
+            let mut changed = false;
+            for (i, part) in indices {
+                if let (Some(have), Some(v)) = (items.get_mut(*i), array.get_mut(*i)) {
+                    changed |= merge_part(have, std::mem::take(v), part, depth + 1)?;
                 }
             }
-            None => changed |= obj.shift_remove(name).is_some(),
+            Ok(changed)
+        }
+        (json, _) => merge_whole(json, &after),
+    }
+}
+
+/// [`merge_part`] for an object of which `fields` are reached; `after` is a map.
+fn merge_props(
+    obj: &mut serde_json::Map<String, Value>,
+    after: Dynamic,
+    fields: &BTreeMap<String, Part>,
+    depth: usize,
+) -> Result<bool, String> {
+    let mut map = after.cast::<Map>();
+    let mut changed = false;
+    for (name, part) in fields {
+        match (map.remove(name.as_str()), obj.get_mut(name)) {
+            (Some(v), Some(have)) => changed |= merge_part(have, v, part, depth + 1)?,
+            (Some(v), None) => {
+                obj.insert(name.clone(), dynamic_to_json(&v)?);
+                changed = true;
+            }
+            (None, _) => changed |= obj.shift_remove(name).is_some(),
         }
     }
-    // Fields the hooks could not name can only have been added by a plugin reaching the whole
-    // body, which would have made the reach whole; kept anyway, never lost.
-    for (name, v) in after.iter() {
+    // Properties the hooks could not name can only have been added by a plugin reaching this
+    // value whole, which would have made the reach whole; kept anyway, never lost.
+    for (name, v) in map.iter() {
         obj.insert(name.to_string(), dynamic_to_json(v)?);
         changed = true;
+    }
+    Ok(changed)
+}
+
+/// `rename_keys` on a JSON value: what the script helper does on script values (each alias in
+/// turn at this level, then every value below), without converting them.
+fn rename_in_json(
+    value: &mut Value,
+    aliases: &[(String, String)],
+    depth: usize,
+) -> Result<bool, String> {
+    if depth > MAX_DEPTH {
+        return Err(too_deep());
+    }
+    let mut changed = false;
+    match value {
+        Value::Object(obj) => {
+            for (from, to) in aliases {
+                if let Some(v) = obj.shift_remove(from) {
+                    changed |= from != to;
+                    obj.insert(to.clone(), v);
+                }
+            }
+            for v in obj.values_mut() {
+                changed |= rename_in_json(v, aliases, depth + 1)?;
+            }
+        }
+        Value::Array(items) => {
+            for v in items {
+                changed |= rename_in_json(v, aliases, depth + 1)?;
+            }
+        }
+        _ => {}
     }
     Ok(changed)
 }
@@ -91,7 +236,7 @@ mod tests {
     use serde_json::json;
 
     fn fields(names: &[&str]) -> BodyReach {
-        BodyReach::Fields(names.iter().map(|s| s.to_string()).collect())
+        BodyReach::Fields(names.iter().map(|s| (s.to_string(), Part::Whole)).collect())
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Map, ParseError, Position, Scope, AST};
+use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Map, Position, Scope, AST};
 use serde_json::Value;
 
 use super::api::{
@@ -24,8 +24,11 @@ use super::outcome::{
 };
 use super::partial;
 use super::reach::{self, BodyReach, Reach};
+use super::scopes;
 
 pub use super::engine::ScriptLimits;
+pub use super::failure::{ScriptCompileError, ScriptFailure};
+pub use super::partial::Renames;
 
 /// One configured plugin, before compilation.
 #[derive(Debug, Clone)]
@@ -37,66 +40,6 @@ pub struct PluginSpec {
     /// The plugin's `params` from config (any JSON; `null` when absent).
     pub params: Value,
 }
-
-/// Why a plugin could not be loaded: a syntax error, a malformed hook, or an error in its
-/// top-level code (which runs once at load). `line`/`column` are 1-based when known.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScriptCompileError {
-    pub plugin: String,
-    pub line: Option<usize>,
-    pub column: Option<usize>,
-    pub message: String,
-}
-
-impl fmt::Display for ScriptCompileError {
-    /// `plugin:line:column: message`, the form editors and terminals turn into a link.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.line, self.column) {
-            (Some(line), Some(col)) => write!(f, "{}:{line}:{col}: {}", self.plugin, self.message),
-            (Some(line), None) => write!(f, "{}:{line}: {}", self.plugin, self.message),
-            _ => write!(f, "{}: {}", self.plugin, self.message),
-        }
-    }
-}
-
-impl std::error::Error for ScriptCompileError {}
-
-impl ScriptCompileError {
-    fn new(plugin: &str, pos: Position, message: impl Into<String>) -> Self {
-        Self {
-            plugin: plugin.to_owned(),
-            line: pos.line(),
-            column: pos.position(),
-            message: message.into(),
-        }
-    }
-
-    fn parse(plugin: &str, err: &ParseError) -> Self {
-        Self::new(plugin, err.position(), err.0.to_string())
-    }
-}
-
-/// How a hook call failed, as the pipeline must answer it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ScriptFailure {
-    /// `throw #{status: 4xx/5xx, message: "..."}` — answer the client with this.
-    Thrown { status: u16, message: String },
-    /// Any other error (runtime error, limit hit, bad throw value). Details are already logged
-    /// with plugin name, hook, line and column; the client only gets "script error in plugin
-    /// <name>".
-    Error { plugin: String },
-}
-
-impl fmt::Display for ScriptFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Thrown { status, message } => write!(f, "{status}: {message}"),
-            Self::Error { plugin } => write!(f, "script error in plugin {plugin}"),
-        }
-    }
-}
-
-impl std::error::Error for ScriptFailure {}
 
 /// What the hooks of one call changed that the caller cannot see from the value alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -156,10 +99,12 @@ impl Hook {
 
 /// One compiled plugin.
 struct Plugin {
+    /// Unique over the process's lifetime: keys this plugin's scope in [`scopes`].
+    id: u64,
     name: Arc<str>,
     ast: AST,
-    /// `params` plus the variables its top-level code left, pushed as constants into every
-    /// call's fresh scope.
+    /// `params` plus the variables its top-level code left: the constants of every call's
+    /// scope (built once per thread, see [`scopes`]).
     constants: Vec<(String, Dynamic)>,
     hooks: [bool; 3],
     /// What each hook can reach of its argument.
@@ -265,9 +210,24 @@ impl Plugins {
         self.body_reached(Hook::Request)
     }
 
+    /// Whether the `on_request` hooks use `req.body` only to rename keys in it
+    /// (`req.body.rename_keys(aliases)`, `type_of(req.body)`): a JSON object body then need
+    /// not be parsed for them; [`on_request_renames`](Self::on_request_renames) says which
+    /// aliases to apply to its text.
+    pub fn request_body_renamed_only(&self) -> bool {
+        self.any_hook[Hook::Request.index()]
+            && *self.reach[Hook::Request.index()].body() == BodyReach::Renamed
+    }
+
     /// Whether an `on_response` hook can reach `res.body`.
     pub fn response_body_reached(&self) -> bool {
         self.body_reached(Hook::Response)
+    }
+
+    /// What the hooks of kind `index` (0 request, 1 response, 2 event) reach of the body.
+    #[cfg(test)]
+    pub(crate) fn body_reach(&self, index: usize) -> &BodyReach {
+        self.reach[index].body()
     }
 
     fn body_reached(&self, hook: Hook) -> bool {
@@ -284,9 +244,23 @@ impl Plugins {
 
     /// [`on_request`](Self::on_request), telling whether the body changed.
     pub fn on_request_edited(&self, req: &mut ScriptRequest) -> Result<Edited, ScriptFailure> {
+        self.on_request_renames(req).map(|(edited, _)| edited)
+    }
+
+    /// [`on_request_edited`](Self::on_request_edited), also returning the aliases the hooks
+    /// renamed the body's keys with when they only rename (see
+    /// [`request_body_renamed_only`](Self::request_body_renamed_only)), in the order applied
+    /// (already applied to `req.body`).
+    pub fn on_request_renames(
+        &self,
+        req: &mut ScriptRequest,
+    ) -> Result<(Edited, Renames), ScriptFailure> {
         let Some(first) = self.first_with(Hook::Request) else {
-            return Ok(Edited::default());
+            return Ok((Edited::default(), Vec::new()));
         };
+        if self.run_blind(Hook::Request)? {
+            return Ok((Edited::default(), Vec::new()));
+        }
         let reach = &self.reach[Hook::Request.index()];
         let given = self.given[Hook::Request.index()];
         let mut arg = request_fields(req, reach, given);
@@ -313,12 +287,18 @@ impl Plugins {
                 .map_err(|t| fail("bad req.path", t))?
                 .to_string();
         }
-        let body = partial::merge(&mut req.body, field(&mut fields, "body"), reach.body())
-            .map_err(|e| fail("bad req.body", &e))?;
+        let mut after = field(&mut fields, "body");
+        let renames = partial::take_renames(&mut after, reach.body());
+        let body = match &renames {
+            Some(log) => partial::apply_renames(&mut req.body, log),
+            None if reach.body_writes() => partial::merge(&mut req.body, after, reach.body()),
+            None => Ok(false),
+        }
+        .map_err(|e| fail("bad req.body", &e))?;
         if given.ctx {
             req.ctx = take_ctx(&mut fields).map_err(|e| fail("bad req.ctx", &e))?;
         }
-        Ok(Edited { body })
+        Ok((Edited { body }, renames.unwrap_or_default()))
     }
 
     /// Runs every plugin's `on_response` in config order (non-streamed answers). Scripts may
@@ -332,6 +312,9 @@ impl Plugins {
         let Some(first) = self.first_with(Hook::Response) else {
             return Ok(Edited::default());
         };
+        if self.run_blind(Hook::Response)? {
+            return Ok(Edited::default());
+        }
         let reach = &self.reach[Hook::Response.index()];
         let given = self.given[Hook::Response.index()];
         let mut arg = Map::new();
@@ -365,8 +348,12 @@ impl Plugins {
             res.headers =
                 headers_from_dynamic(&headers).map_err(|e| fail("bad res.headers", &e))?;
         }
-        let body = partial::merge(&mut res.body, field(&mut fields, "body"), reach.body())
-            .map_err(|e| fail("bad res.body", &e))?;
+        let body = if reach.body_writes() {
+            partial::merge(&mut res.body, field(&mut fields, "body"), reach.body())
+                .map_err(|e| fail("bad res.body", &e))?
+        } else {
+            false
+        };
         if given.ctx {
             res.ctx = take_ctx(&mut fields).map_err(|e| fail("bad res.ctx", &e))?;
         }
@@ -401,6 +388,9 @@ impl Plugins {
         let Some(first) = self.first_with(Hook::Event) else {
             return Ok(EventVerdict::Unchanged);
         };
+        if self.run_blind(Hook::Event)? {
+            return Ok(EventVerdict::Unchanged);
+        }
         let reach = self.reach[Hook::Event.index()].body();
         let given = self.given[Hook::Event.index()];
         let mut arg = Map::new();
@@ -432,7 +422,7 @@ impl Plugins {
         if field(&mut fields, "drop").as_bool().unwrap_or(false) {
             return Ok(EventVerdict::Drop);
         }
-        let Some(before) = before else {
+        let Some(before) = before.filter(|_| self.reach[Hook::Event.index()].body_writes()) else {
             return Ok(EventVerdict::Unchanged);
         };
         let data = field(&mut fields, "data");
@@ -461,6 +451,19 @@ impl Plugins {
         } else {
             EventVerdict::Unchanged
         })
+    }
+
+    /// When no hook of this kind uses its argument at all (a hook that does nothing, or only
+    /// logs or counts): calls each with an empty map, which nothing reads back, and says so.
+    /// Nothing is built, shared, checked or merged for such a call.
+    fn run_blind(&self, hook: Hook) -> Result<bool, ScriptFailure> {
+        if !self.reach[hook.index()].is_nothing() {
+            return Ok(false);
+        }
+        for plugin in self.plugins.iter().filter(|p| p.hooks[hook.index()]) {
+            self.call(plugin, hook, Dynamic::from_map(Map::new()))?;
+        }
+        Ok(true)
     }
 
     fn first_with(&self, hook: Hook) -> Option<&Plugin> {
@@ -509,15 +512,13 @@ impl Plugins {
         }
     }
 
-    /// Calls one hook of one plugin with a fresh scope holding its constants, under the
+    /// Calls one hook of one plugin with a scope holding just its constants, under the
     /// wall-clock budget. Top-level statements are not re-run (`eval_ast(false)`): they ran
-    /// once at load.
+    /// once at load. The scope is this thread's for the plugin, rewound after the call; a
+    /// script cannot change a constant, so every call sees the same scope.
     fn call(&self, plugin: &Plugin, hook: Hook, arg: Dynamic) -> Result<(), ScriptFailure> {
-        let mut scope = Scope::new();
-        for (name, value) in &plugin.constants {
-            scope.push_constant_dynamic(name.as_str(), value.clone());
-        }
-        let options = CallFnOptions::new().eval_ast(false).rewind_scope(false);
+        let mut scope = scopes::take(plugin.id, &plugin.constants);
+        let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
         let result = engine::with_stack(self.stack_needed, || {
             let _active = ActiveGuard::hook(&plugin.name, self.max_wall_time);
             self.engine.call_fn_with_options::<Dynamic>(
@@ -528,6 +529,7 @@ impl Plugins {
                 (arg,),
             )
         });
+        scopes::put(plugin.id, plugin.constants.len(), scope);
         result
             .map(|_| ())
             .map_err(|err| self.script_failure(plugin, hook, &err))
@@ -680,6 +682,7 @@ fn load(
         return Err(errors);
     }
     Ok(Plugin {
+        id: scopes::next_id(),
         name,
         ast,
         constants,

@@ -8,11 +8,13 @@
 //! captured by a closure, indexed with `arg[...]`, used as a method receiver, printed. Within
 //! the body (`body` or `data`), only `body.<field>…`, `body["<field>"]…`, `type_of(body)` and
 //! `"<field>" in body` keep the reach to named fields; a field once named is converted whole.
+//! A body used only as `body.rename_keys(<aliases>)` (and in `type_of`) is not converted at
+//! all: the renaming is recorded and applied to the JSON value (see [`BodyReach::Renamed`]).
 //! A script cannot reach a value except through a variable naming it (function parameters
 //! are copies, `eval` is disabled), so what is not named cannot be observed and need not be
 //! converted.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rhai::{ASTNode, Expr, Stmt, AST};
 
@@ -22,8 +24,12 @@ pub enum BodyReach {
     /// Never named: the body is not converted at all.
     #[default]
     Untouched,
-    /// Only these top-level fields of a JSON object (possibly none: `type_of(req.body)`).
-    Fields(BTreeSet<String>),
+    /// Only these top-level fields of a JSON object (possibly none: `type_of(req.body)`), each
+    /// as far as [`Part`] says.
+    Fields(BTreeMap<String, Part>),
+    /// Only `body.rename_keys(aliases)` (and `type_of(body)`): the renaming is recorded and
+    /// applied to the JSON value itself, which is never converted.
+    Renamed,
     /// The whole value.
     Whole,
 }
@@ -32,10 +38,53 @@ impl BodyReach {
     fn add(&mut self, other: &BodyReach) {
         match (&mut *self, other) {
             (_, BodyReach::Untouched) | (BodyReach::Whole, _) => {}
-            (BodyReach::Fields(mine), BodyReach::Fields(theirs)) => {
-                mine.extend(theirs.iter().cloned());
+            (BodyReach::Fields(mine), BodyReach::Fields(theirs)) => add_parts(mine, theirs),
+            // `type_of` alone (no field) sees nothing a renaming changes.
+            (BodyReach::Renamed, BodyReach::Fields(f)) if f.is_empty() => {}
+            (BodyReach::Renamed, BodyReach::Renamed) => {}
+            (BodyReach::Fields(f), BodyReach::Renamed) if f.is_empty() => {
+                *self = BodyReach::Renamed;
+            }
+            // A renaming moves fields another hook names: both need the whole body.
+            (BodyReach::Fields(_), BodyReach::Renamed) | (BodyReach::Renamed, _) => {
+                *self = BodyReach::Whole;
             }
             (me, other) => *me = other.clone(),
+        }
+    }
+}
+
+/// What hooks reach of one value inside the body: a chain of constant property names and
+/// indices (`body.choices[0].delta.content`) reaches only the values along it; where it ends,
+/// or goes on with anything else (a method, a computed index), the value there is reached whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    /// All of it.
+    Whole,
+    /// Only these properties of an object (a value of any other type is reached whole).
+    Props(BTreeMap<String, Part>),
+    /// Only the elements at these indices of an array (a value of any other type: whole).
+    Items(BTreeMap<usize, Part>),
+}
+
+impl Part {
+    fn add(&mut self, other: &Part) {
+        match (&mut *self, other) {
+            (Part::Whole, _) => {}
+            (Part::Props(mine), Part::Props(theirs)) => add_parts(mine, theirs),
+            (Part::Items(mine), Part::Items(theirs)) => add_parts(mine, theirs),
+            (me, _) => *me = Part::Whole,
+        }
+    }
+}
+
+fn add_parts<K: Ord + Clone>(mine: &mut BTreeMap<K, Part>, theirs: &BTreeMap<K, Part>) {
+    for (key, part) in theirs {
+        match mine.get_mut(key) {
+            Some(have) => have.add(part),
+            None => {
+                mine.insert(key.clone(), part.clone());
+            }
         }
     }
 }
@@ -48,6 +97,9 @@ pub struct Reach {
     /// Top-level fields of the argument the hook names.
     fields: BTreeSet<String>,
     body: BodyReach,
+    /// Whether the hook may change the body (assigns along a path into it, calls a method on
+    /// any part of it, or reaches it whole): when not, nothing is merged back.
+    body_writes: bool,
 }
 
 impl Reach {
@@ -57,7 +109,18 @@ impl Reach {
             whole: true,
             fields: BTreeSet::new(),
             body: BodyReach::Whole,
+            body_writes: true,
         }
+    }
+
+    /// Whether the hook may change the body (see the field).
+    pub fn body_writes(&self) -> bool {
+        self.body_writes
+    }
+
+    /// Whether the hook never uses its argument.
+    pub fn is_nothing(&self) -> bool {
+        *self == Reach::default()
     }
 
     /// Whether the hook can reach the argument's field `name`.
@@ -75,6 +138,7 @@ impl Reach {
         self.whole |= other.whole;
         self.fields.extend(other.fields.iter().cloned());
         self.body.add(&other.body);
+        self.body_writes |= other.body_writes;
     }
 }
 
@@ -91,7 +155,7 @@ pub fn of_hook(ast: &AST, hook: &str, body_field: &str) -> Reach {
     // A script may define its own `type_of` or `contains`: then those calls can see the body.
     let special_calls = !ast
         .iter_functions()
-        .any(|f| f.name == "type_of" || f.name == "contains");
+        .any(|f| f.name == "type_of" || f.name == "contains" || f.name == RENAME_KEYS);
     let mut only_hook = ast.clone();
     only_hook.clear_statements();
     only_hook.retain_functions(|_, _, name, n| name == hook && n == 1);
@@ -124,7 +188,14 @@ pub fn of_hook(ast: &AST, hook: &str, body_field: &str) -> Reach {
                             parent,
                             special_calls,
                         };
-                        reach.body.add(&body_use(rest, &bare));
+                        let assigned = matches!(
+                            bare.parent,
+                            Some(ASTNode::Stmt(Stmt::Assignment(a))) if std::ptr::eq(&a.1.lhs, *e)
+                        );
+                        let calls = rest_has_call(rest);
+                        let used = body_use(rest, &bare);
+                        reach.body_writes |= assigned || calls || used == BodyReach::Whole;
+                        reach.body.add(&used);
                     }
                     reach.fields.insert(name.to_owned());
                 }
@@ -145,6 +216,7 @@ fn is_variable(expr: &Expr, name: &str) -> bool {
 }
 
 /// What follows `arg.<name>` in a chain.
+#[derive(Clone, Copy)]
 enum Rest<'a> {
     /// Nothing: `arg.<name>` is used as a value.
     End,
@@ -179,27 +251,75 @@ struct BareUse<'a, 'n> {
     special_calls: bool,
 }
 
+/// The helper whose call on the body is recorded rather than run on script values.
+pub(crate) const RENAME_KEYS: &str = "rename_keys";
+
 /// What `arg.body` followed by `rest` reaches of the body.
 fn body_use(rest: Rest<'_>, bare: &BareUse<'_, '_>) -> BodyReach {
-    let field = match rest {
+    match rest {
+        Rest::Dot(Expr::MethodCall(call, _))
+            if bare.special_calls
+                && call.name == RENAME_KEYS
+                && call.args.len() == 1
+                && !call.is_qualified() =>
+        {
+            BodyReach::Renamed
+        }
+        Rest::End => bare_body_use(bare),
+        rest => match chain_part(rest) {
+            Part::Props(fields) => BodyReach::Fields(fields),
+            Part::Whole | Part::Items(_) => BodyReach::Whole,
+        },
+    }
+}
+
+/// What a chain reaches of the value it has got to, `rest` being what follows that value.
+fn chain_part(rest: Rest<'_>) -> Part {
+    let one = |key: &str, then| Part::Props(BTreeMap::from([(key.to_owned(), chain_part(then))]));
+    match rest {
+        Rest::End => Part::Whole,
         Rest::Dot(next) => match next {
-            Expr::Property(p, _) => Some(p.2.to_string()),
-            Expr::Dot(x, ..) | Expr::Index(x, ..) => property_name(&x.lhs).map(str::to_owned),
-            _ => None,
+            Expr::Property(p, _) => one(p.2.as_str(), Rest::End),
+            Expr::Dot(x, ..) => {
+                property_name(&x.lhs).map_or(Part::Whole, |n| one(n, Rest::Dot(&x.rhs)))
+            }
+            Expr::Index(x, ..) => {
+                property_name(&x.lhs).map_or(Part::Whole, |n| one(n, Rest::Index(&x.rhs)))
+            }
+            // A method call: the value is its receiver.
+            _ => Part::Whole,
         },
-        Rest::Index(next) => match next {
-            Expr::StringConstant(s, _) => Some(s.to_string()),
-            Expr::Dot(x, ..) | Expr::Index(x, ..) => match &x.lhs {
-                Expr::StringConstant(s, _) => Some(s.to_string()),
-                _ => None,
-            },
-            _ => None,
-        },
-        Rest::End => return bare_body_use(bare),
+        Rest::Index(next) => {
+            let (key, then) = match next {
+                Expr::Dot(x, ..) => (&x.lhs, Rest::Dot(&x.rhs)),
+                Expr::Index(x, ..) => (&x.lhs, Rest::Index(&x.rhs)),
+                key => (key, Rest::End),
+            };
+            match key {
+                Expr::StringConstant(s, _) => one(s.as_str(), then),
+                Expr::IntegerConstant(i, _) => usize::try_from(*i).map_or(Part::Whole, |i| {
+                    Part::Items(BTreeMap::from([(i, chain_part(then))]))
+                }),
+                // A computed or negative index may name any element.
+                _ => Part::Whole,
+            }
+        }
+    }
+}
+
+/// Whether a chain calls anything (a method may change the value it is called on).
+fn rest_has_call(rest: Rest<'_>) -> bool {
+    let next = match rest {
+        Rest::End => return false,
+        Rest::Dot(next) | Rest::Index(next) => next,
     };
-    match field {
-        Some(name) => BodyReach::Fields(BTreeSet::from([name])),
-        None => BodyReach::Whole,
+    match next {
+        Expr::Dot(x, ..) | Expr::Index(x, ..) => {
+            matches!(x.lhs, Expr::MethodCall(..) | Expr::FnCall(..))
+                || rest_has_call(Rest::Dot(&x.rhs))
+        }
+        Expr::MethodCall(..) | Expr::FnCall(..) => true,
+        _ => false,
     }
 }
 
@@ -215,9 +335,9 @@ fn bare_body_use(bare: &BareUse<'_, '_>) -> BodyReach {
     let args = &call.args;
     let is_node = |e: &Expr| std::ptr::eq(e, bare.node);
     match (call.name.as_str(), args.first(), args.get(1), args.len()) {
-        ("type_of", Some(a), None, 1) if is_node(a) => BodyReach::Fields(BTreeSet::new()),
+        ("type_of", Some(a), None, 1) if is_node(a) => BodyReach::Fields(BTreeMap::new()),
         ("contains", Some(a), Some(Expr::StringConstant(s, _)), 2) if is_node(a) => {
-            BodyReach::Fields(BTreeSet::from([s.to_string()]))
+            BodyReach::Fields(BTreeMap::from([(s.to_string(), Part::Whole)]))
         }
         _ => BodyReach::Whole,
     }
@@ -234,7 +354,15 @@ mod tests {
     }
 
     fn fields(names: &[&str]) -> BodyReach {
-        BodyReach::Fields(names.iter().map(|s| s.to_string()).collect())
+        BodyReach::Fields(names.iter().map(|s| (s.to_string(), Part::Whole)).collect())
+    }
+
+    fn props(parts: Vec<(&str, Part)>) -> Part {
+        Part::Props(parts.into_iter().map(|(k, p)| (k.to_owned(), p)).collect())
+    }
+
+    fn items(parts: Vec<(usize, Part)>) -> Part {
+        Part::Items(parts.into_iter().collect())
     }
 
     #[test]
@@ -244,14 +372,87 @@ mod tests {
         assert!(r.field("body") && !r.field("headers"));
 
         let r = reach(r#"fn on_request(req) { req.body["model"]; req.body.messages[0].content }"#);
-        assert_eq!(r.body(), &fields(&["messages", "model"]));
+        let messages = items(vec![(0, props(vec![("content", Part::Whole)]))]);
+        let expected = props(vec![("messages", messages), ("model", Part::Whole)]);
+        assert_eq!(r.body(), &BodyReach::Fields(expected_fields(expected)));
 
         let r = reach(r#"fn on_request(req) { req.body["tools"][0]; req.body.m.len() }"#);
-        assert_eq!(r.body(), &fields(&["m", "tools"]));
+        let expected = props(vec![
+            ("m", Part::Whole),
+            ("tools", items(vec![(0, Part::Whole)])),
+        ]);
+        assert_eq!(r.body(), &BodyReach::Fields(expected_fields(expected)));
 
         let r =
             reach(r#"fn on_request(req) { if type_of(req.body) == "map" && "n" in req.body {} }"#);
         assert_eq!(r.body(), &fields(&["n"]));
+    }
+
+    fn expected_fields(part: Part) -> BTreeMap<String, Part> {
+        match part {
+            Part::Props(fields) => fields,
+            _ => BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn nested_paths_reach_only_what_they_name() {
+        let r = reach(
+            r#"fn on_event(ev) { if ev.data.choices[0].delta.content == "" { ev.ctx.e = 1; } }"#,
+        );
+        assert_eq!(r, Reach::default(), "on_event is not on_request");
+        let engine = rhai::Engine::new_raw();
+        let ast = engine
+            .compile(r#"fn on_event(ev) { ev.data.choices[0].delta.content = "x"; ev.data["id"]; ev.data.choices[1]["delta"].role }"#)
+            .unwrap();
+        let r = of_hook(&ast, "on_event", "data");
+        let choices = items(vec![
+            (
+                0,
+                props(vec![("delta", props(vec![("content", Part::Whole)]))]),
+            ),
+            (
+                1,
+                props(vec![("delta", props(vec![("role", Part::Whole)]))]),
+            ),
+        ]);
+        let expected = props(vec![("choices", choices), ("id", Part::Whole)]);
+        assert_eq!(r.body(), &BodyReach::Fields(expected_fields(expected)));
+
+        // A computed or negative index, a method or a whole use below: whole from there on.
+        let r = reach("fn on_request(req) { let i = 0; req.body.messages[i].content }");
+        assert_eq!(r.body(), &fields(&["messages"]));
+        let r = reach("fn on_request(req) { req.body.messages[-1].content }");
+        assert_eq!(r.body(), &fields(&["messages"]));
+        let r = reach("fn on_request(req) { req.body.messages[0].len(); req.body.messages[0].x }");
+        let expected = props(vec![("messages", items(vec![(0, Part::Whole)]))]);
+        assert_eq!(r.body(), &BodyReach::Fields(expected_fields(expected)));
+        let r = reach("fn on_request(req) { req.body.a.b; req.body.a[0] }");
+        assert_eq!(r.body(), &fields(&["a"]));
+    }
+
+    #[test]
+    fn writes_are_told_from_reads() {
+        for src in [
+            "fn on_request(req) { let m = req.body.model; }",
+            r#"fn on_request(req) { if req.body.messages[0].content == "" { req.ctx.e = 1; } }"#,
+            r#"fn on_request(req) { let t = type_of(req.body); let n = "n" in req.body; }"#,
+            "fn on_request(req) { req.headers.x = req.body.model; }",
+        ] {
+            assert!(!reach(src).body_writes(), "{src}");
+        }
+        for src in [
+            "fn on_request(req) { req.body.model = 1; }",
+            "fn on_request(req) { req.body.messages[0].content += \"!\"; }",
+            "fn on_request(req) { req.body.tags.push(1); }",
+            "fn on_request(req) { req.body.messages[0].content.clear(); }",
+            "fn on_request(req) { req.body = #{}; }",
+            "fn on_request(req) { let b = req.body; }",
+            "fn on_request(req) { f(req); } fn f(r) { }",
+        ] {
+            assert!(reach(src).body_writes(), "{src}");
+        }
+        assert!(!Reach::default().body_writes());
     }
 
     #[test]
@@ -286,7 +487,9 @@ mod tests {
             "fn on_request(req) { req.body = #{} }",
             "fn on_request(req) { let b = req.body; }",
             "fn on_request(req) { req.body.remove(\"x\") }",
-            "fn on_request(req) { req.body.rename_keys(#{}) }",
+            "fn on_request(req) { req.body.rename_keys(#{}).x }",
+            "fn on_request(req) { req.body.rename_keys() }",
+            "fn on_request(req) { req.body.rename_keys(#{}) } fn rename_keys(a) { this.x = a }",
             "fn on_request(req) { req.body[k] }",
             "fn on_request(req) { json_encode(req.body) }",
             "fn on_request(req) { for k in req.body.keys() {} }",
@@ -295,6 +498,27 @@ mod tests {
             let r = reach(src);
             assert_eq!(r.body(), &BodyReach::Whole, "{src}");
         }
+    }
+
+    #[test]
+    fn rename_keys_alone_is_recorded() {
+        let src = r#"fn on_request(req) {
+            if type_of(req.body) == "map" { req.body.rename_keys(#{a: "b"}); }
+        }"#;
+        assert_eq!(reach(src).body(), &BodyReach::Renamed);
+        let mut r = reach(src);
+        r.add(&reach("fn on_request(req) { let t = type_of(req.body); }"));
+        assert_eq!(r.body(), &BodyReach::Renamed);
+        r.add(&reach(src));
+        assert_eq!(r.body(), &BodyReach::Renamed);
+        r.add(&reach("fn on_request(req) { req.body.model }"));
+        assert_eq!(r.body(), &BodyReach::Whole);
+        let mut r = reach("fn on_request(req) { req.body.model }");
+        r.add(&reach(src));
+        assert_eq!(r.body(), &BodyReach::Whole);
+        // The argument naming the body again sees it whole.
+        let r = reach("fn on_request(req) { req.body.rename_keys(req.body) }");
+        assert_eq!(r.body(), &BodyReach::Whole);
     }
 
     #[test]

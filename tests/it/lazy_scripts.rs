@@ -139,12 +139,12 @@ async fn events_no_hook_changed_are_relayed_as_they_came() {
             r#"fn on_event(ev) { if type_of(ev.data) == "map" { ev.ctx.n = ev.data.choices[0].delta.content; } }"#,
             EVENTS.to_owned(),
         ),
-        // The edited field is written again (its keys sorted, as Rhai maps are); the rest of
-        // the event keeps its order.
+        // The edited path is written in place: the changed event is encoded again, every
+        // key in the order it came.
         (
             "ev_edit",
             r#"fn on_event(ev) { if type_of(ev.data) == "map" { ev.data.choices[0].delta.content = "x"; } }"#,
-            "data: {\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"x\"},\"index\":0}]}\n\ndata: {\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"x\"},\"index\":0}]}\n\ndata: [DONE]\n\n".to_owned(),
+            "data: {\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\ndata: {\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\ndata: [DONE]\n\n".to_owned(),
         ),
     ];
     for (tag, source, expected) in cases {

@@ -34,6 +34,7 @@ mod otel;
 mod plugins;
 mod reload;
 mod routing;
+mod script_fast_paths;
 mod server;
 mod shutdown;
 mod slow_clients;

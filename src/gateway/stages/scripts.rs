@@ -15,6 +15,7 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::relay::access_log::outcome;
 use crate::gateway::relay::body::{EventAction, EventFilter, ResponseBody};
 use crate::gateway::relay::sse::error_event;
+use crate::gateway::stages::rewrite::{rename_fields, rename_keys_in_text, TextRename};
 use crate::gateway::stages::routing::Plan;
 use crate::gateway::upstream::prepared::Target;
 use crate::http::headers::is_hop_by_hop;
@@ -82,16 +83,29 @@ pub struct RequestEdits {
     pub body: Option<serde_json::Value>,
     /// Whether a hook changed the body (else it goes on as it came).
     pub body_changed: bool,
+    /// Whether keys were renamed in the body's text (given as `text`), which then goes on.
+    pub text_edited: bool,
     /// `req.ctx`, for the response hooks.
     pub ctx: rhai::Map,
 }
 
-/// Runs the `on_request` hooks over the request's headers and (parsed) body.
+/// Whether the `on_request` hooks only rename keys in the body (the bundled
+/// `field_aliases.rhai`) and the body is a JSON object (`json`: known to be valid JSON): then
+/// it is not parsed for them, and [`on_request`] renames its keys in the text as the native
+/// `field_aliases` key does.
+pub fn renames_in_text(plugins: &Plugins, json: bool, bytes: &[u8]) -> bool {
+    json && plugins.request_body_renamed_only() && bytes.trim_ascii_start().first() == Some(&b'{')
+}
+
+/// Runs the `on_request` hooks over the request's headers and (parsed) body. `text` is the
+/// body's bytes when [`renames_in_text`] holds and no body was parsed: the hooks see a
+/// stand-in object and the keys are renamed in these bytes.
 pub fn on_request(
     plugins: &Plugins,
     view: RequestView<'_>,
     headers: HeaderMap,
     body: Option<serde_json::Value>,
+    text: Option<&mut Bytes>,
 ) -> Result<RequestEdits, GatewayError> {
     let planned_path = view
         .plan
@@ -99,9 +113,14 @@ pub fn on_request(
         .first()
         .map(|u| view.target.path(u, view.query))
         .unwrap_or_default();
+    let text = text.filter(|_| body.is_none());
     let had_body = body.is_some();
+    let stand_in = || match text {
+        Some(_) => serde_json::Value::Object(serde_json::Map::new()),
+        None => serde_json::Value::Null,
+    };
     let mut sreq = ScriptRequest {
-        body: body.unwrap_or(serde_json::Value::Null),
+        body: body.unwrap_or_else(stand_in),
         headers: visible_headers(&headers),
         path: planned_path.clone(),
         method: view.method.as_str().to_owned(),
@@ -109,16 +128,52 @@ pub fn on_request(
         key: view.key.to_owned(),
         ctx: rhai::Map::new(),
     };
-    let edited = plugins
-        .on_request_edited(&mut sreq)
+    let (edited, renames) = plugins
+        .on_request_renames(&mut sreq)
         .map_err(|f| failure_in("on_request", f))?;
-    Ok(RequestEdits {
+    let mut edits = RequestEdits {
         path: (sreq.path != planned_path).then_some(sreq.path),
         headers: sreq.headers,
         body: (had_body || edited.body).then_some(sreq.body),
         body_changed: edited.body,
+        text_edited: false,
         ctx: sreq.ctx,
-    })
+    };
+    if let Some(bytes) = text {
+        rename_text(bytes, &renames, &mut edits)?;
+    }
+    Ok(edits)
+}
+
+/// Applies the hooks' `renames` to the body's text in place, or, where the text edit does not
+/// cover a case (see [`TextRename::NeedsTree`]), to the parsed body, which then goes on.
+fn rename_text(
+    bytes: &mut Bytes,
+    renames: &[Vec<(String, String)>],
+    edits: &mut RequestEdits,
+) -> Result<(), GatewayError> {
+    for (i, aliases) in renames.iter().enumerate() {
+        match rename_keys_in_text(bytes, aliases) {
+            TextRename::Unchanged => {}
+            TextRename::Renamed(v) => {
+                *bytes = Bytes::from(v);
+                edits.text_edited = true;
+            }
+            TextRename::NeedsTree => {
+                let mut tree: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+                    GatewayError::bad_request("invalid_json", format!("Invalid JSON body: {e}"))
+                })?;
+                let mut changed = edits.text_edited;
+                for aliases in renames.iter().skip(i) {
+                    changed |= rename_fields(&mut tree, aliases);
+                }
+                edits.body = Some(tree);
+                edits.body_changed = changed;
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Buffers a non-streamed answer, runs `on_response`, and rebuilds the response.
@@ -196,25 +251,18 @@ impl EventFilter for ScriptEventFilter {
         let Ok(text) = std::str::from_utf8(event) else {
             return EventAction::Keep;
         };
-        // Split the event into its data (joined per the SSE spec) and its other fields.
-        let mut data: Option<String> = None;
-        let mut other = String::new();
-        for line in text.lines() {
-            if line.is_empty() {
-                continue;
-            }
-            if let Some(v) = line.strip_prefix("data:") {
-                let v = v.strip_prefix(' ').unwrap_or(v);
-                match &mut data {
-                    Some(d) => {
-                        d.push('\n');
-                        d.push_str(v);
-                    }
-                    None => data = Some(v.to_owned()),
+        // The event's data, joined per the SSE spec: borrowed from the event when it has one
+        // `data:` line (the usual case), so a hook that never reads it costs no copy.
+        let mut data: Option<std::borrow::Cow<'_, str>> = None;
+        for v in text.lines().filter_map(|line| line.strip_prefix("data:")) {
+            let v = v.strip_prefix(' ').unwrap_or(v);
+            match &mut data {
+                Some(d) => {
+                    let d = d.to_mut();
+                    d.push('\n');
+                    d.push_str(v);
                 }
-            } else {
-                other.push_str(line);
-                other.push('\n');
+                None => data = Some(std::borrow::Cow::Borrowed(v)),
             }
         }
         let Some(data) = data else {
@@ -225,7 +273,14 @@ impl EventFilter for ScriptEventFilter {
             Ok(EventVerdict::Unchanged) => EventAction::Keep,
             Ok(EventVerdict::Changed(data)) => {
                 let new = data.to_data_string();
-                let mut out = other;
+                // The event's other fields, as they came.
+                let mut out = String::new();
+                for line in text.lines() {
+                    if !line.is_empty() && !line.starts_with("data:") {
+                        out.push_str(line);
+                        out.push('\n');
+                    }
+                }
                 for line in new.split('\n') {
                     out.push_str("data: ");
                     out.push_str(line);

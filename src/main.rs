@@ -291,6 +291,11 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
         let traced = runtime.clone();
         server::serve(listener, runtime, shutdown).await;
+        // The requests have ended; what they left for the store (lease releases, usage) and
+        // their spans go out before the process does.
+        if let Some(store) = traced.current().store.clone() {
+            store.flush(std::time::Duration::from_secs(2)).await;
+        }
         sophgate::observe::trace::flush(traced.current().tracing.clone()).await;
         ExitCode::SUCCESS
     })

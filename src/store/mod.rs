@@ -155,6 +155,23 @@ impl Store {
         }
     }
 
+    /// Waits, at most `within`, until every write queued so far has been sent: a graceful
+    /// shutdown calls it after the last request ended, so no release or usage is lost.
+    pub async fn flush(&self, within: Duration) {
+        let (done, sent) = tokio::sync::oneshot::channel();
+        let flushed = async {
+            if self.writes.send(writer::Write::Flush(done)).await.is_ok() {
+                let _ = sent.await;
+            }
+        };
+        if tokio::time::timeout(within, flushed).await.is_err() {
+            tracing::warn!(
+                "store: queued writes not sent within {} ms of shutdown",
+                within.as_millis()
+            );
+        }
+    }
+
     /// Whether the process's usage is kept in this store (set by
     /// [`crate::usage::shared::follow_store`]): only then do its budget counters in Redis
     /// hold every request's spend, and admission may check budgets there.

@@ -292,3 +292,25 @@ async fn a_batch_writes_every_counter_and_its_period_in_one_call() {
         Default::default()
     );
 }
+
+#[tokio::test]
+async fn flush_returns_once_every_queued_write_is_in_redis() {
+    let redis = RedisServer::start();
+    let s = store(&redis, "tflush:");
+    for _ in 0..3 {
+        s.queue(writer::Write::Usage(usage::UsageWrite {
+            key: "carol".into(),
+            model: "m".into(),
+            requests: 1,
+            input_tokens: 7,
+            ..Default::default()
+        }));
+    }
+    s.flush(Duration::from_secs(5)).await;
+    let rows = s.usage_snapshot().await.unwrap();
+    let carol = rows
+        .iter()
+        .find(|r| r.key == "carol")
+        .expect("carol's usage");
+    assert_eq!((carol.requests, carol.input_tokens), (3, 21));
+}

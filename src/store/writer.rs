@@ -45,6 +45,8 @@ pub enum Write {
     },
     /// A request's usage counters.
     Usage(UsageWrite),
+    /// Answered once everything queued before it has been sent ([`Store::flush`]).
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Starts the writer of `store`; it ends when the store is dropped (its queue closes).
@@ -78,8 +80,11 @@ async fn run(
                     }
                 }
                 let Some(store) = store.upgrade() else { return };
-                send(&store, &mut batch).await;
+                let flushed = send(&store, &mut batch).await;
                 batch.clear();
+                for done in flushed {
+                    let _ = done.send(());
+                }
             }
             _ = tick.tick() => {
                 let Some(store) = store.upgrade() else { return };
@@ -96,6 +101,8 @@ struct Coalesced {
     releases: Vec<(Arc<str>, Vec<String>)>,
     charges: Vec<(Arc<str>, u64, u64)>,
     usage: Vec<UsageWrite>,
+    /// Flush requests in the batch, answered after it is sent.
+    flushed: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Coalesced {
@@ -104,15 +111,20 @@ impl Coalesced {
         let mut releases: Vec<(Arc<str>, String)> = Vec::new();
         let mut charges: Vec<(Arc<str>, u64, u64)> = Vec::new();
         let mut usage: Vec<UsageWrite> = Vec::new();
+        let mut flushed = Vec::new();
         for w in batch.drain(..) {
             match w {
                 Write::Release { set, member } => releases.push((set, member)),
                 Write::Tokens { key, tpm, tokens } => charges.push((key, tpm, tokens)),
                 Write::Usage(u) => usage.push(u),
+                Write::Flush(done) => flushed.push(done),
             }
         }
         releases.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut c = Coalesced::default();
+        let mut c = Coalesced {
+            flushed,
+            ..Coalesced::default()
+        };
         for (set, member) in releases {
             match c.releases.last_mut() {
                 Some((s, members)) if *s == set => members.push(member),
@@ -145,9 +157,10 @@ impl Coalesced {
 
 /// Sends one coalesced batch: the releases and usage as one pipeline and, when there are
 /// charges, the charge script beside it on the same connection (written together: one round
-/// trip).
-async fn send(store: &Store, batch: &mut Vec<Write>) {
-    let c = Coalesced::of(batch);
+/// trip). Returns the batch's flush requests, to answer once it is sent.
+async fn send(store: &Store, batch: &mut Vec<Write>) -> Vec<tokio::sync::oneshot::Sender<()>> {
+    let mut c = Coalesced::of(batch);
+    let flushed = std::mem::take(&mut c.flushed);
     let mut pipe = redis::pipe();
     for (set, members) in &c.releases {
         pipe.cmd("ZREM").arg(&**set).arg(members).ignore();
@@ -180,6 +193,7 @@ async fn send(store: &Store, batch: &mut Vec<Write>) {
             .await;
     };
     futures_util::join!(writes, charges);
+    flushed
 }
 
 #[cfg(test)]

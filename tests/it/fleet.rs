@@ -68,6 +68,17 @@ impl Replica {
             .unwrap()
     }
 
+    /// SIGTERM and wait: a graceful stop, which sends what the replica queued for the store.
+    pub(crate) fn stop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        assert!(
+            self.child.wait().unwrap().success(),
+            "clean exit on SIGTERM"
+        );
+    }
+
     pub(crate) fn kill(&mut self) {
         let _ = self.child.kill(); // SIGKILL: no chance to release anything
         let _ = self.child.wait();

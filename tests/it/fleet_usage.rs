@@ -150,9 +150,10 @@ async fn a_budget_spent_on_one_replica_refuses_on_another_and_survives_a_restart
     assert!(resp.headers().contains_key("retry-after"));
     assert_eq!(code(resp).await, (429, "budget_exceeded".to_owned()));
 
-    // Both processes gone; a new one on the same Redis keeps the budget and the usage.
-    a.kill();
-    b.kill();
+    // Both processes stopped (SIGTERM: B's refusal, still queued for Redis, goes out before it
+    // exits); a new one on the same Redis keeps the budget and the usage.
+    a.stop();
+    b.stop();
     let c = Replica::start(&yaml).await;
     assert_eq!(
         code(c.chat("sk-budget", "mock-model", false).await).await,

@@ -228,6 +228,62 @@ fn events_unchanged_changed_dropped() {
     assert_eq!(p.on_event_text(data, &mut ctx).unwrap(), EventVerdict::Drop);
 }
 
+/// A hook that can only read `ev.data` gets it parsed from the event's text as far as it
+/// reaches it; what it sees equals what it sees of the data parsed whole (`on_event`).
+#[test]
+fn read_only_event_hooks_see_the_text_as_the_parsed_data() {
+    let hooks = [
+        r#"fn on_event(ev) { ev.ctx.seen = [type_of(ev.data), ev.data.choices[0].delta.content, ev.data.model]; }"#,
+        r#"fn on_event(ev) { if type_of(ev.data) == "map" { ev.ctx.seen = [ev.data.choices[1], "x" in ev.data]; } else { ev.ctx.seen = type_of(ev.data); } }"#,
+        r#"fn on_event(ev) { ev.drop = ev.data.choices[0].delta.content == "drop me"; }"#,
+    ];
+    let texts = [
+        r#"{"model":"m","choices":[{"index":0,"delta":{"content":" tok"},"finish_reason":null}]}"#,
+        r#"{"choices":[{"delta":{"content":"drop me"}}]}"#,
+        r#"{"choices":[],"x":1}"#,
+        r#"{"choices":[{"delta":{}},{"delta":{"content":"b"}}],"x":{"y":[1]}}"#,
+        r#"{"ch\u006fices":[{"delta":{"content":"a"}}],"choices":[{"delta":{"content":"dup"}}]}"#,
+        r#"{"choices":"text"}"#,
+        r#"{"choices":[{"delta":{"content":"\ud800"}}]}"#,
+        r#"{"x":1e999,"choices":[{"delta":{"content":"n"}}]}"#,
+        r#"[{"choices":[]}]"#,
+        r#""quoted""#,
+        "[DONE]",
+        "",
+        "{not json",
+    ];
+    for hook in hooks {
+        let p = plugins(&[hook]);
+        assert!(!p.body_writes(2), "{hook} must only read");
+        for text in texts {
+            let mut from_text = rhai::Map::new();
+            let text_verdict = p.on_event_text(text, &mut from_text);
+            let mut ev = ScriptEvent {
+                data: EventData::parse(text),
+                ctx: rhai::Map::new(),
+            };
+            let data_outcome = p.on_event(&mut ev);
+            match (text_verdict, data_outcome) {
+                (Ok(verdict), Ok(outcome)) => {
+                    let dropped = outcome == EventOutcome::Drop;
+                    assert_eq!(verdict == EventVerdict::Drop, dropped, "{hook} on {text}");
+                    if !dropped {
+                        assert_eq!(verdict, EventVerdict::Unchanged, "{hook} on {text}");
+                    }
+                    assert_eq!(ev.data, EventData::parse(text));
+                    assert_eq!(
+                        format!("{from_text:?}"),
+                        format!("{:?}", ev.ctx),
+                        "{hook} on {text}"
+                    );
+                }
+                (Err(a), Err(b)) => assert_eq!(a, b, "{hook} on {text}"),
+                (a, b) => panic!("{hook} on {text}: from text {a:?}, from the data {b:?}"),
+            }
+        }
+    }
+}
+
 /// The argument holds only the fields some hook names; the fields left out come back as they
 /// went in, and a chain where one plugin names a field gives it to every plugin.
 #[test]

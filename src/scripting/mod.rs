@@ -54,9 +54,11 @@
 pub mod api;
 pub mod bundled;
 pub mod engine;
+mod event_data;
 mod failure;
 mod outcome;
 mod partial;
+mod partial_parse;
 pub mod plugin;
 mod reach;
 mod scopes;

@@ -18,6 +18,7 @@ use super::api::{
     EventOutcome, ScriptEvent, ScriptRequest, ScriptResponse,
 };
 use super::engine::{self, ActiveGuard, HOOK_NAMES, LOG_TARGET};
+use super::event_data::{self, EventInput};
 use super::outcome::{
     check_event, check_request, check_response, field, innermost, request_fields, status_of,
     take_ctx, thrown, Given,
@@ -230,6 +231,12 @@ impl Plugins {
         self.reach[index].body()
     }
 
+    /// Whether the hooks of kind `index` may change the body.
+    #[cfg(test)]
+    pub(crate) fn body_writes(&self, index: usize) -> bool {
+        self.reach[index].body_writes()
+    }
+
     fn body_reached(&self, hook: Hook) -> bool {
         self.any_hook[hook.index()] && *self.reach[hook.index()].body() != BodyReach::Untouched
     }
@@ -365,8 +372,7 @@ impl Plugins {
     /// remaining plugins. The status is already sent by then, so the caller can only turn a
     /// failure (even [`ScriptFailure::Thrown`]) into an error event that ends the stream.
     pub fn on_event(&self, ev: &mut ScriptEvent) -> Result<EventOutcome, ScriptFailure> {
-        let data = &ev.data;
-        match self.run_on_event(|| data.clone(), &mut ev.ctx)? {
+        match self.run_on_event(EventInput::Data(&ev.data), &mut ev.ctx)? {
             EventVerdict::Drop => return Ok(EventOutcome::Drop),
             EventVerdict::Changed(data) => ev.data = data,
             EventVerdict::Unchanged => {}
@@ -374,15 +380,16 @@ impl Plugins {
         Ok(EventOutcome::Keep)
     }
 
-    /// [`on_event`](Self::on_event) for an event's `data:` text, parsed only when a hook can
-    /// reach `ev.data`; an event the hooks left as it was comes back [`EventVerdict::Unchanged`].
+    /// [`on_event`](Self::on_event) for an event's `data:` text, parsed only as far as a hook
+    /// can reach `ev.data`; an event the hooks left as it was comes back
+    /// [`EventVerdict::Unchanged`].
     pub fn on_event_text(&self, data: &str, ctx: &mut Map) -> Result<EventVerdict, ScriptFailure> {
-        self.run_on_event(|| EventData::parse(data), ctx)
+        self.run_on_event(EventInput::Text(data), ctx)
     }
 
     fn run_on_event(
         &self,
-        data: impl FnOnce() -> EventData,
+        input: EventInput<'_>,
         ctx: &mut Map,
     ) -> Result<EventVerdict, ScriptFailure> {
         let Some(first) = self.first_with(Hook::Event) else {
@@ -391,7 +398,7 @@ impl Plugins {
         if self.run_blind(Hook::Event)? {
             return Ok(EventVerdict::Unchanged);
         }
-        let reach = self.reach[Hook::Event.index()].body();
+        let reach = &self.reach[Hook::Event.index()];
         let given = self.given[Hook::Event.index()];
         let mut arg = Map::new();
         if given.ctx {
@@ -401,16 +408,11 @@ impl Plugins {
             arg.insert("drop".into(), Dynamic::FALSE);
         }
         let mut before = None;
-        if *reach != BodyReach::Untouched {
-            let given = data();
-            let value = match &given {
-                EventData::Json(value) => partial::to_script(value, reach)
-                    .map_err(|e| self.fail(first, Hook::Event, "cannot convert the data", &e))?
-                    .unwrap_or(Dynamic::UNIT),
-                EventData::Raw(text) => Dynamic::from(text.clone()),
-            };
+        if *reach.body() != BodyReach::Untouched {
+            let (value, data) = event_data::to_script(input, reach)
+                .map_err(|e| self.fail(first, Hook::Event, "cannot convert the data", &e))?;
             arg.insert("data".into(), value);
-            before = Some(given);
+            before = data;
         }
         let check = |map: &Map| check_event(map, given);
         let (last, mut fields) = self.run_chain(first, Hook::Event, arg, &check)?;
@@ -422,35 +424,11 @@ impl Plugins {
         if field(&mut fields, "drop").as_bool().unwrap_or(false) {
             return Ok(EventVerdict::Drop);
         }
-        let Some(before) = before.filter(|_| self.reach[Hook::Event.index()].body_writes()) else {
+        let Some(before) = before else {
             return Ok(EventVerdict::Unchanged);
         };
-        let data = field(&mut fields, "data");
-        if data.is_string() {
-            let text = data.to_string();
-            let same = match &before {
-                EventData::Raw(t) => *t == text,
-                EventData::Json(Value::String(t)) => *t == text,
-                EventData::Json(_) => false,
-            };
-            return Ok(if same {
-                EventVerdict::Unchanged
-            } else {
-                EventVerdict::Changed(EventData::Raw(text))
-            });
-        }
-        // Raw text came in and something else goes out: always a change.
-        let (mut value, raw_before) = match before {
-            EventData::Json(value) => (value, false),
-            EventData::Raw(_) => (Value::Null, true),
-        };
-        let changed =
-            partial::merge(&mut value, data, reach).map_err(|e| fail("bad ev.data", &e))?;
-        Ok(if changed || raw_before {
-            EventVerdict::Changed(EventData::Json(value))
-        } else {
-            EventVerdict::Unchanged
-        })
+        event_data::verdict(before, field(&mut fields, "data"), reach.body())
+            .map_err(|e| fail("bad ev.data", &e))
     }
 
     /// When no hook of this kind uses its argument at all (a hook that does nothing, or only

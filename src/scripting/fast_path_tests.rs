@@ -5,6 +5,7 @@
 use rhai::Map;
 use serde_json::{json, Value};
 
+use super::lazy_tests::request;
 use super::*;
 
 fn compile(source: &str, params: Value) -> Plugins {
@@ -26,15 +27,6 @@ fn field_aliases_seen_whole() -> String {
         "fn on_request(req) {",
         "fn on_request(req) {\n    let _whole = req.body;",
     )
-}
-
-fn request(body: Value) -> ScriptRequest {
-    ScriptRequest {
-        body,
-        path: "/v1/chat/completions".into(),
-        method: "POST".into(),
-        ..Default::default()
-    }
 }
 
 /// The body after the bundled plugin, and whether it changed, on the fast and the slow path.

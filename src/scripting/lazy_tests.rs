@@ -28,7 +28,8 @@ fn body() -> Value {
     })
 }
 
-fn request(body: Value) -> ScriptRequest {
+/// A chat request with `body` and nothing else set (shared with `fast_path_tests`).
+pub(super) fn request(body: Value) -> ScriptRequest {
     ScriptRequest {
         body,
         path: "/v1/chat/completions".into(),

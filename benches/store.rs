@@ -62,6 +62,7 @@ fn run(c: &mut Criterion) -> Result<(), String> {
         timeout: Duration::from_secs(1),
         on_error: OnStoreError::Deny,
         lease_ttl: Duration::from_secs(10),
+        ca_pem: None,
     };
     let store = Store::shared(&config)?.ok_or("no runtime")?;
     let rpm = Arc::new(SharedLimits::new(&store, "rpm", Some(u32::MAX), None, None));

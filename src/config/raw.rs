@@ -70,6 +70,9 @@ pub struct RawStore {
     pub on_error: Option<String>,
     /// How long a `max_concurrent` lease lives unless its replica renews it.
     pub lease_ttl_ms: Option<u64>,
+    /// PEM CA certificates a `rediss://` server's certificate must chain to (instead of the
+    /// built-in web roots): a private CA.
+    pub ca_file: Option<String>,
 }
 
 /// A `pricing:` entry: price per 1M input and output tokens, any currency.

@@ -25,6 +25,9 @@ pub struct StoreConfig {
     pub on_error: OnStoreError,
     /// Life of a `max_concurrent` lease that its replica stops renewing.
     pub lease_ttl: Duration,
+    /// `ca_file`'s PEM text: the roots a `rediss://` server is verified against instead of
+    /// the built-in web roots.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 pub const DEFAULT_PREFIX: &str = "sophgate:";

@@ -101,12 +101,13 @@ impl Store {
             return Ok(None);
         }
         let id = format!(
-            "{}\u{1f}{}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}",
+            "{}\u{1f}{}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}",
             config.url.expose(),
             config.prefix,
             config.timeout,
             config.on_error,
-            config.lease_ttl
+            config.lease_ttl,
+            config.ca_pem
         );
         let mut guard = STORES.lock().map_err(|_| "store registry poisoned")?;
         let map = guard.get_or_insert_with(HashMap::new);
@@ -124,8 +125,21 @@ impl Store {
     }
 
     fn connect(config: StoreConfig) -> Result<(Store, mpsc::Receiver<writer::Write>), String> {
-        let client = redis::Client::open(config.url.expose())
-            .map_err(|e| format!("store.url is not a usable Redis URL ({})", e.category()))?;
+        let unusable = |e: redis::RedisError| {
+            format!("store.url is not a usable Redis URL ({})", e.category())
+        };
+        let client = match &config.ca_pem {
+            // A private CA's roots instead of the built-in web roots.
+            Some(pem) => redis::Client::build_with_tls(
+                config.url.expose(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            None => redis::Client::open(config.url.expose()),
+        }
+        .map_err(unusable)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout.max(Duration::from_secs(1))))
             .set_min_delay(Duration::from_millis(50))

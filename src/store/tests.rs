@@ -19,6 +19,7 @@ fn config(url: &str, prefix: &str) -> StoreConfig {
         timeout: Duration::from_millis(200),
         on_error: OnStoreError::Allow,
         lease_ttl: Duration::from_millis(1500),
+        ca_pem: None,
     }
 }
 

@@ -219,6 +219,7 @@ mod tests {
             timeout: Duration::from_millis(200),
             on_error,
             lease_ttl: Duration::from_millis(1500),
+            ca_pem: None,
         })
         .unwrap()
         .unwrap();

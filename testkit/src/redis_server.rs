@@ -2,27 +2,115 @@
 //! of the shared store: started without persistence, stopped (SIGKILL) and restarted on the
 //! same port for fault tests, killed when dropped.
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    listener: Listener,
+}
+
+/// How the server is reached.
+#[derive(Clone)]
+enum Listener {
+    Tcp,
+    /// TLS only (`--port 0 --tls-port`), with this certificate, key and CA (PEM files).
+    Tls {
+        cert: PathBuf,
+        key: PathBuf,
+        ca: PathBuf,
+    },
+    /// A Unix socket only (`--port 0 --unixsocket`).
+    Unix(PathBuf),
 }
 
 impl RedisServer {
     /// Starts `redis-server` on a free loopback port and waits until it answers.
     pub fn start() -> RedisServer {
+        RedisServer::start_on(Listener::Tcp)
+    }
+
+    /// Starts `redis-server` speaking TLS only, on a free loopback port, with this certificate
+    /// and key; `ca` is what `redis-cli` verifies it with.
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> RedisServer {
+        RedisServer::start_on(Listener::Tls {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            ca: ca.to_owned(),
+        })
+    }
+
+    /// Starts `redis-server` on a Unix socket only.
+    pub fn start_unix(socket: &Path) -> RedisServer {
+        RedisServer::start_on(Listener::Unix(socket.to_owned()))
+    }
+
+    fn start_on(listener: Listener) -> RedisServer {
         let mut server = RedisServer {
             port: crate::free_port(),
             child: None,
+            listener,
         };
         server.restart();
         server
     }
 
+    /// The URL the gateway is given: `redis://`, `rediss://` or `redis+unix://`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        match &self.listener {
+            Listener::Tcp => format!("redis://127.0.0.1:{}/0", self.port),
+            Listener::Tls { .. } => format!("rediss://127.0.0.1:{}/0", self.port),
+            Listener::Unix(socket) => format!("redis+unix://{}", socket.display()),
+        }
+    }
+
+    /// The arguments that make the server (`redis-server`) and a client (`redis-cli`) use
+    /// the listener.
+    fn listener_args(&self) -> (Vec<String>, Vec<String>) {
+        let port = self.port.to_string();
+        let s = |p: &Path| p.display().to_string();
+        match &self.listener {
+            Listener::Tcp => (
+                vec!["--port".into(), port.clone()],
+                vec!["-h".into(), "127.0.0.1".into(), "-p".into(), port],
+            ),
+            Listener::Tls { cert, key, ca } => (
+                vec![
+                    "--port".into(),
+                    "0".into(),
+                    "--tls-port".into(),
+                    port.clone(),
+                    "--tls-cert-file".into(),
+                    s(cert),
+                    "--tls-key-file".into(),
+                    s(key),
+                    "--tls-ca-cert-file".into(),
+                    s(ca),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                ],
+                vec![
+                    "-h".into(),
+                    "127.0.0.1".into(),
+                    "-p".into(),
+                    port,
+                    "--tls".into(),
+                    "--cacert".into(),
+                    s(ca),
+                ],
+            ),
+            Listener::Unix(socket) => (
+                vec![
+                    "--port".into(),
+                    "0".into(),
+                    "--unixsocket".into(),
+                    s(socket),
+                ],
+                vec!["-s".into(), s(socket)],
+            ),
+        }
     }
 
     /// Kills the server (as a crash would); its data is gone.
@@ -38,9 +126,8 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.stop();
         let child = Command::new("redis-server")
+            .args(self.listener_args().0)
             .args([
-                "--port",
-                &self.port.to_string(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -92,7 +179,7 @@ impl RedisServer {
     /// output, for checks in tests (`DBSIZE`, `KEYS`).
     pub fn command(&self, args: &[&str]) -> Option<String> {
         let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(self.listener_args().1)
             .args(args)
             .stderr(Stdio::null())
             .output()

@@ -42,6 +42,7 @@ mod smuggling;
 mod status_page;
 mod store_cost;
 mod store_faults;
+mod store_transports;
 mod streaming;
 mod tls;
 mod token_mock;

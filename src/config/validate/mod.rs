@@ -161,7 +161,7 @@ pub fn validate(
     let admin_key = listen::admin_key(&mut c, raw.admin);
     let logging = logging::logging(&mut c, raw.log_level, raw.logging, base_dir);
     let forward_headers = forward_headers::forward_headers(&mut c, raw.forward_headers);
-    let store = store::store(&mut c, raw.store);
+    let store = store::store(&mut c, raw.store, &mut ca_files, base_dir);
     let otel = otel::otel(&mut c, raw.otel);
     let metrics = metrics::metrics(&mut c, raw.metrics);
 

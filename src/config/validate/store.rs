@@ -1,7 +1,9 @@
 //! `store:`: shared state in Redis.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::upstreams::{ca_file_certs, ca_file_path};
 use super::Collector;
 use crate::config::raw::RawStore;
 use crate::config::store::{
@@ -11,7 +13,14 @@ use crate::config::store::{
 use crate::config::yaml_path::k;
 use crate::secret::Secret;
 
-pub(super) fn store(c: &mut Collector, raw: Option<RawStore>) -> Option<StoreConfig> {
+/// `ca_files` collects the CA file, so that a change to it reloads the config (as for
+/// `api_ca_file`).
+pub(super) fn store(
+    c: &mut Collector,
+    raw: Option<RawStore>,
+    ca_files: &mut Vec<PathBuf>,
+    base_dir: &Path,
+) -> Option<StoreConfig> {
     let raw = raw?;
     let path = |key| [k("store"), k(key)];
     let url = match raw.url.as_deref().map(str::trim) {
@@ -58,12 +67,28 @@ pub(super) fn store(c: &mut Collector, raw: Option<RawStore>) -> Option<StoreCon
             format!("must be 300 to {MAX_LEASE_TTL_MS} milliseconds, got {lease_ttl_ms}"),
         );
     }
+    let ca_pem = match raw.ca_file.as_deref() {
+        None => None,
+        Some(_) if !url.starts_with("rediss://") => {
+            c.err(&path("ca_file"), "is for a rediss:// (TLS) url");
+            None
+        }
+        Some(file) => {
+            // Checked as api_ca_file is (readable, PEM, usable roots); kept as the PEM text,
+            // which is what the Redis client takes.
+            let certs = ca_file_certs(c, ca_files, &path("ca_file"), Some(file), base_dir);
+            (!certs.is_empty())
+                .then(|| std::fs::read(ca_file_path(file, base_dir)).ok())
+                .flatten()
+        }
+    };
     Some(StoreConfig {
         url: Secret::new(url),
         prefix,
         timeout: Duration::from_millis(timeout_ms.clamp(1, 10_000)),
         on_error,
         lease_ttl: Duration::from_millis(lease_ttl_ms.clamp(300, MAX_LEASE_TTL_MS)),
+        ca_pem,
     })
 }
 
@@ -114,5 +139,36 @@ mod tests {
         assert!(!errs.to_string().contains("hunter2"));
         let typo = Config::from_yaml("store:\n  urll: x\n", &|_| None).unwrap_err();
         assert!(typo.to_string().contains("urll"));
+    }
+
+    #[test]
+    fn ca_file_is_for_rediss_and_must_hold_certificates() {
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/ca.pem");
+        let ok = Config::from_yaml(
+            &format!("store:\n  url: \"rediss://127.0.0.1:6380/0\"\n  ca_file: \"{ca}\"\n"),
+            &|_| None,
+        )
+        .unwrap();
+        let pem = ok.store.unwrap().ca_pem.unwrap();
+        assert!(pem.starts_with(b"-----BEGIN CERTIFICATE-----"));
+
+        let plain = Config::from_yaml(
+            &format!("store:\n  url: \"redis://127.0.0.1:6379/0\"\n  ca_file: \"{ca}\"\n"),
+            &|_| None,
+        )
+        .unwrap_err();
+        assert_eq!(plain.0[0].path, "store.ca_file");
+        assert!(plain.to_string().contains("rediss://"), "{plain}");
+
+        let missing = Config::from_yaml(
+            "store:\n  url: \"rediss://h:6380\"\n  ca_file: /nonexistent/ca.pem\n",
+            &|_| None,
+        )
+        .unwrap_err();
+        assert_eq!(missing.0[0].path, "store.ca_file");
+        assert!(
+            missing.to_string().contains("/nonexistent/ca.pem"),
+            "{missing}"
+        );
     }
 }

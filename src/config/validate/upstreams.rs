@@ -66,7 +66,7 @@ fn normalise_path(p: &str) -> String {
 }
 
 /// Where a `ca_file` is: relative paths start at the config's folder.
-fn ca_file_path(path: &str, base_dir: &Path) -> PathBuf {
+pub(super) fn ca_file_path(path: &str, base_dir: &Path) -> PathBuf {
     let p = Path::new(path.trim());
     if p.is_absolute() {
         p.to_path_buf()
@@ -102,7 +102,7 @@ fn load_ca_file(full: &Path) -> Result<Vec<Vec<u8>>, String> {
 /// The certificates of an optional `ca_file` key at `path`; a file that cannot be used is a
 /// config error there (and no certificates). The file goes on `files` (to be watched) either
 /// way.
-fn ca_file_certs(
+pub(super) fn ca_file_certs(
     c: &mut Collector,
     files: &mut Vec<PathBuf>,
     path: &[Segment],

@@ -304,6 +304,7 @@ impl RequestTrace {
             overflow: false,
             response_model: None,
             usage: None,
+            broken: None,
         }
     }
 }
@@ -351,6 +352,8 @@ pub struct Tap {
     overflow: bool,
     response_model: Option<String>,
     usage: Option<(i64, i64)>,
+    /// The answer broke off (the client got an error event or a cut body): its error code.
+    broken: Option<&'static str>,
 }
 
 /// Largest JSON answer kept to read its `model` and `usage`.
@@ -414,6 +417,10 @@ impl crate::gateway::relay::body::EventFilter for Tap {
         }
         crate::gateway::relay::body::EventAction::Keep
     }
+
+    fn on_broken(&mut self, code: &'static str) {
+        self.broken = Some(code);
+    }
 }
 
 impl crate::gateway::relay::body::BodyObserver for Tap {
@@ -435,6 +442,10 @@ impl crate::gateway::relay::body::BodyObserver for Tap {
             self.read(&buf);
         }
     }
+
+    fn on_broken(&mut self, code: &'static str) {
+        self.broken = Some(code);
+    }
 }
 
 impl Drop for Tap {
@@ -447,10 +458,20 @@ impl Drop for Tap {
             attrs.push(KeyValue::new("gen_ai.usage.input_tokens", input));
             attrs.push(KeyValue::new("gen_ai.usage.output_tokens", output));
         }
+        // A 200 whose answer broke off is a failed request all the same.
+        if let Some(code) = self.broken {
+            attrs.push(KeyValue::new("error.type", code));
+        }
         // The attempt first: a child ends before its parent.
         if let Some(a) = &self.attempt {
+            if self.broken.is_some() {
+                a.span().set_status(Status::error(""));
+            }
             a.span().set_attributes(attrs.iter().cloned());
             a.span().end();
+        }
+        if self.broken.is_some() {
+            self.server.span().set_status(Status::error(""));
         }
         self.server.span().set_attributes(attrs);
         self.server.span().end();

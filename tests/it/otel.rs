@@ -382,6 +382,50 @@ async fn a_stream_span_ends_with_the_last_event_and_reports_usage() {
     assert!(!bytes.windows(PROMPT.len()).any(|w| w == PROMPT.as_bytes()));
 }
 
+#[tokio::test]
+async fn a_stream_that_breaks_off_ends_its_spans_as_errors() {
+    let receiver = Receiver::start().await;
+    // Events 600 ms apart against a 200 ms idle timeout: the client gets the head (200), the
+    // first event, then the gateway's error event.
+    let env = start(
+        &otel_yaml(
+            &receiver.endpoint(),
+            "limits:\n  stream_idle_timeout: 0.2\n",
+        ),
+        MockOptions {
+            itl: Duration::from_millis(600),
+            tokens: 4,
+            ..MockOptions::default()
+        },
+    )
+    .await;
+    let trace_id = "6bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = traced_chat(
+        &env,
+        trace_id,
+        serde_json::json!({
+            "model": "gpt-stream",
+            "messages": [{"role": "user", "content": PROMPT}],
+            "stream": true,
+        }),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("upstream_idle_timeout"), "{text}");
+
+    let spans = receiver.trace(&unhex(trace_id), 2).await;
+    for k in [SpanKind::Server, SpanKind::Client] {
+        let span = one(&spans, k);
+        assert_eq!(int_attr(span, "http.response.status_code"), 200);
+        assert_eq!(str_attr(span, "error.type"), "upstream_idle_timeout");
+        let status = span.status.as_ref().expect("a status");
+        assert_eq!(status.code, 2, "{k:?} span status is ERROR: {status:?}");
+    }
+}
+
 async fn two_upstreams(receiver: &Receiver) -> (Env, MockHandle) {
     let b = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
         .await

@@ -66,8 +66,9 @@ pub enum EventAction {
 pub trait EventFilter: Send {
     fn on_event(&mut self, event: &[u8]) -> EventAction;
 
-    /// The stream broke off before its end (upstream gone, idle or total timeout).
-    fn on_broken(&mut self) {}
+    /// The stream broke off before its end (upstream gone, idle or total timeout); `code`
+    /// is the error code the client's last event carries.
+    fn on_broken(&mut self, _code: &'static str) {}
 }
 
 /// Sees every byte of a non-streamed answer (e.g. to read its `usage`).
@@ -75,8 +76,9 @@ pub trait BodyObserver: Send {
     fn on_chunk(&mut self, chunk: &[u8]);
     fn on_end(&mut self);
 
-    /// The body broke off before its end (upstream gone, idle or total timeout).
-    fn on_broken(&mut self) {}
+    /// The body broke off before its end (upstream gone, idle or total timeout); `code` as
+    /// for [`EventFilter::on_broken`].
+    fn on_broken(&mut self, _code: &'static str) {}
 }
 
 /// Relays an upstream body to the client as it arrives.
@@ -223,12 +225,13 @@ impl Relay {
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, RelayError>>> {
         let next = self.poll_upstream(cx);
-        if let Poll::Ready(Some(Err(_))) = &next {
+        if let Poll::Ready(Some(Err(kind))) = &next {
+            let code = kind.code();
             for f in self.filters.iter_mut() {
-                f.on_broken();
+                f.on_broken(code);
             }
             for o in self.observers.iter_mut() {
-                o.on_broken();
+                o.on_broken(code);
             }
         }
         next
@@ -324,6 +327,17 @@ enum RelayError {
     Broken,
     Idle,
     Total,
+}
+
+impl RelayError {
+    /// The error code the client (and the access log) gets.
+    fn code(&self) -> &'static str {
+        match self {
+            RelayError::Broken => "upstream_stream_broken",
+            RelayError::Idle => "upstream_idle_timeout",
+            RelayError::Total => "upstream_total_timeout",
+        }
+    }
 }
 
 /// End offset of the event starting at `start` (just past its blank line), or the block's end.
@@ -442,20 +456,18 @@ impl Body for ResponseBody {
                     Poll::Ready(None) => None,
                     Poll::Ready(Some(Ok(b))) => Some(Ok(b)),
                     Poll::Ready(Some(Err(kind))) => {
-                        let (msg, code, ended) = match kind {
+                        let code = kind.code();
+                        let (msg, ended) = match kind {
                             RelayError::Broken => (
                                 "The upstream connection broke before the answer was complete",
-                                "upstream_stream_broken",
                                 outcome::UPSTREAM_ERROR,
                             ),
                             RelayError::Idle => (
                                 "The upstream stopped sending before the answer was complete",
-                                "upstream_idle_timeout",
                                 outcome::TIMEOUT,
                             ),
                             RelayError::Total => (
                                 "The upstream answer took longer than the total time allowed",
-                                "upstream_total_timeout",
                                 outcome::TIMEOUT,
                             ),
                         };

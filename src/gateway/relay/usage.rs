@@ -105,7 +105,7 @@ impl EventFilter for UsageFilter {
         EventAction::Keep
     }
 
-    fn on_broken(&mut self) {
+    fn on_broken(&mut self, _code: &'static str) {
         self.taps.broken();
     }
 }
@@ -173,7 +173,7 @@ impl BodyObserver for UsageObserver {
         self.try_charge();
     }
 
-    fn on_broken(&mut self) {
+    fn on_broken(&mut self, _code: &'static str) {
         self.taps.broken();
     }
 }

@@ -135,15 +135,21 @@ pub fn on_request(
         body: body.unwrap_or_else(stand_in),
         headers: visible_headers(&headers),
         path: planned_path.clone(),
-        method: reaches("method")
-            .then(|| view.method.as_str().to_owned())
-            .unwrap_or_default(),
-        client_ip: reaches("client_ip")
-            .then(|| view.client_ip.to_string())
-            .unwrap_or_default(),
-        key: reaches("key")
-            .then(|| view.key.to_owned())
-            .unwrap_or_default(),
+        method: if reaches("method") {
+            view.method.as_str().to_owned()
+        } else {
+            String::new()
+        },
+        client_ip: if reaches("client_ip") {
+            view.client_ip.to_string()
+        } else {
+            String::new()
+        },
+        key: if reaches("key") {
+            view.key.to_owned()
+        } else {
+            String::new()
+        },
         ctx: rhai::Map::new(),
     };
     let (edited, renames) = plugins

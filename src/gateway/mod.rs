@@ -252,7 +252,13 @@ where
     body::log_debug(&bytes, ctx.rid.as_str(), DEBUG_BODY_BYTES);
     let policy = principal.policy.as_ref();
     let restricted = policy.is_some_and(|p| !p.models.is_empty());
-    let peeked = body::peek(&route, &bytes, &cfg.field_aliases, restricted)?;
+    // With no native aliases, the one scan looks for the keys rename-only hooks will most
+    // likely rename instead, so the plugin stage need not scan the body again.
+    let expected = Some(generation.plugins.expected_renames())
+        .filter(|_| cfg.field_aliases.is_empty())
+        .flatten();
+    let scan_for = expected.unwrap_or(&cfg.field_aliases);
+    let peeked = body::peek(&route, &bytes, scan_for, restricted)?;
     let model = match &route {
         Route::ChatCompletions => peeked.model.as_deref().or(cfg.defaults.model.as_deref()),
         _ => peeked.model.as_deref(),
@@ -272,7 +278,11 @@ where
         t.request_model(model);
     }
     ctx.log.model = model.map(str::to_owned);
-    let facts = peeked.facts;
+    let mut facts = peeked.facts;
+    let expected_found = expected.map(|aliases| scripts::Scanned {
+        aliases,
+        found: std::mem::replace(&mut facts.renames, body::Renames::NotScanned),
+    });
 
     // 5b. budget: a key over its budget for this period goes no further
     stages::budget::admit(&principal, model, &cfg.pricing, ctx.usage.as_mut()).await?;
@@ -320,6 +330,7 @@ where
             headers,
             body_value.take(),
             text_renames.then_some(&mut bytes),
+            expected_found.filter(|_| !text_edited),
         )?;
         if let Some(path) = out.path {
             target = Target::Path(path);

@@ -195,18 +195,22 @@ fn to_json_at(value: &Dynamic, depth: usize) -> Result<Value, String> {
 /// then the map's values are walked. These are the seed's `field_aliases` rules. Native because
 /// a script walk of a chat body costs ~100 µs per request in release builds; this costs ~1 µs.
 pub(crate) fn rename_keys(map: &mut Map, aliases: &Map) -> Result<(), String> {
-    let pairs = alias_pairs(aliases)?;
     // The stand-in body of a hook that only renames: record, the JSON is renamed after.
     if let Some(mut log) = super::partial::rename_log(map) {
-        log.0.push(
-            pairs
-                .iter()
-                .map(|(from, to)| ((*from).to_owned(), to.to_string()))
-                .collect(),
-        );
+        log.0.push(alias_list(aliases)?);
         return Ok(());
     }
+    let pairs = alias_pairs(aliases)?;
     rename_in_map(map, &pairs, 0)
+}
+
+/// `aliases` as the (from, to) pairs [`rename_keys`] applies, in the order it applies them.
+pub(crate) fn alias_list(aliases: &Map) -> Result<Vec<(String, String)>, String> {
+    let pairs = alias_pairs(aliases)?;
+    Ok(pairs
+        .into_iter()
+        .map(|(from, to)| (from.to_owned(), to.to_string()))
+        .collect())
 }
 
 /// [`rename_keys`] for an array of values.

@@ -173,6 +173,60 @@ fn several_renaming_plugins_apply_in_order() {
 }
 
 #[test]
+fn expected_renames_are_the_constant_the_only_call_passes() {
+    let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    let bundled = compile(field_aliases(), json!({"model": "model_id", "a": "b"}));
+    assert_eq!(
+        bundled.expected_renames(),
+        Some(pairs(&[("a", "b"), ("model", "model_id")]).as_slice()),
+        "in the order rename_keys applies them"
+    );
+    let table = "let table = #{x: \"y\"}; fn on_request(req) { req.body.rename_keys(table); }";
+    let plugins = compile(table, Value::Null);
+    assert_eq!(
+        plugins.expected_renames(),
+        Some(pairs(&[("x", "y")]).as_slice())
+    );
+    for (source, params) in [
+        // Not a constant; two calls; a value rename_keys refuses; no renaming at all.
+        (
+            r#"fn on_request(req) { req.body.rename_keys(#{a: "b"}); }"#,
+            Value::Null,
+        ),
+        (
+            "fn on_request(req) { req.body.rename_keys(params); req.body.rename_keys(params); }",
+            json!({"a": "b"}),
+        ),
+        (
+            "fn on_request(req) { req.body.rename_keys(params); }",
+            json!({"a": 1}),
+        ),
+        (
+            "fn on_request(req) { req.body.model = 1; }",
+            json!({"a": "b"}),
+        ),
+        (&field_aliases_seen_whole(), json!({"a": "b"})),
+    ] {
+        assert_eq!(compile(source, params).expected_renames(), None, "{source}");
+    }
+    // Two renaming plugins: two calls, no guess.
+    let specs = [json!({"a": "b"}), json!({"c": "d"})]
+        .into_iter()
+        .map(|params| PluginSpec {
+            name: "fa.rhai".into(),
+            source: field_aliases().into(),
+            params,
+        })
+        .collect();
+    let plugins = Plugins::compile(specs, ScriptLimits::default()).unwrap();
+    assert_eq!(plugins.expected_renames(), None);
+}
+
+#[test]
 fn on_response_renames_on_json_too() {
     let src = r#"fn on_response(res) { if type_of(res.body) == "map" { res.body.rename_keys(#{a: "b"}); } }"#;
     let plugins = compile(src, Value::Null);

@@ -9,11 +9,11 @@
 use rhai::{Dynamic, Map};
 use serde_json::Value;
 
-use super::api::{dynamic_to_json, json_to_dynamic};
+use super::api::{alias_list, dynamic_to_json, json_to_dynamic};
 use std::collections::BTreeMap;
 
 use super::api::{too_deep, MAX_DEPTH};
-use super::reach::{BodyReach, Part};
+use super::reach::{BodyReach, Part, Reach};
 
 /// The one key of the stand-in map a renaming-only hook gets as its body. The value under it
 /// is a [`RenameLog`], which no JSON converts to, so a real body is never taken for it.
@@ -45,6 +45,25 @@ pub(crate) fn take_renames(after: &mut Dynamic, reach: &BodyReach) -> Option<Ren
     after
         .write_lock::<Map>()
         .and_then(|mut m| rename_log(&mut m).map(|mut log| std::mem::take(&mut log.0)))
+}
+
+/// See [`Plugins::expected_renames`](super::Plugins::expected_renames): given each hook's
+/// plugin constants and reach, in run order, the pairs that the only `rename_keys` call among
+/// them records when it passes a constant holding a map of names.
+pub(crate) fn expected_renames<'a>(
+    hooks: impl Iterator<Item = (&'a [(String, Dynamic)], &'a Reach)>,
+) -> Option<Vec<(String, String)>> {
+    let mut calls = hooks
+        .flat_map(|(constants, reach)| reach.rename_args().iter().map(move |a| (constants, a)));
+    let (constants, Some(var)) = calls.next()? else {
+        return None;
+    };
+    if calls.next().is_some() {
+        return None;
+    }
+    // Of two constants of one name, the hooks see the last.
+    let (_, value) = constants.iter().rev().find(|(name, _)| name == var)?;
+    alias_list(&*value.read_lock::<Map>()?).ok()
 }
 
 /// Applies `renames` to `json`; whether a key was renamed.

@@ -125,6 +125,8 @@ pub struct Plugins {
     reach: [Reach; 3],
     /// The argument fields each kind of hook call is given (what `reach` names).
     given: [Given; 3],
+    /// See [`expected_renames`](Self::expected_renames).
+    expected_renames: Option<Vec<(String, String)>>,
 }
 
 impl fmt::Debug for Plugins {
@@ -174,6 +176,11 @@ impl Plugins {
             }
         }
         let given = Hook::ALL.map(|h| Given::of(&reach[h.index()]));
+        let r = Hook::Request.index();
+        let calls =
+            (plugins.iter().filter(|p| p.hooks[r])).map(|p| (&p.constants[..], &p.reach[r]));
+        let renamed_only = *reach[r].body() == BodyReach::Renamed;
+        let expected_renames = partial::expected_renames(calls).filter(|_| renamed_only);
         Ok(Plugins {
             engine,
             plugins,
@@ -182,6 +189,7 @@ impl Plugins {
             any_hook,
             reach,
             given,
+            expected_renames,
         })
     }
 
@@ -211,6 +219,11 @@ impl Plugins {
         self.body_reached(Hook::Request)
     }
 
+    /// Whether an `on_request` hook can reach the argument's field `name` (`path`, `key`, …).
+    pub fn request_reaches(&self, name: &str) -> bool {
+        self.reach[Hook::Request.index()].field(name)
+    }
+
     /// Whether the `on_request` hooks use `req.body` only to rename keys in it
     /// (`req.body.rename_keys(aliases)`, `type_of(req.body)`): a JSON object body then need
     /// not be parsed for them; [`on_request_renames`](Self::on_request_renames) says which
@@ -218,6 +231,13 @@ impl Plugins {
     pub fn request_body_renamed_only(&self) -> bool {
         self.any_hook[Hook::Request.index()]
             && *self.reach[Hook::Request.index()].body() == BodyReach::Renamed
+    }
+
+    /// When the `on_request` hooks only rename, the aliases they most likely rename with: the
+    /// constant (`params`) their one `rename_keys` call passes. A guess (a local may shadow it):
+    /// the body phase's scan looks for these keys, used only if the hooks' renames are these.
+    pub fn expected_renames(&self) -> Option<&[(String, String)]> {
+        self.expected_renames.as_deref()
     }
 
     /// Whether an `on_response` hook can reach `res.body`.

@@ -100,6 +100,11 @@ pub struct Reach {
     /// Whether the hook may change the body (assigns along a path into it, calls a method on
     /// any part of it, or reaches it whole): when not, nothing is merged back.
     body_writes: bool,
+    /// The argument of each `body.rename_keys(<arg>)` call, in source order: the variable's
+    /// name when it is a plain variable, else `None`. Only a guess at what a call passes (a
+    /// local variable may shadow a constant, a call may not run): see
+    /// [`Plugins::expected_renames`](super::Plugins::expected_renames).
+    rename_args: Vec<Option<String>>,
 }
 
 impl Reach {
@@ -110,7 +115,13 @@ impl Reach {
             fields: BTreeSet::new(),
             body: BodyReach::Whole,
             body_writes: true,
+            rename_args: Vec::new(),
         }
+    }
+
+    /// The arguments of the hook's `body.rename_keys(<arg>)` calls (see the field).
+    pub fn rename_args(&self) -> &[Option<String>] {
+        &self.rename_args
     }
 
     /// Whether the hook may change the body (see the field).
@@ -139,6 +150,7 @@ impl Reach {
         self.fields.extend(other.fields.iter().cloned());
         self.body.add(&other.body);
         self.body_writes |= other.body_writes;
+        self.rename_args.extend(other.rename_args.iter().cloned());
     }
 }
 
@@ -194,6 +206,9 @@ pub fn of_hook(ast: &AST, hook: &str, body_field: &str) -> Reach {
                         );
                         let calls = rest_has_call(rest);
                         let used = body_use(rest, &bare);
+                        if used == BodyReach::Renamed {
+                            reach.rename_args.push(rename_arg(rest));
+                        }
                         reach.body_writes |= assigned || calls || used == BodyReach::Whole;
                         reach.body.add(&used);
                     }
@@ -270,6 +285,18 @@ fn body_use(rest: Rest<'_>, bare: &BareUse<'_, '_>) -> BodyReach {
             Part::Props(fields) => BodyReach::Fields(fields),
             Part::Whole | Part::Items(_) => BodyReach::Whole,
         },
+    }
+}
+
+/// The variable a `rename_keys` call (`rest`, as [`body_use`] matched it) passes, if its
+/// argument is a plain variable.
+fn rename_arg(rest: Rest<'_>) -> Option<String> {
+    let Rest::Dot(Expr::MethodCall(call, _)) = rest else {
+        return None;
+    };
+    match call.args.first() {
+        Some(Expr::Variable(v, ..)) if v.2.is_empty() => Some(v.1.to_string()),
+        _ => None,
     }
 }
 
@@ -519,6 +546,19 @@ mod tests {
         // The argument naming the body again sees it whole.
         let r = reach("fn on_request(req) { req.body.rename_keys(req.body) }");
         assert_eq!(r.body(), &BodyReach::Whole);
+    }
+
+    #[test]
+    fn rename_arguments_are_named_when_plain_variables() {
+        let r = reach("fn on_request(req) { req.body.rename_keys(params); }");
+        assert_eq!(r.rename_args(), [Some("params".into())]);
+        let r = reach(r#"fn on_request(req) { req.body.rename_keys(#{a: "b"}); }"#);
+        assert_eq!(r.rename_args(), [None]);
+        let r = reach("fn on_request(req) { req.body.rename_keys(x); req.body.rename_keys(y) }");
+        assert_eq!(r.rename_args(), [Some("x".into()), Some("y".into())]);
+        assert!(reach("fn on_request(req) { req.body.model }")
+            .rename_args()
+            .is_empty());
     }
 
     #[test]

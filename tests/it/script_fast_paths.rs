@@ -110,3 +110,53 @@ async fn a_body_with_nothing_to_rename_goes_byte_for_byte() {
         "{ \"model_id\" : \"m\", \"messages\": [ ], \"x\": 1.50 }"
     );
 }
+
+/// The body phase looks for the keys a renaming plugin's constant names; what goes upstream is
+/// still exactly what the hooks' own renames give when they rename with something else, or not
+/// at all, and when the native key renamed first.
+#[tokio::test]
+async fn the_keys_looked_for_early_are_checked_against_the_hooks_renames() {
+    let dir = std::env::temp_dir().join(format!("sophgate-guess-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
+    let cases = [
+        // A local shadows the constant: its aliases apply, not params'.
+        (
+            "shadow.rhai",
+            r#"fn on_request(req) { let params = #{messages: "msgs"}; req.body.rename_keys(params); }"#,
+            json!({"model": "m", "msgs": [{"role": "user", "content": "x"}]}),
+        ),
+        // The call does not run: the body goes as it came.
+        (
+            "never.rhai",
+            r#"fn on_request(req) { if type_of(req.body) == "array" { req.body.rename_keys(params); } }"#,
+            body.clone(),
+        ),
+        // Another constant than params, as guessed.
+        (
+            "table.rhai",
+            r#"let table = #{role: "speaker"}; fn on_request(req) { req.body.rename_keys(table); }"#,
+            json!({"model": "m", "messages": [{"speaker": "user", "content": "x"}]}),
+        ),
+    ];
+    for (name, source, want) in cases {
+        let path = dir.join(name);
+        std::fs::write(&path, source).unwrap();
+        let yaml = format!(
+            "plugins:\n  - path: {}\n    params: {{ model: model_id }}\n",
+            path.display()
+        );
+        let env = start(&yaml, MockOptions::default()).await;
+        let got = sent(&env, "/v1/chat/completions", &body.to_string()).await;
+        assert_eq!(json_of(&got), want, "{name}");
+    }
+    // The native key renames first; the plugin then renames what it left.
+    let yaml = "field_aliases:\n  model: model_id\n\
+                plugins:\n  - path: plugins/field_aliases.rhai\n    params: { model_id: name }\n";
+    let env = start(yaml, MockOptions::default()).await;
+    let got = sent(&env, "/v1/chat/completions", &body.to_string()).await;
+    assert_eq!(
+        json_of(&got),
+        json!({"name": "m", "messages": [{"role": "user", "content": "x"}]})
+    );
+}

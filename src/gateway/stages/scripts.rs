@@ -15,7 +15,10 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::relay::access_log::outcome;
 use crate::gateway::relay::body::{EventAction, EventFilter, ResponseBody};
 use crate::gateway::relay::sse::error_event;
-use crate::gateway::stages::rewrite::{rename_fields, rename_keys_in_text, TextRename};
+use crate::gateway::stages::body::Renames;
+use crate::gateway::stages::rewrite::{
+    apply_renames, rename_fields, rename_keys_in_text, TextRename,
+};
 use crate::gateway::stages::routing::Plan;
 use crate::gateway::upstream::prepared::Target;
 use crate::http::headers::is_hop_by_hop;
@@ -97,22 +100,31 @@ pub fn renames_in_text(plugins: &Plugins, json: bool, bytes: &[u8]) -> bool {
     json && plugins.request_body_renamed_only() && bytes.trim_ascii_start().first() == Some(&b'{')
 }
 
+/// What the body phase's scan found of the keys the hooks were expected to rename
+/// ([`Plugins::expected_renames`]) in the body's text, still as it came.
+pub struct Scanned<'k> {
+    pub aliases: &'k [(String, String)],
+    pub found: Renames<'k>,
+}
+
 /// Runs the `on_request` hooks over the request's headers and (parsed) body. `text` is the
 /// body's bytes when [`renames_in_text`] holds and no body was parsed: the hooks see a
-/// stand-in object and the keys are renamed in these bytes.
+/// stand-in object and the keys are renamed in these bytes (with the positions `scanned`
+/// found, when the hooks renamed first with the aliases it looked for).
 pub fn on_request(
     plugins: &Plugins,
     view: RequestView<'_>,
     headers: HeaderMap,
     body: Option<serde_json::Value>,
     text: Option<&mut Bytes>,
+    scanned: Option<Scanned<'_>>,
 ) -> Result<RequestEdits, GatewayError> {
-    let planned_path = view
-        .plan
-        .upstreams
-        .first()
-        .map(|u| view.target.path(u, view.query))
-        .unwrap_or_default();
+    // Only the fields a hook can name are built: the others it can neither read nor change.
+    let reaches = |name: &str| plugins.request_reaches(name);
+    let planned_path = match view.plan.upstreams.first() {
+        Some(u) if reaches("path") => view.target.path(u, view.query),
+        _ => String::new(),
+    };
     let text = text.filter(|_| body.is_none());
     let had_body = body.is_some();
     let stand_in = || match text {
@@ -123,9 +135,21 @@ pub fn on_request(
         body: body.unwrap_or_else(stand_in),
         headers: visible_headers(&headers),
         path: planned_path.clone(),
-        method: view.method.as_str().to_owned(),
-        client_ip: view.client_ip.to_string(),
-        key: view.key.to_owned(),
+        method: if reaches("method") {
+            view.method.as_str().to_owned()
+        } else {
+            String::new()
+        },
+        client_ip: if reaches("client_ip") {
+            view.client_ip.to_string()
+        } else {
+            String::new()
+        },
+        key: if reaches("key") {
+            view.key.to_owned()
+        } else {
+            String::new()
+        },
         ctx: rhai::Map::new(),
     };
     let (edited, renames) = plugins
@@ -140,7 +164,7 @@ pub fn on_request(
         ctx: sreq.ctx,
     };
     if let Some(bytes) = text {
-        rename_text(bytes, &renames, &mut edits)?;
+        rename_text(bytes, &renames, scanned, &mut edits)?;
     }
     Ok(edits)
 }
@@ -150,10 +174,18 @@ pub fn on_request(
 fn rename_text(
     bytes: &mut Bytes,
     renames: &[Vec<(String, String)>],
+    mut scanned: Option<Scanned<'_>>,
     edits: &mut RequestEdits,
 ) -> Result<(), GatewayError> {
     for (i, aliases) in renames.iter().enumerate() {
-        match rename_keys_in_text(bytes, aliases) {
+        // The scan's positions hold for the text as it came: only for the first renaming.
+        let found = scanned.take().filter(|s| s.aliases == aliases.as_slice());
+        let renamed = match found.map(|s| s.found) {
+            Some(Renames::InText(found)) => apply_renames(bytes, &found),
+            Some(Renames::NeedsTree) => TextRename::NeedsTree,
+            Some(Renames::NotScanned) | None => rename_keys_in_text(bytes, aliases),
+        };
+        match renamed {
             TextRename::Unchanged => {}
             TextRename::Renamed(v) => {
                 *bytes = Bytes::from(v);

@@ -55,6 +55,7 @@ pub mod api;
 pub mod bundled;
 pub mod engine;
 mod event_data;
+mod event_stream;
 mod failure;
 mod outcome;
 mod partial;
@@ -65,6 +66,7 @@ mod scopes;
 
 pub use api::{EventData, EventOutcome, ScriptEvent, ScriptRequest, ScriptResponse};
 pub use bundled::bundled;
+pub use event_stream::EventStream;
 pub use plugin::{
     Edited, EventVerdict, PluginSpec, Plugins, Renames, ScriptCompileError, ScriptFailure,
     ScriptLimits,

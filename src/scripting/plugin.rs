@@ -19,6 +19,7 @@ use super::api::{
 };
 use super::engine::{self, ActiveGuard, HOOK_NAMES, LOG_TARGET};
 use super::event_data::{self, EventInput};
+use super::event_stream::EventStream;
 use super::outcome::{
     check_event, check_request, check_response, field, innermost, request_fields, status_of,
     take_ctx, thrown, Given,
@@ -64,7 +65,7 @@ pub enum EventVerdict {
 // === hooks ===
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hook {
+pub(super) enum Hook {
     Request,
     Response,
     Event,
@@ -73,7 +74,7 @@ enum Hook {
 impl Hook {
     const ALL: [Hook; 3] = [Hook::Request, Hook::Response, Hook::Event];
 
-    const fn index(self) -> usize {
+    pub(super) const fn index(self) -> usize {
         match self {
             Hook::Request => 0,
             Hook::Response => 1,
@@ -99,7 +100,7 @@ impl Hook {
 }
 
 /// One compiled plugin.
-struct Plugin {
+pub(super) struct Plugin {
     /// Unique over the process's lifetime: keys this plugin's scope in [`scopes`].
     id: u64,
     name: Arc<str>,
@@ -122,9 +123,9 @@ pub struct Plugins {
     stack_needed: usize,
     any_hook: [bool; 3],
     /// What the hooks of each kind can reach of their argument, joined over the plugins.
-    reach: [Reach; 3],
+    pub(super) reach: [Reach; 3],
     /// The argument fields each kind of hook call is given (what `reach` names).
-    given: [Given; 3],
+    pub(super) given: [Given; 3],
 }
 
 impl fmt::Debug for Plugins {
@@ -382,12 +383,16 @@ impl Plugins {
 
     /// [`on_event`](Self::on_event) for an event's `data:` text, parsed only as far as a hook
     /// can reach `ev.data`; an event the hooks left as it was comes back
-    /// [`EventVerdict::Unchanged`].
+    /// [`EventVerdict::Unchanged`]. A stream's events go through
+    /// [`on_stream_event`](Self::on_stream_event), which reuses what one event built for the next.
     pub fn on_event_text(&self, data: &str, ctx: &mut Map) -> Result<EventVerdict, ScriptFailure> {
-        self.run_on_event(EventInput::Text(data), ctx)
+        let mut stream = EventStream::new(std::mem::take(ctx));
+        let verdict = self.on_stream_event(data, &mut stream);
+        *ctx = stream.into_ctx();
+        verdict
     }
 
-    fn run_on_event(
+    pub(super) fn run_on_event(
         &self,
         input: EventInput<'_>,
         ctx: &mut Map,
@@ -434,7 +439,7 @@ impl Plugins {
     /// When no hook of this kind uses its argument at all (a hook that does nothing, or only
     /// logs or counts): calls each with an empty map, which nothing reads back, and says so.
     /// Nothing is built, shared, checked or merged for such a call.
-    fn run_blind(&self, hook: Hook) -> Result<bool, ScriptFailure> {
+    pub(super) fn run_blind(&self, hook: Hook) -> Result<bool, ScriptFailure> {
         if !self.reach[hook.index()].is_nothing() {
             return Ok(false);
         }
@@ -444,7 +449,7 @@ impl Plugins {
         Ok(true)
     }
 
-    fn first_with(&self, hook: Hook) -> Option<&Plugin> {
+    pub(super) fn first_with(&self, hook: Hook) -> Option<&Plugin> {
         self.plugins.iter().find(|p| p.hooks[hook.index()])
     }
 
@@ -462,6 +467,27 @@ impl Plugins {
         // Shared, so what a hook writes into its argument is visible here and to the next
         // plugin: Rhai passes plain values to script functions by copy.
         let mut shared = Dynamic::from_map(arg).into_shared();
+        let last = self.run_shared(first, hook, &shared, check)?;
+        // Move the fields out rather than unwrapping the cell: if a script stored a closure
+        // capturing its argument inside the argument, that cycle is broken here, not leaked.
+        let fields = shared
+            .write_lock::<Map>()
+            .map(|mut map| std::mem::take(&mut *map));
+        match fields {
+            Some(fields) => Ok((last, fields)),
+            None => Err(self.fail(last, hook, "bad result", "the argument is not a map")),
+        }
+    }
+
+    /// [`run_chain`](Self::run_chain) over an argument already in a shared cell (`shared`),
+    /// which it leaves there; returns the last plugin run.
+    pub(super) fn run_shared<'a>(
+        &'a self,
+        first: &'a Plugin,
+        hook: Hook,
+        shared: &Dynamic,
+        check: &dyn Fn(&Map) -> Result<bool, String>,
+    ) -> Result<&'a Plugin, ScriptFailure> {
         let mut last = first;
         for plugin in self.plugins.iter().filter(|p| p.hooks[hook.index()]) {
             self.call(plugin, hook, shared.clone())?;
@@ -479,15 +505,7 @@ impl Plugins {
                 Err(e) => return Err(self.fail(plugin, hook, "bad result", &e)),
             }
         }
-        // Move the fields out rather than unwrapping the cell: if a script stored a closure
-        // capturing its argument inside the argument, that cycle is broken here, not leaked.
-        let fields = shared
-            .write_lock::<Map>()
-            .map(|mut map| std::mem::take(&mut *map));
-        match fields {
-            Some(fields) => Ok((last, fields)),
-            None => Err(self.fail(last, hook, "bad result", "the argument is not a map")),
-        }
+        Ok(last)
     }
 
     /// Calls one hook of one plugin with a scope holding just its constants, under the
@@ -547,7 +565,13 @@ impl Plugins {
     }
 
     /// Logs a failure found outside Rhai (a hook left a value of the wrong shape).
-    fn fail(&self, plugin: &Plugin, hook: Hook, what: &str, detail: &str) -> ScriptFailure {
+    pub(super) fn fail(
+        &self,
+        plugin: &Plugin,
+        hook: Hook,
+        what: &str,
+        detail: &str,
+    ) -> ScriptFailure {
         tracing::error!(
             target: LOG_TARGET, plugin = %plugin.name, hook = hook.name(),
             "script error: {what}: {detail}"

@@ -17,7 +17,7 @@ use super::reach::BodyReach;
 /// the last event was given, kept for the next.
 pub struct EventStream {
     /// `ev.ctx`, always a map (as a [`Dynamic`], so moving it in and out of `ev` boxes nothing).
-    ctx: Dynamic,
+    pub(super) ctx: Dynamic,
     /// The `ev` map in its shared cell, holding exactly the fields a call is given.
     arg: Option<Dynamic>,
 }

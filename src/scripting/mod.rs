@@ -80,3 +80,6 @@ mod lazy_tests;
 
 #[cfg(test)]
 mod fast_path_tests;
+
+#[cfg(test)]
+mod stream_tests;

@@ -304,19 +304,15 @@ fn props_into<'de, A: MapAccess<'de>>(
     fields: &BTreeMap<String, Part>,
     mut access: A,
 ) -> Result<(), A::Error> {
-    let bit = |name: &str| {
-        fields
-            .keys()
-            .position(|k| k == name)
-            .map_or(0u64, |i| 1u64 << i)
-    };
+    let bit = |found: Option<usize>| found.map_or(0u64, |i| 1u64 << i);
     let mut seen = 0u64;
     while let Some(named) = access.next_key_seed(NamedKey(fields))? {
         let Some((name, part)) = named else {
             access.next_value_seed(Skip)?;
             continue;
         };
-        seen |= bit(name);
+        // `name` is the map's own key: found by address, not by comparing text.
+        seen |= bit(fields.keys().position(|k| std::ptr::eq(k, name)));
         let reached = Reached::of(part);
         match map.get_mut(name.as_str()) {
             Some(slot) => access.next_value_seed(Into { slot, reached })?,
@@ -332,7 +328,7 @@ fn props_into<'de, A: MapAccess<'de>>(
     }
     // Every field seen is in the map, so it holds no other key exactly when the counts agree.
     if map.len() != seen.count_ones() as usize {
-        map.retain(|key, _| seen & bit(key) != 0);
+        map.retain(|key, _| seen & bit(fields.keys().position(|k| k == key.as_str())) != 0);
     }
     Ok(())
 }
@@ -360,6 +356,9 @@ impl Visitor<'_> for Key {
     }
 }
 
+/// Named fields up to which a key is looked up by a scan rather than a search.
+const SCANNED_FIELDS: usize = 8;
+
 /// An object key, decoded and looked up among the named fields: the field and what is reached
 /// of it, or `None` for a key no hook names.
 struct NamedKey<'p>(&'p BTreeMap<String, Part>);
@@ -380,6 +379,14 @@ impl<'p> Visitor<'_> for NamedKey<'p> {
     }
 
     fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+        // A hook names a few fields: comparing lengths first skips most string comparisons
+        // a search of the map would make.
+        if self.0.len() <= SCANNED_FIELDS {
+            return Ok(self
+                .0
+                .iter()
+                .find(|(k, _)| k.len() == s.len() && k.as_str() == s));
+        }
         Ok(self.0.get_key_value(s))
     }
 }

@@ -8,7 +8,7 @@
 use rhai::{Dynamic, Map};
 
 use super::event_data::EventInput;
-use super::outcome::check_event;
+use super::outcome::{check_event, Given};
 use super::partial_parse;
 use super::plugin::{EventVerdict, Hook, Plugins, ScriptFailure};
 use super::reach::BodyReach;
@@ -18,8 +18,8 @@ use super::reach::BodyReach;
 pub struct EventStream {
     /// `ev.ctx`, always a map (as a [`Dynamic`], so moving it in and out of `ev` boxes nothing).
     pub(super) ctx: Dynamic,
-    /// The `ev` map in its shared cell, holding exactly the fields a call is given.
-    arg: Option<Dynamic>,
+    /// The `ev` map in its shared cell, holding exactly the fields calls given `Given` get.
+    arg: Option<(Given, Dynamic)>,
 }
 
 impl EventStream {
@@ -72,8 +72,9 @@ impl Plugins {
         let given = self.given[Hook::Event.index()];
         let keys = 1 + usize::from(given.ctx) + usize::from(given.drop);
         let mut arg = match stream.arg.take() {
-            Some(arg) => arg,
-            None => {
+            // Kept by plugins that give the same fields (a caller could switch plugins).
+            Some((kept, arg)) if kept == given => arg,
+            _ => {
                 let mut map = Map::new();
                 for (key, given) in [(CTX, given.ctx), (DROP, given.drop), (DATA, true)] {
                     if given {
@@ -133,7 +134,7 @@ impl Plugins {
         let reusable = map.len() == keys;
         drop(map);
         if reusable {
-            stream.arg = Some(arg);
+            stream.arg = Some((given, arg));
         }
         Ok(if dropped {
             EventVerdict::Drop

@@ -115,3 +115,26 @@ fn ctx_carries_over_and_a_failure_empties_it() {
         Some(3)
     );
 }
+
+#[test]
+fn a_stream_moved_to_other_plugins_gets_their_fields() {
+    let no_ctx =
+        compile(r#"fn on_event(ev) { ev.drop = ev.data.choices[0].delta.content == "x"; }"#);
+    let with_ctx = compile(r#"fn on_event(ev) { ev.ctx.c = ev.data.choices[0].delta.content; }"#);
+    let data = json!({"choices": [{"delta": {"content": "x"}}]}).to_string();
+    let mut stream = EventStream::new(Map::new());
+    assert_eq!(
+        no_ctx.on_stream_event(&data, &mut stream).unwrap(),
+        EventVerdict::Drop
+    );
+    assert_eq!(
+        with_ctx.on_stream_event(&data, &mut stream).unwrap(),
+        EventVerdict::Unchanged
+    );
+    assert_eq!(
+        no_ctx.on_stream_event(&data, &mut stream).unwrap(),
+        EventVerdict::Drop
+    );
+    let ctx = stream.into_ctx();
+    assert_eq!(ctx.get("c").map(ToString::to_string), Some("x".into()));
+}

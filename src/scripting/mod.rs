@@ -55,16 +55,19 @@ pub mod api;
 pub mod bundled;
 pub mod engine;
 mod event_data;
+mod event_stream;
 mod failure;
 mod outcome;
 mod partial;
 mod partial_parse;
 pub mod plugin;
+mod plugin_reach;
 mod reach;
 mod scopes;
 
 pub use api::{EventData, EventOutcome, ScriptEvent, ScriptRequest, ScriptResponse};
 pub use bundled::bundled;
+pub use event_stream::EventStream;
 pub use plugin::{
     Edited, EventVerdict, PluginSpec, Plugins, Renames, ScriptCompileError, ScriptFailure,
     ScriptLimits,
@@ -78,3 +81,6 @@ mod lazy_tests;
 
 #[cfg(test)]
 mod fast_path_tests;
+
+#[cfg(test)]
+mod stream_tests;

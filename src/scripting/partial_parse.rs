@@ -30,6 +30,24 @@ pub(crate) fn parse(
     Ok(value)
 }
 
+/// [`parse`] into `slot`, reusing the maps, arrays and strings an earlier parse with the same
+/// `fields` left there (one stream's events have the same shape, so most calls allocate and free
+/// nothing). On success `slot` equals what [`parse`] returns; on failure it holds some value the
+/// caller must replace.
+pub(crate) fn parse_into(
+    text: &str,
+    fields: &BTreeMap<String, Part>,
+    slot: &mut Dynamic,
+) -> Result<(), serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    Into {
+        slot,
+        reached: Reached::Props(fields),
+    }
+    .deserialize(&mut de)?;
+    de.end()
+}
+
 /// What is reached of one value; a value of another type than the one named is reached whole.
 #[derive(Clone, Copy)]
 enum Reached<'p> {
@@ -145,6 +163,176 @@ impl<'de> Visitor<'de> for Reached<'_> {
     }
 }
 
+/// A value parsed into the slot that held the value parsed before, leaving the slot as the
+/// [`Reached`] visitor would make it. Containers are reused only when unshared, so nothing else
+/// can see them change; everything else is built as [`Reached`] builds it.
+struct Into<'s, 'p> {
+    slot: &'s mut Dynamic,
+    reached: Reached<'p>,
+}
+
+/// Object fields a reused map can track in one bitmask; an object with more named fields is
+/// built afresh.
+const TRACKED_FIELDS: usize = 64;
+
+impl<'de> DeserializeSeed<'de> for Into<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Into<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        *self.slot = Dynamic::UNIT;
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<(), E> {
+        *self.slot = Dynamic::from_bool(b);
+        Ok(())
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, i: i64) -> Result<(), E> {
+        *self.slot = Reached::Whole.visit_i64(i)?;
+        Ok(())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, u: u64) -> Result<(), E> {
+        *self.slot = Reached::Whole.visit_u64(u)?;
+        Ok(())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, f: f64) -> Result<(), E> {
+        *self.slot = Reached::Whole.visit_f64(f)?;
+        Ok(())
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<(), E> {
+        if !self.slot.is_shared() {
+            if let Some(mut string) = self.slot.write_lock::<ImmutableString>() {
+                // Copies only when a script kept the old string (`make_mut` of a shared one).
+                let text = string.make_mut();
+                text.clear();
+                text.push_str(s);
+                return Ok(());
+            }
+        }
+        *self.slot = Dynamic::from(ImmutableString::from(s));
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        if let (Reached::Items(indices), false) = (self.reached, self.slot.is_shared()) {
+            if let Some(mut array) = self.slot.write_lock::<Array>() {
+                return items_into(&mut array, indices, seq);
+            }
+        }
+        *self.slot = self.reached.visit_seq(seq)?;
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, access: A) -> Result<(), A::Error> {
+        if let Reached::Props(fields) = self.reached {
+            if fields.len() <= TRACKED_FIELDS && !self.slot.is_shared() {
+                if !self.slot.is_map() {
+                    *self.slot = Dynamic::from_map(Map::new());
+                }
+                if let Some(mut map) = self.slot.write_lock::<Map>() {
+                    return props_into(&mut map, fields, access);
+                }
+            }
+        }
+        *self.slot = self.reached.visit_map(access)?;
+        Ok(())
+    }
+}
+
+/// The elements of a JSON array into `array`, as [`Reached::Items`] keeps them: up to the last
+/// index named, the named ones parsed into what is there, the others `()`.
+fn items_into<'de, A: SeqAccess<'de>>(
+    array: &mut Array,
+    indices: &BTreeMap<usize, Part>,
+    mut seq: A,
+) -> Result<(), A::Error> {
+    let kept = indices
+        .keys()
+        .next_back()
+        .map_or(0, |i| i.saturating_add(1));
+    let mut n = 0;
+    while n < kept {
+        if array.len() <= n {
+            array.push(Dynamic::UNIT);
+        }
+        let Some(slot) = array.get_mut(n) else {
+            break;
+        };
+        let more = match indices.get(&n) {
+            Some(part) => seq
+                .next_element_seed(Into {
+                    slot,
+                    reached: Reached::of(part),
+                })?
+                .is_some(),
+            None => {
+                *slot = Dynamic::UNIT;
+                seq.next_element_seed(Skip)?.is_some()
+            }
+        };
+        if !more {
+            array.truncate(n);
+            return Ok(());
+        }
+        n += 1;
+    }
+    array.truncate(n);
+    while seq.next_element_seed(Skip)?.is_some() {}
+    Ok(())
+}
+
+/// The entries of a JSON object into `map`, as [`Reached::Props`] keeps them: the named fields
+/// present (the last of a repeated key wins), each parsed into what is there, and no others.
+fn props_into<'de, A: MapAccess<'de>>(
+    map: &mut Map,
+    fields: &BTreeMap<String, Part>,
+    mut access: A,
+) -> Result<(), A::Error> {
+    let bit = |found: Option<usize>| found.map_or(0u64, |i| 1u64 << i);
+    let mut seen = 0u64;
+    while let Some(named) = access.next_key_seed(NamedKey(fields))? {
+        let Some((name, part)) = named else {
+            access.next_value_seed(Skip)?;
+            continue;
+        };
+        // `name` is the map's own key: found by address, not by comparing text.
+        seen |= bit(fields.keys().position(|k| std::ptr::eq(k, name)));
+        let reached = Reached::of(part);
+        match map.get_mut(name.as_str()) {
+            Some(slot) => access.next_value_seed(Into { slot, reached })?,
+            None => {
+                let mut value = Dynamic::UNIT;
+                access.next_value_seed(Into {
+                    slot: &mut value,
+                    reached,
+                })?;
+                map.insert(name.as_str().into(), value);
+            }
+        }
+    }
+    // Every field seen is in the map, so it holds no other key exactly when the counts agree.
+    if map.len() != seen.count_ones() as usize {
+        map.retain(|key, _| seen & bit(fields.keys().position(|k| k == key.as_str())) != 0);
+    }
+    Ok(())
+}
+
 /// An object key, decoded.
 struct Key;
 
@@ -168,6 +356,9 @@ impl Visitor<'_> for Key {
     }
 }
 
+/// Named fields up to which a key is looked up by a scan rather than a search.
+const SCANNED_FIELDS: usize = 8;
+
 /// An object key, decoded and looked up among the named fields: the field and what is reached
 /// of it, or `None` for a key no hook names.
 struct NamedKey<'p>(&'p BTreeMap<String, Part>);
@@ -188,6 +379,14 @@ impl<'p> Visitor<'_> for NamedKey<'p> {
     }
 
     fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+        // A hook names a few fields: comparing lengths first skips most string comparisons
+        // a search of the map would make.
+        if self.0.len() <= SCANNED_FIELDS {
+            return Ok(self
+                .0
+                .iter()
+                .find(|(k, _)| k.len() == s.len() && k.as_str() == s));
+        }
         Ok(self.0.get_key_value(s))
     }
 }
@@ -334,6 +533,62 @@ mod tests {
                 assert_eq!(seeded(text, &fields), want, "{hook} on {text}");
             }
         }
+    }
+
+    /// One slot parsed into text after text (as a stream's events are) equals a fresh parse of
+    /// each, whatever the previous text left in it.
+    #[test]
+    fn parsing_into_what_the_last_text_left_gives_a_fresh_parse() {
+        let odd = [
+            "[DONE]",
+            r#"{"a":1e999}"#,
+            r#"{"choices":[{"delta":{"content":"a string longer than an inline one, to be sure"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"\ud800"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"x"}}, {"delta":{"content":"y"}}, 3]}"#,
+            r#"{"choices":[{"delta":{"content":"x"}}]"#,
+        ];
+        let texts: Vec<&str> = VALID.iter().chain(odd.iter()).copied().collect();
+        for hook in HOOKS {
+            let fields = fields_of(hook);
+            for order in [texts.clone(), texts.iter().rev().copied().collect()] {
+                let mut slot = Dynamic::UNIT;
+                // A script that kept a string of the last event: it must not change.
+                let mut kept = Vec::new();
+                for text in order.iter().chain(order.iter()) {
+                    let got = parse_into(text, &fields, &mut slot).map(|()| format!("{slot:?}"));
+                    assert_eq!(
+                        got.as_ref().ok().cloned(),
+                        seeded(text, &fields),
+                        "{hook} on {text}"
+                    );
+                    if got.is_err() {
+                        slot = Dynamic::from(text.to_string());
+                    }
+                    got_string(&slot, &mut kept);
+                }
+                for (value, want) in &kept {
+                    assert_eq!(&format!("{value:?}"), want);
+                }
+            }
+        }
+    }
+
+    /// Keeps a clone of the first string found in `slot` with its text, as a script storing it
+    /// in `ctx` would; `None` when `slot` is not a map.
+    fn got_string(slot: &Dynamic, kept: &mut Vec<(Dynamic, String)>) -> Option<()> {
+        let map = slot.read_lock::<Map>()?;
+        let choices = map
+            .get("choices")
+            .and_then(|c| c.read_lock::<Array>().map(|a| a.clone()));
+        let first = choices.and_then(|c| c.first().cloned());
+        let delta = first.and_then(|f| f.read_lock::<Map>().and_then(|m| m.get("delta").cloned()));
+        let content =
+            delta.and_then(|d| d.read_lock::<Map>().and_then(|m| m.get("content").cloned()));
+        if let Some(c) = content.filter(Dynamic::is_string) {
+            let text = format!("{c:?}");
+            kept.push((c, text));
+        }
+        Some(())
     }
 
     #[test]

@@ -19,6 +19,7 @@ use super::api::{
 };
 use super::engine::{self, ActiveGuard, HOOK_NAMES, LOG_TARGET};
 use super::event_data::{self, EventInput};
+use super::event_stream::EventStream;
 use super::outcome::{
     check_event, check_request, check_response, field, innermost, request_fields, status_of,
     take_ctx, thrown, Given,
@@ -64,7 +65,7 @@ pub enum EventVerdict {
 // === hooks ===
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hook {
+pub(super) enum Hook {
     Request,
     Response,
     Event,
@@ -73,7 +74,7 @@ enum Hook {
 impl Hook {
     const ALL: [Hook; 3] = [Hook::Request, Hook::Response, Hook::Event];
 
-    const fn index(self) -> usize {
+    pub(super) const fn index(self) -> usize {
         match self {
             Hook::Request => 0,
             Hook::Response => 1,
@@ -99,7 +100,7 @@ impl Hook {
 }
 
 /// One compiled plugin.
-struct Plugin {
+pub(super) struct Plugin {
     /// Unique over the process's lifetime: keys this plugin's scope in [`scopes`].
     id: u64,
     name: Arc<str>,
@@ -120,13 +121,13 @@ pub struct Plugins {
     max_wall_time: Duration,
     /// Native stack a hook call may need (see [`engine::with_stack`]).
     stack_needed: usize,
-    any_hook: [bool; 3],
+    pub(super) any_hook: [bool; 3],
     /// What the hooks of each kind can reach of their argument, joined over the plugins.
-    reach: [Reach; 3],
+    pub(super) reach: [Reach; 3],
     /// The argument fields each kind of hook call is given (what `reach` names).
-    given: [Given; 3],
+    pub(super) given: [Given; 3],
     /// See [`expected_renames`](Self::expected_renames).
-    expected_renames: Option<Vec<(String, String)>>,
+    pub(super) expected_renames: Option<Vec<(String, String)>>,
 }
 
 impl fmt::Debug for Plugins {
@@ -212,53 +213,6 @@ impl Plugins {
 
     pub fn has_on_event(&self) -> bool {
         self.any_hook[Hook::Event.index()]
-    }
-
-    /// Whether an `on_request` hook can reach `req.body`: only then must the body be parsed.
-    pub fn request_body_reached(&self) -> bool {
-        self.body_reached(Hook::Request)
-    }
-
-    /// Whether an `on_request` hook can reach the argument's field `name` (`path`, `key`, …).
-    pub fn request_reaches(&self, name: &str) -> bool {
-        self.reach[Hook::Request.index()].field(name)
-    }
-
-    /// Whether the `on_request` hooks use `req.body` only to rename keys in it
-    /// (`req.body.rename_keys(aliases)`, `type_of(req.body)`): a JSON object body then need
-    /// not be parsed for them; [`on_request_renames`](Self::on_request_renames) says which
-    /// aliases to apply to its text.
-    pub fn request_body_renamed_only(&self) -> bool {
-        self.any_hook[Hook::Request.index()]
-            && *self.reach[Hook::Request.index()].body() == BodyReach::Renamed
-    }
-
-    /// When the `on_request` hooks only rename, the aliases they most likely rename with: the
-    /// constant (`params`) their one `rename_keys` call passes. A guess (a local may shadow it):
-    /// the body phase's scan looks for these keys, used only if the hooks' renames are these.
-    pub fn expected_renames(&self) -> Option<&[(String, String)]> {
-        self.expected_renames.as_deref()
-    }
-
-    /// Whether an `on_response` hook can reach `res.body`.
-    pub fn response_body_reached(&self) -> bool {
-        self.body_reached(Hook::Response)
-    }
-
-    /// What the hooks of kind `index` (0 request, 1 response, 2 event) reach of the body.
-    #[cfg(test)]
-    pub(crate) fn body_reach(&self, index: usize) -> &BodyReach {
-        self.reach[index].body()
-    }
-
-    /// Whether the hooks of kind `index` may change the body.
-    #[cfg(test)]
-    pub(crate) fn body_writes(&self, index: usize) -> bool {
-        self.reach[index].body_writes()
-    }
-
-    fn body_reached(&self, hook: Hook) -> bool {
-        self.any_hook[hook.index()] && *self.reach[hook.index()].body() != BodyReach::Untouched
     }
 
     /// Runs every plugin's `on_request` in config order. Scripts see and may change
@@ -402,12 +356,16 @@ impl Plugins {
 
     /// [`on_event`](Self::on_event) for an event's `data:` text, parsed only as far as a hook
     /// can reach `ev.data`; an event the hooks left as it was comes back
-    /// [`EventVerdict::Unchanged`].
+    /// [`EventVerdict::Unchanged`]. A stream's events go through
+    /// [`on_stream_event`](Self::on_stream_event), which reuses what one event built for the next.
     pub fn on_event_text(&self, data: &str, ctx: &mut Map) -> Result<EventVerdict, ScriptFailure> {
-        self.run_on_event(EventInput::Text(data), ctx)
+        let mut stream = EventStream::new(std::mem::take(ctx));
+        let verdict = self.on_stream_event(data, &mut stream);
+        *ctx = stream.into_ctx();
+        verdict
     }
 
-    fn run_on_event(
+    pub(super) fn run_on_event(
         &self,
         input: EventInput<'_>,
         ctx: &mut Map,
@@ -454,7 +412,7 @@ impl Plugins {
     /// When no hook of this kind uses its argument at all (a hook that does nothing, or only
     /// logs or counts): calls each with an empty map, which nothing reads back, and says so.
     /// Nothing is built, shared, checked or merged for such a call.
-    fn run_blind(&self, hook: Hook) -> Result<bool, ScriptFailure> {
+    pub(super) fn run_blind(&self, hook: Hook) -> Result<bool, ScriptFailure> {
         if !self.reach[hook.index()].is_nothing() {
             return Ok(false);
         }
@@ -464,7 +422,7 @@ impl Plugins {
         Ok(true)
     }
 
-    fn first_with(&self, hook: Hook) -> Option<&Plugin> {
+    pub(super) fn first_with(&self, hook: Hook) -> Option<&Plugin> {
         self.plugins.iter().find(|p| p.hooks[hook.index()])
     }
 
@@ -482,6 +440,27 @@ impl Plugins {
         // Shared, so what a hook writes into its argument is visible here and to the next
         // plugin: Rhai passes plain values to script functions by copy.
         let mut shared = Dynamic::from_map(arg).into_shared();
+        let last = self.run_shared(first, hook, &shared, check)?;
+        // Move the fields out rather than unwrapping the cell: if a script stored a closure
+        // capturing its argument inside the argument, that cycle is broken here, not leaked.
+        let fields = shared
+            .write_lock::<Map>()
+            .map(|mut map| std::mem::take(&mut *map));
+        match fields {
+            Some(fields) => Ok((last, fields)),
+            None => Err(self.fail(last, hook, "bad result", "the argument is not a map")),
+        }
+    }
+
+    /// [`run_chain`](Self::run_chain) over an argument already in a shared cell (`shared`),
+    /// which it leaves there; returns the last plugin run.
+    pub(super) fn run_shared<'a>(
+        &'a self,
+        first: &'a Plugin,
+        hook: Hook,
+        shared: &Dynamic,
+        check: &dyn Fn(&Map) -> Result<bool, String>,
+    ) -> Result<&'a Plugin, ScriptFailure> {
         let mut last = first;
         for plugin in self.plugins.iter().filter(|p| p.hooks[hook.index()]) {
             self.call(plugin, hook, shared.clone())?;
@@ -499,15 +478,7 @@ impl Plugins {
                 Err(e) => return Err(self.fail(plugin, hook, "bad result", &e)),
             }
         }
-        // Move the fields out rather than unwrapping the cell: if a script stored a closure
-        // capturing its argument inside the argument, that cycle is broken here, not leaked.
-        let fields = shared
-            .write_lock::<Map>()
-            .map(|mut map| std::mem::take(&mut *map));
-        match fields {
-            Some(fields) => Ok((last, fields)),
-            None => Err(self.fail(last, hook, "bad result", "the argument is not a map")),
-        }
+        Ok(last)
     }
 
     /// Calls one hook of one plugin with a scope holding just its constants, under the
@@ -567,7 +538,13 @@ impl Plugins {
     }
 
     /// Logs a failure found outside Rhai (a hook left a value of the wrong shape).
-    fn fail(&self, plugin: &Plugin, hook: Hook, what: &str, detail: &str) -> ScriptFailure {
+    pub(super) fn fail(
+        &self,
+        plugin: &Plugin,
+        hook: Hook,
+        what: &str,
+        detail: &str,
+    ) -> ScriptFailure {
         tracing::error!(
             target: LOG_TARGET, plugin = %plugin.name, hook = hook.name(),
             "script error: {what}: {detail}"

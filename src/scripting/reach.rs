@@ -129,6 +129,12 @@ impl Reach {
         self.body_writes
     }
 
+    /// Whether the argument escapes the hook (stored, passed on, captured): then it can be
+    /// reached by any path, and may outlive the call.
+    pub fn escapes(&self) -> bool {
+        self.whole
+    }
+
     /// Whether the hook never uses its argument.
     pub fn is_nothing(&self) -> bool {
         *self == Reach::default()

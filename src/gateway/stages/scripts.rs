@@ -22,7 +22,9 @@ use crate::gateway::stages::rewrite::{
 use crate::gateway::stages::routing::Plan;
 use crate::gateway::upstream::prepared::Target;
 use crate::http::headers::is_hop_by_hop;
-use crate::scripting::{EventVerdict, Plugins, ScriptFailure, ScriptRequest, ScriptResponse};
+use crate::scripting::{
+    EventStream, EventVerdict, Plugins, ScriptFailure, ScriptRequest, ScriptResponse,
+};
 
 /// The one mapping from a script failure to what the client sees: a thrown status and
 /// message as they are, anything else a 500 naming only the plugin (details are in the log).
@@ -269,12 +271,15 @@ pub const SCRIPT_ERROR_TYPE: &str = "script_error";
 /// Runs `on_event` over each event of a stream, carrying `ctx` from event to event.
 pub struct ScriptEventFilter {
     plugins: Arc<Plugins>,
-    ctx: rhai::Map,
+    stream: EventStream,
 }
 
 impl ScriptEventFilter {
     pub fn new(plugins: Arc<Plugins>, ctx: rhai::Map) -> Self {
-        ScriptEventFilter { plugins, ctx }
+        ScriptEventFilter {
+            plugins,
+            stream: EventStream::new(ctx),
+        }
     }
 }
 
@@ -300,7 +305,7 @@ impl EventFilter for ScriptEventFilter {
         let Some(data) = data else {
             return EventAction::Keep;
         };
-        match self.plugins.on_event_text(&data, &mut self.ctx) {
+        match self.plugins.on_stream_event(&data, &mut self.stream) {
             Ok(EventVerdict::Drop) => EventAction::Drop,
             Ok(EventVerdict::Unchanged) => EventAction::Keep,
             Ok(EventVerdict::Changed(data)) => {

@@ -344,13 +344,14 @@ fn a_script_takes_only_the_keys_and_arguments_its_limits_need() {
     // rpm + max_concurrent: two keys (leases, rpm) and one argument (the lease), the constants
     // in the text and nothing parsed from text but what Redis stores.
     let text = shape(true, false, 4, false).text();
+    let interval = format!("tat + {})", 60_000_000.0 / 7.0f64);
     for (needle, present) in [
         ("KEYS[2]", true),
         ("KEYS[3]", false),
         ("ARGV[1]", true),
         ("ARGV[2]", false),
         ("tonumber", false),
-        ("8571428.571428572", true),
+        (interval.as_str(), true),
         (">= 4 then", true),
         ("+ 1500)", true),
         ("'61000'", true),
@@ -497,7 +498,7 @@ async fn every_shape_of_limits_admits_and_refuses_in_order() {
 }
 
 /// The numbers the script writes are exact: the rpm interval written into its text (rpm 7:
-/// 8571428.571428572 µs) adds up as the generic script's parsed argument did, and a lease
+/// 8571428.57142857 µs, as Rust prints that f64) adds up as the generic script's parsed argument did, and a lease
 /// score beyond 2^32 ms (a very long lease TTL) is the integer Redis's clock gives, not a
 /// float's rounding.
 #[tokio::test]

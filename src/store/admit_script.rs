@@ -115,9 +115,9 @@ impl Shape {
         }
         if let (Some(k), Some(member)) = (lease_key, member_arg) {
             let ttl = self.lease_ttl_ms;
-            let _ = write!(
+            let _ = writeln!(
                 s,
-                "redis.call('ZADD', KEYS[{k}], string.format('%d', now / 1000 + {ttl}), ARGV[{member}])\n"
+                "redis.call('ZADD', KEYS[{k}], string.format('%d', now / 1000 + {ttl}), ARGV[{member}])"
             );
         }
         s.push_str("return 0\n");

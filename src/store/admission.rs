@@ -13,59 +13,23 @@
 //! Releases and renewals go through the store's one writer ([`super::writer`]), which sends
 //! them batched, off the request path.
 //!
-//! The script costs Redis little: numbers go to `redis.call` as integers formatted with `%d`
-//! (Lua's float formatting was the largest part of its cost), the stored milliseconds too
-//! (`%d.%03d` of the microseconds), and it answers one integer.
+//! The script is specialised to the key's limits ([`super::admit_script`]): Redis runs only
+//! the checks the key has, with its constants in the text, and gets only the Redis keys and
+//! arguments that change per call. Numbers go to `redis.call` as integers formatted with `%d`
+//! (the stored milliseconds as `%d.%03d` of the microseconds), and it answers one integer:
+//! 0 (admitted) or `wait_ms * 8 + limit`, 1 = rpm, 2 = tpm, 3 = max_concurrent, 4 = budget
+//! (its wait is the caller's: the period's end).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use redis::Script;
 
+use super::admit_script::{self, Shape};
 use super::writer::Write;
 use super::{Store, StoreError};
-
-/// KEYS: rpm, tpm, leases, budget. ARGV: rpm interval µs (`0`: none), `1` if tpm is limited,
-/// max_concurrent (`0`: none), lease ttl ms, lease member, budget field (`""`: none), budget
-/// limit.
-/// A lease set gets its expiry from the renewal (a set whose leases all ended is empty, and
-/// Redis deletes it), so admission does not set it.
-/// Answers 0 (admitted) or `wait_ms * 8 + limit`: 1 = rpm, 2 = tpm, 3 = max_concurrent,
-/// 4 = budget (its wait is the caller's: the period's end).
-const ADMIT: &str = r"
-local t = redis.call('TIME')
-local now = t[1] * 1000000 + t[2]
-if ARGV[6] ~= '' then
-  local used = redis.call('HGET', KEYS[4], ARGV[6])
-  if used and tonumber(used) >= tonumber(ARGV[7]) then return 4 end
-end
-if ARGV[2] ~= '0' then
-  local tat = redis.call('GET', KEYS[2])
-  if tat then
-    local ahead = tonumber(tat) * 1000 - now - 60000000
-    if ahead >= 0 then return (math.ceil(ahead / 1000) + 1) * 8 + 2 end
-  end
-end
-local maxc = tonumber(ARGV[3])
-if maxc > 0 and redis.call('ZCARD', KEYS[3]) >= maxc then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('%d', now / 1000))
-  if redis.call('ZCARD', KEYS[3]) >= maxc then return 1000 * 8 + 3 end
-end
-if ARGV[1] ~= '0' then
-  local tat = tonumber(redis.call('GET', KEYS[1]) or 0) * 1000
-  if tat < now then tat = now end
-  local next_tat = math.ceil(tat + tonumber(ARGV[1]))
-  local ahead = next_tat - now
-  if ahead > 60000000 then return math.ceil((ahead - 60000000) / 1000) * 8 + 1 end
-  redis.call('SET', KEYS[1], string.format('%d.%03d', next_tat / 1000, next_tat % 1000), 'PX', string.format('%d', ahead / 1000 + 1000))
-end
-if maxc > 0 then
-  redis.call('ZADD', KEYS[3], string.format('%d', now / 1000 + tonumber(ARGV[4])), ARGV[5])
-end
-return 0
-";
 
 /// KEYS: tpm of each key charged. ARGV[2i - 1], ARGV[2i]: tokens and tpm of KEYS[i].
 const CHARGE: &str = r"
@@ -123,23 +87,25 @@ pub struct BudgetCheck<'a> {
     pub limit: f64,
 }
 
-/// One key's shared limits, with its script arguments and Redis key names built once per
+/// One key's shared limits, with its admission script and Redis key names built once per
 /// generation.
 #[derive(Debug)]
 pub struct SharedLimits {
     store: Arc<Store>,
     tpm: u64,
     max_concurrent: u32,
-    /// ARGV[1]: 60 s / rpm in µs, `0` without rpm.
-    rpm_interval: String,
-    /// ARGV[3].
-    max_concurrent_arg: String,
+    has_rpm: bool,
+    /// What the admission script is specialised to (without the budget).
+    shape: Shape,
+    /// The admission script of this key's limits.
+    script: Arc<Script>,
+    /// The same with the key's budget checked first, built on the first call that asks.
+    budget_script: OnceLock<Arc<Script>>,
     rpm_key: String,
     tpm_key: Arc<str>,
     lease_key: Arc<str>,
 }
 
-static ADMIT_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(ADMIT));
 pub(super) static CHARGE_SCRIPT: std::sync::LazyLock<Script> =
     std::sync::LazyLock::new(|| Script::new(CHARGE));
 static RENEW_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(RENEW));
@@ -153,18 +119,25 @@ impl SharedLimits {
         tpm: Option<u64>,
         max_concurrent: Option<u32>,
     ) -> SharedLimits {
-        let rpm = rpm.unwrap_or(0);
         let max_concurrent = max_concurrent.unwrap_or(0);
+        let tpm = tpm.unwrap_or(0);
+        let shape = Shape {
+            rpm_interval: rpm
+                .filter(|&r| r > 0)
+                .map(|r| (60_000_000.0 / f64::from(r)).to_string()),
+            tpm: tpm > 0,
+            max_concurrent,
+            lease_ttl_ms: store.lease_ttl_ms,
+            budget: false,
+        };
         SharedLimits {
             store: store.clone(),
-            tpm: tpm.unwrap_or(0),
+            tpm,
             max_concurrent,
-            rpm_interval: if rpm == 0 {
-                "0".into()
-            } else {
-                (60_000_000.0 / f64::from(rpm)).to_string()
-            },
-            max_concurrent_arg: max_concurrent.to_string(),
+            has_rpm: shape.rpm_interval.is_some(),
+            script: admit_script::variant(&shape),
+            shape,
+            budget_script: OnceLock::new(),
             rpm_key: store.key("rpm", label),
             tpm_key: store.key("tpm", label).into(),
             lease_key: store.key("leases", label).into(),
@@ -177,7 +150,7 @@ impl SharedLimits {
 
     /// Whether the key has any rpm, tpm or max_concurrent to keep in the store.
     fn limits_anything(&self) -> bool {
-        self.rpm_interval != "0" || self.tpm > 0 || self.max_concurrent > 0
+        self.has_rpm || self.tpm > 0 || self.max_concurrent > 0
     }
 
     /// One round trip: the budget (when given), tpm room, a lease, an rpm slot, or which
@@ -191,25 +164,36 @@ impl SharedLimits {
         let member = lease_id
             .map(|id| store.leases.member(id))
             .unwrap_or_default();
-        let (field, limit) = budget.map_or(("", 0.0), |b| (b.field, b.limit));
-        let budget_hash = budget.map_or("", |b| b.hash);
+        let script = match budget {
+            Some(_) => self.budget_script.get_or_init(|| {
+                admit_script::variant(&Shape {
+                    budget: true,
+                    ..self.shape.clone()
+                })
+            }),
+            None => &self.script,
+        };
         let member_arg = &member;
         let answer: u64 = store
             .call("admit", |mut conn| async move {
-                ADMIT_SCRIPT
-                    .key(&self.rpm_key)
-                    .key(&*self.tpm_key)
-                    .key(&*self.lease_key)
-                    .key(budget_hash)
-                    .arg(&self.rpm_interval)
-                    .arg(if self.tpm > 0 { "1" } else { "0" })
-                    .arg(&self.max_concurrent_arg)
-                    .arg(&store.lease_ttl_arg)
-                    .arg(member_arg)
-                    .arg(field)
-                    .arg(limit)
-                    .invoke_async(&mut conn)
-                    .await
+                // KEYS and ARGV in the order `Shape` documents.
+                let mut inv = script.prepare_invoke();
+                if let Some(b) = &budget {
+                    inv.key(b.hash);
+                }
+                if self.tpm > 0 {
+                    inv.key(&*self.tpm_key);
+                }
+                if self.max_concurrent > 0 {
+                    inv.key(&*self.lease_key).arg(member_arg);
+                }
+                if self.has_rpm {
+                    inv.key(&self.rpm_key);
+                }
+                if let Some(b) = &budget {
+                    inv.arg(b.field).arg(b.limit);
+                }
+                inv.invoke_async(&mut conn).await
             })
             .await?;
         let limit = match answer % 8 {
@@ -329,7 +313,7 @@ pub(super) async fn renew(store: &Store) {
     let _ = store
         .call("renew leases", |mut conn| async move {
             let mut inv = RENEW_SCRIPT.prepare_invoke();
-            inv.arg(&store.lease_ttl_arg);
+            inv.arg(store.lease_ttl_ms);
             for (set, member) in &live {
                 inv.key(&**set).arg(member);
             }

@@ -14,6 +14,7 @@
 //! that keep the `store:` section keep its connection, leases and background tasks.
 
 pub mod admission;
+mod admit_script;
 pub mod cooldown;
 pub mod usage;
 pub mod writer;
@@ -73,8 +74,8 @@ pub struct Store {
     pools: Mutex<Vec<cooldown::Watched>>,
     /// The queue to the writer task ([`writer`]).
     writes: mpsc::Sender<writer::Write>,
-    /// The lease TTL in ms, as a script argument.
-    lease_ttl_arg: String,
+    /// The lease TTL in ms (written into admission scripts, an argument of the renewal).
+    lease_ttl_ms: u64,
     /// Whether the process's usage (and so its budgets) is kept in this store, so that the
     /// admission script may check budgets ([`Store::keeps_usage`]).
     keeps_usage: AtomicBool,
@@ -155,7 +156,7 @@ impl Store {
             leases: admission::LeaseBook::default(),
             pools: Mutex::new(Vec::new()),
             writes,
-            lease_ttl_arg: ttl_ms.to_string(),
+            lease_ttl_ms: ttl_ms,
             keeps_usage: AtomicBool::new(false),
         };
         Ok((store, queued))

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use testkit::redis_server::RedisServer;
 
-use super::admission::{Limit, SharedLimits, Verdict};
+use super::admission::{self, Limit, SharedLimits, Verdict};
+use super::admit_script;
 use super::cooldown::Restable;
 use super::*;
 use crate::config::store::{OnStoreError, StoreConfig};
@@ -314,4 +315,263 @@ async fn flush_returns_once_every_queued_write_is_in_redis() {
         .find(|r| r.key == "carol")
         .expect("carol's usage");
     assert_eq!((carol.requests, carol.input_tokens), (3, 21));
+}
+
+/// Redis's clock in µs, as the admission script reads it.
+fn redis_now_us(redis: &RedisServer) -> u64 {
+    let time = redis.command(&["TIME"]).unwrap();
+    let mut parts = time.lines().map(|l| l.trim().parse::<u64>().unwrap());
+    let (secs, micros) = (parts.next().unwrap(), parts.next().unwrap());
+    secs * 1_000_000 + micros
+}
+
+/// A stored GCRA time (`%d.%03d` milliseconds) in µs, checking its text on the way.
+fn stored_us(text: &str) -> u64 {
+    let (ms, frac) = text.trim().split_once('.').expect("ms.µs");
+    assert_eq!(frac.len(), 3, "{text}");
+    assert!(ms.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()));
+    ms.parse::<u64>().unwrap() * 1000 + frac.parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_script_takes_only_the_keys_and_arguments_its_limits_need() {
+    let shape = |rpm: bool, tpm: bool, conc: u32, budget: bool| admit_script::Shape {
+        rpm_interval: rpm.then(|| (60_000_000.0 / 7.0f64).to_string()),
+        tpm,
+        max_concurrent: conc,
+        lease_ttl_ms: 1500,
+        budget,
+    };
+    // rpm + max_concurrent: two keys (leases, rpm) and one argument (the lease), the constants
+    // in the text and nothing parsed from text but what Redis stores.
+    let text = shape(true, false, 4, false).text();
+    let interval = format!("tat + {})", 60_000_000.0 / 7.0f64);
+    for (needle, present) in [
+        ("KEYS[2]", true),
+        ("KEYS[3]", false),
+        ("ARGV[1]", true),
+        ("ARGV[2]", false),
+        ("tonumber", false),
+        (interval.as_str(), true),
+        (">= 4 then", true),
+        ("+ 1500)", true),
+        ("'61000'", true),
+        ("TIME", true),
+    ] {
+        assert_eq!(text.contains(needle), present, "{needle} in\n{text}");
+    }
+    // Everything: four keys, three arguments.
+    let text = shape(true, true, 4, true).text();
+    assert!(
+        text.contains("KEYS[4]") && text.contains("ARGV[3]"),
+        "{text}"
+    );
+    // A budget alone needs no clock.
+    let text = shape(false, false, 0, true).text();
+    assert!(!text.contains("TIME") && text.contains("KEYS[1]"), "{text}");
+    // Keys of one shape share its script; another shape has its own.
+    let a = admit_script::variant(&shape(true, false, 4, false));
+    let b = admit_script::variant(&shape(true, false, 4, false));
+    let c = admit_script::variant(&shape(true, false, 5, false));
+    assert!(Arc::ptr_eq(&a, &b));
+    assert!(!Arc::ptr_eq(&a, &c));
+}
+
+/// Every combination of rpm, tpm, max_concurrent and a budget: admitted when nothing binds,
+/// and when several limits bind the first in the script's order answers (budget, tpm,
+/// max_concurrent, rpm), each with its wait, and a refusal takes nothing.
+#[tokio::test]
+async fn every_shape_of_limits_admits_and_refuses_in_order() {
+    let redis = RedisServer::start();
+    let s = store(&redis, "shape:");
+    for i in 1..16u32 {
+        let (rpm, tpm, conc, budget) = (i & 1 != 0, i & 2 != 0, i & 4 != 0, i & 8 != 0);
+        let label = format!("k{i}");
+        let l = SharedLimits::new(
+            &s,
+            &label,
+            rpm.then_some(2),
+            tpm.then_some(60),
+            conc.then_some(2),
+        );
+        let hash = s.budget_key(&label, "p");
+        let check = || {
+            budget.then_some(admission::BudgetCheck {
+                hash: &hash,
+                field: "tokens",
+                limit: 50.0,
+            })
+        };
+        let (rpm_key, tpm_key, lease_key) = (
+            format!("shape:rpm:{label}"),
+            format!("shape:tpm:{label}"),
+            format!("shape:leases:{label}"),
+        );
+        // Nothing binds: admitted, with a lease exactly when the key has max_concurrent.
+        let first = l.admit(check()).await.unwrap();
+        match &first {
+            Verdict::Admitted(lease) => assert_eq!(lease.is_some(), conc, "shape {i}"),
+            v => panic!("shape {i}: {v:?}"),
+        }
+        assert_eq!(
+            redis.command(&["EXISTS", &rpm_key]).unwrap().trim(),
+            if rpm { "1" } else { "0" },
+            "shape {i}"
+        );
+        assert_eq!(
+            redis.command(&["ZCARD", &lease_key]).unwrap().trim(),
+            if conc { "1" } else { "0" },
+            "shape {i}"
+        );
+        // Make every limit of the shape bind.
+        // 30 s over: tpm's 90 s of spend ahead, rpm's 60 s plus its next 30 s slot.
+        let now_ms = redis_now_us(&redis) / 1000;
+        let tpm_ahead = format!("{}.000", now_ms + 90_000);
+        let rpm_ahead = format!("{}.000", now_ms + 60_000);
+        let mut held = 1;
+        if budget {
+            redis.command(&["HSET", &hash, "tokens", "50"]).unwrap();
+        }
+        if tpm {
+            redis
+                .command(&["SET", &tpm_key, &tpm_ahead, "PX", "100000"])
+                .unwrap();
+        }
+        if conc {
+            redis
+                .command(&["ZADD", &lease_key, "1e15", "other"])
+                .unwrap();
+            held = 2;
+        }
+        if rpm {
+            redis
+                .command(&["SET", &rpm_key, &rpm_ahead, "PX", "100000"])
+                .unwrap();
+        }
+        let about_30s =
+            |wait: Duration| wait > Duration::from_secs(25) && wait <= Duration::from_secs(31);
+        for (on, limit) in [
+            (budget, Limit::Budget),
+            (tpm, Limit::Tpm),
+            (conc, Limit::Concurrency),
+            (rpm, Limit::Rpm),
+        ] {
+            if !on {
+                continue;
+            }
+            match l.admit(check()).await.unwrap() {
+                Verdict::Limited { limit: got, wait } => {
+                    assert_eq!(got, limit, "shape {i}");
+                    match limit {
+                        Limit::Budget => assert_eq!(wait, Duration::ZERO),
+                        Limit::Concurrency => assert_eq!(wait, Duration::from_secs(1)),
+                        Limit::Tpm | Limit::Rpm => assert!(about_30s(wait), "{wait:?}"),
+                    }
+                }
+                v => panic!("shape {i}, {limit:?}: {v:?}"),
+            }
+            // A refusal took no lease and no rpm slot.
+            if conc {
+                let card = redis.command(&["ZCARD", &lease_key]).unwrap();
+                assert_eq!(card.trim(), held.to_string(), "shape {i}");
+            }
+            if rpm {
+                let tat = redis.command(&["GET", &rpm_key]).unwrap();
+                assert_eq!(tat.trim(), rpm_ahead, "shape {i}");
+            }
+            // Lift this limit; the next one answers.
+            let lifted = match limit {
+                Limit::Budget => redis.command(&["HSET", &hash, "tokens", "0"]),
+                Limit::Tpm => redis.command(&["DEL", &tpm_key]),
+                Limit::Concurrency => {
+                    held = 1;
+                    redis.command(&["ZREM", &lease_key, "other"])
+                }
+                Limit::Rpm => redis.command(&["DEL", &rpm_key]),
+            };
+            assert!(lifted.is_some());
+        }
+        assert!(
+            matches!(l.admit(check()).await.unwrap(), Verdict::Admitted(_)),
+            "shape {i}"
+        );
+    }
+}
+
+/// The numbers the script writes are exact: the rpm interval written into its text (rpm 7:
+/// 8571428.57142857 µs, as Rust prints that f64) adds up as the generic script's parsed argument did, and a lease
+/// score beyond 2^32 ms (a very long lease TTL) is the integer Redis's clock gives, not a
+/// float's rounding.
+#[tokio::test]
+async fn numbers_reach_redis_exactly() {
+    let redis = RedisServer::start();
+    let mut cfg = config(&redis.url(), "exact:");
+    cfg.lease_ttl = Duration::from_millis(3_000_000_000_000);
+    let s = Store::shared(&cfg).unwrap().unwrap();
+    let l = SharedLimits::new(&s, "x", Some(7), None, Some(3));
+    let interval = 60_000_000.0 / 7.0f64;
+    let before = redis_now_us(&redis);
+    let Verdict::Admitted(Some(_first)) = l.admit(None).await.unwrap() else {
+        panic!()
+    };
+    let after = redis_now_us(&redis);
+    let tat1 = stored_us(&redis.command(&["GET", "exact:rpm:x"]).unwrap());
+    // From an empty key: the call's clock plus one interval, rounded up to the µs.
+    assert!(tat1 >= (before as f64 + interval).ceil() as u64, "{tat1}");
+    assert!(tat1 <= (after as f64 + interval).ceil() as u64, "{tat1}");
+    let pttl: u64 = redis
+        .command(&["PTTL", "exact:rpm:x"])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(pttl > 59_000 && pttl <= 61_000, "{pttl}");
+    let scores = redis
+        .command(&["ZRANGE", "exact:leases:x", "0", "-1", "WITHSCORES"])
+        .unwrap();
+    let score = scores.lines().nth(1).unwrap().trim();
+    let score: u64 = score.parse().expect("an integer score");
+    assert!(score > u64::from(u32::MAX));
+    assert!(score >= before / 1000 + 3_000_000_000_000, "{score}");
+    assert!(score <= after / 1000 + 3_000_000_000_000, "{score}");
+    // Its time is ahead of the clock now: the next slot is exactly one interval later.
+    let Verdict::Admitted(Some(_second)) = l.admit(None).await.unwrap() else {
+        panic!()
+    };
+    let tat2 = stored_us(&redis.command(&["GET", "exact:rpm:x"]).unwrap());
+    assert_eq!(tat2, (tat1 as f64 + interval).ceil() as u64);
+}
+
+/// Keys of the same limits load one script into Redis between them.
+#[tokio::test]
+async fn keys_of_one_shape_share_one_script_in_redis() {
+    let redis = RedisServer::start();
+    let s = store(&redis, "shared:");
+    for label in ["a", "b", "c"] {
+        let l = limits_labelled(&s, label, Some(1000), Some(100_000));
+        assert!(matches!(
+            l.admit(None).await.unwrap(),
+            Verdict::Admitted(None)
+        ));
+    }
+    let other = limits_labelled(&s, "d", Some(999), Some(100_000));
+    assert!(matches!(
+        other.admit(None).await.unwrap(),
+        Verdict::Admitted(None)
+    ));
+    let info = redis.command(&["INFO", "memory"]).unwrap();
+    let cached = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("number_of_cached_scripts:"))
+        .unwrap();
+    assert_eq!(cached, "2", "{info}");
+}
+
+fn limits_labelled(
+    s: &Arc<Store>,
+    label: &str,
+    rpm: Option<u32>,
+    tpm: Option<u64>,
+) -> SharedLimits {
+    SharedLimits::new(s, label, rpm, tpm, None)
 }

@@ -51,13 +51,9 @@ impl Plugins {
         data: &str,
         stream: &mut EventStream,
     ) -> Result<EventVerdict, ScriptFailure> {
-        let Some(first) = self.first_with(Hook::Event) else {
-            return Ok(EventVerdict::Unchanged);
-        };
-        if self.run_blind(Hook::Event)? {
-            return Ok(EventVerdict::Unchanged);
-        }
         let reach = &self.reach[Hook::Event.index()];
+        // Hooks that reach `ev.data` whole, write it, let it escape, or reach nothing (the
+        // blind ones) take the per-event path.
         let fields = match reach.body() {
             BodyReach::Fields(fields) if !reach.body_writes() && !reach.escapes() => fields,
             _ => {
@@ -68,6 +64,9 @@ impl Plugins {
                 stream.ctx = Dynamic::from_map(ctx);
                 return verdict;
             }
+        };
+        let Some(first) = self.first_with(Hook::Event) else {
+            return Ok(EventVerdict::Unchanged);
         };
         let given = self.given[Hook::Event.index()];
         let keys = 1 + usize::from(given.ctx) + usize::from(given.drop);

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use redis::Script;
 
+use super::admit_queue::{AdmitQueue, Entry};
 use super::admit_script::{self, Shape};
 use super::writer::Write;
 use super::{Store, StoreError};
@@ -101,9 +102,11 @@ pub struct SharedLimits {
     script: Arc<Script>,
     /// The same with the key's budget checked first, built on the first call that asks.
     budget_script: OnceLock<Arc<Script>>,
-    rpm_key: String,
+    rpm_key: Arc<str>,
     tpm_key: Arc<str>,
     lease_key: Arc<str>,
+    /// Admissions that arrive while one of this key's is in flight, sent as one batch.
+    queue: Arc<AdmitQueue>,
 }
 
 pub(super) static CHARGE_SCRIPT: std::sync::LazyLock<Script> =
@@ -130,6 +133,16 @@ impl SharedLimits {
             lease_ttl_ms: store.lease_ttl_ms,
             budget: false,
         };
+        let rpm_key: Arc<str> = store.key("rpm", label).into();
+        let tpm_key: Arc<str> = store.key("tpm", label).into();
+        let lease_key: Arc<str> = store.key("leases", label).into();
+        let queue = Arc::new(AdmitQueue::new(
+            store,
+            &shape,
+            shape.tpm.then(|| tpm_key.clone()),
+            (max_concurrent > 0).then(|| lease_key.clone()),
+            shape.rpm_interval.as_ref().map(|_| rpm_key.clone()),
+        ));
         SharedLimits {
             store: store.clone(),
             tpm,
@@ -138,9 +151,10 @@ impl SharedLimits {
             script: admit_script::variant(&shape),
             shape,
             budget_script: OnceLock::new(),
-            rpm_key: store.key("rpm", label),
-            tpm_key: store.key("tpm", label).into(),
-            lease_key: store.key("leases", label).into(),
+            rpm_key,
+            tpm_key,
+            lease_key,
+            queue,
         }
     }
 
@@ -154,16 +168,37 @@ impl SharedLimits {
     }
 
     /// One round trip: the budget (when given), tpm room, a lease, an rpm slot, or which
-    /// limit refused and for how long. Nothing to check: no round trip.
+    /// limit refused and for how long. Nothing to check: no round trip. While an admission of
+    /// this key is in flight, one without a budget joins the next batch ([`super::admit_queue`]).
     pub async fn admit(&self, budget: Option<BudgetCheck<'_>>) -> Result<Verdict, StoreError> {
         if budget.is_none() && !self.limits_anything() {
             return Ok(Verdict::Admitted(None));
         }
         let store = &self.store;
-        let lease_id = (self.max_concurrent > 0).then(|| store.leases.next_id());
-        let member = lease_id
-            .map(|id| store.leases.member(id))
-            .unwrap_or_default();
+        let lease = (self.max_concurrent > 0).then(|| {
+            let id = store.leases.next_id();
+            (id, store.leases.member(id))
+        });
+        if budget.is_some() {
+            return self.admit_alone(budget, lease).await;
+        }
+        match self.queue.enter(lease) {
+            Entry::Call(_turn, lease) => self.admit_alone(None, lease).await,
+            Entry::Wait(received) => self.queue.wait(received).await,
+        }
+    }
+
+    /// One call of the key's own script for one request.
+    async fn admit_alone(
+        &self,
+        budget: Option<BudgetCheck<'_>>,
+        lease: Option<(u64, String)>,
+    ) -> Result<Verdict, StoreError> {
+        let store = &self.store;
+        let (lease_id, member) = match lease {
+            Some((id, member)) => (Some(id), member),
+            None => (None, String::new()),
+        };
         let script = match budget {
             Some(_) => self.budget_script.get_or_init(|| {
                 admit_script::variant(&Shape {
@@ -188,7 +223,7 @@ impl SharedLimits {
                     inv.key(&*self.lease_key).arg(member_arg);
                 }
                 if self.has_rpm {
-                    inv.key(&self.rpm_key);
+                    inv.key(&*self.rpm_key);
                 }
                 if let Some(b) = &budget {
                     inv.arg(b.field).arg(b.limit);
@@ -196,30 +231,11 @@ impl SharedLimits {
                 inv.invoke_async(&mut conn).await
             })
             .await?;
-        let limit = match answer % 8 {
-            0 if answer == 0 => {
-                let lease = lease_id.map(|id| {
-                    store.leases.insert(id, self.lease_key.clone(), member);
-                    Lease {
-                        store: store.clone(),
-                        id,
-                    }
-                });
-                return Ok(Verdict::Admitted(lease));
-            }
-            1 => Limit::Rpm,
-            2 => Limit::Tpm,
-            3 => Limit::Concurrency,
-            4 => Limit::Budget,
-            _ => return Err(StoreError::Protocol),
-        };
-        Ok(Verdict::Limited {
-            limit,
-            wait: match limit {
-                Limit::Budget => Duration::ZERO,
-                _ => Duration::from_millis((answer / 8).max(1)),
-            },
-        })
+        if answer != 0 {
+            return refusal(answer);
+        }
+        let lease = lease_id.map(|id| Lease::taken(store, id, self.lease_key.clone(), member));
+        Ok(Verdict::Admitted(lease))
     }
 
     /// Charges real usage against the shared tpm, through the store's writer (off the request
@@ -236,11 +252,41 @@ impl SharedLimits {
     }
 }
 
+/// The verdict of a script's non-zero answer: `wait_ms * 8 + limit`.
+pub(super) fn refusal(answer: u64) -> Result<Verdict, StoreError> {
+    let limit = match answer % 8 {
+        1 => Limit::Rpm,
+        2 => Limit::Tpm,
+        3 => Limit::Concurrency,
+        4 => Limit::Budget,
+        _ => return Err(StoreError::Protocol),
+    };
+    Ok(Verdict::Limited {
+        limit,
+        wait: match limit {
+            Limit::Budget => Duration::ZERO,
+            _ => Duration::from_millis((answer / 8).max(1)),
+        },
+    })
+}
+
 /// A `max_concurrent` slot held in the store; released when dropped (with the response),
 /// through the store's writer.
 pub struct Lease {
     store: Arc<Store>,
     id: u64,
+}
+
+impl Lease {
+    /// The lease Redis just added as `member` of `set`, kept in this process's book (renewed
+    /// until dropped).
+    pub(super) fn taken(store: &Arc<Store>, id: u64, set: Arc<str>, member: String) -> Lease {
+        store.leases.insert(id, set, member);
+        Lease {
+            store: store.clone(),
+            id,
+        }
+    }
 }
 
 impl std::fmt::Debug for Lease {

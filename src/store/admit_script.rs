@@ -125,25 +125,128 @@ impl Shape {
     }
 }
 
+impl Shape {
+    /// The batch form of the script (without a budget): `ARGV` holds the lease members of the
+    /// requests in the batch in their order (with `max_concurrent`), else only their number.
+    /// It admits the longest prefix of the batch the key's limits allow, exactly as that many
+    /// single admissions at one instant would (GCRA stepped once per request, the lease set
+    /// filled to `max_concurrent`), and answers `{admitted, code}`: `code` is the single
+    /// script's refusal of the first request it did not admit (0 when it admitted them all),
+    /// which every later request of the batch shares.
+    pub fn batch_text(&self) -> String {
+        let mut keys = 0;
+        let mut next_key = || {
+            keys += 1;
+            keys
+        };
+        let tpm_key = self.tpm.then(&mut next_key);
+        let lease_key = (self.max_concurrent > 0).then(&mut next_key);
+        let rpm_key = self.rpm_interval.as_ref().map(|_| next_key());
+
+        let mut s = String::with_capacity(1536);
+        s.push_str(if lease_key.is_some() {
+            "local n = #ARGV\n"
+        } else {
+            "local n = tonumber(ARGV[1])\n"
+        });
+        s.push_str(
+            "local t = redis.call('TIME')\nlocal now = t[1] * 1000000 + t[2]\nlocal refused = 0\n",
+        );
+        if let Some(k) = tpm_key {
+            let _ = write!(
+                s,
+                "local spent = redis.call('GET', KEYS[{k}])\n\
+                 if spent then\n\
+                 \x20 local ahead = spent * 1000 - now - 60000000\n\
+                 \x20 if ahead >= 0 then return {{0, (math.ceil(ahead / 1000) + 1) * 8 + 2}} end\n\
+                 end\n"
+            );
+        }
+        if let Some(k) = lease_key {
+            let maxc = self.max_concurrent;
+            let _ = write!(
+                s,
+                "local held = redis.call('ZCARD', KEYS[{k}])\n\
+                 if held + n > {maxc} then\n\
+                 \x20 redis.call('ZREMRANGEBYSCORE', KEYS[{k}], '-inf', string.format('%d', now / 1000))\n\
+                 \x20 held = redis.call('ZCARD', KEYS[{k}])\n\
+                 \x20 if held >= {maxc} then return {{0, 8003}} end\n\
+                 \x20 if held + n > {maxc} then n = {maxc} - held; refused = 8003 end\n\
+                 end\n"
+            );
+        }
+        if let (Some(k), Some(interval)) = (rpm_key, &self.rpm_interval) {
+            let _ = write!(
+                s,
+                "local tat = (redis.call('GET', KEYS[{k}]) or 0) * 1000\n\
+                 if tat < now then tat = now end\n\
+                 local admitted = 0\n\
+                 while admitted < n do\n\
+                 \x20 local next_tat = math.ceil(tat + {interval})\n\
+                 \x20 local ahead = next_tat - now\n\
+                 \x20 if ahead > 60000000 then refused = math.ceil((ahead - 60000000) / 1000) * 8 + 1; break end\n\
+                 \x20 tat = next_tat\n\
+                 \x20 admitted = admitted + 1\n\
+                 end\n\
+                 if admitted == 0 then return {{0, refused}} end\n\
+                 n = admitted\n\
+                 redis.call('PSETEX', KEYS[{k}], '{RPM_KEY_TTL_MS}', string.format('%d.%03d', tat / 1000, tat % 1000))\n"
+            );
+        }
+        if let Some(k) = lease_key {
+            let ttl = self.lease_ttl_ms;
+            let _ = write!(
+                s,
+                "local score = string.format('%d', now / 1000 + {ttl})\n\
+                 local add = {{}}\n\
+                 for i = 1, n do\n\
+                 \x20 add[2 * i - 1] = score\n\
+                 \x20 add[2 * i] = ARGV[i]\n\
+                 end\n\
+                 redis.call('ZADD', KEYS[{k}], unpack(add))\n"
+            );
+        }
+        s.push_str("return {n, refused}\n");
+        s
+    }
+}
+
 /// How long the rpm key lives after an admission wrote it: the longest an admission can put
 /// its time ahead (60 s) plus the second the generic script kept it past that time.
 pub(super) const RPM_KEY_TTL_MS: u64 = 61_000;
 
-/// Live variants by shape.
-static VARIANTS: Mutex<Option<HashMap<Shape, Weak<Script>>>> = Mutex::new(None);
+/// A variant's identity: its shape, and whether it is the batch form.
+type VariantId = (Shape, bool);
+
+/// Live variants by shape and form.
+static VARIANTS: Mutex<Option<HashMap<VariantId, Weak<Script>>>> = Mutex::new(None);
 
 /// The script of `shape`: the one already in use by another key of the same shape, else a new
 /// one.
 pub(super) fn variant(shape: &Shape) -> Arc<Script> {
+    shared(shape, false)
+}
+
+/// The batch form of `shape`'s script ([`Shape::batch_text`]), shared the same way.
+pub(super) fn batch_variant(shape: &Shape) -> Arc<Script> {
+    shared(shape, true)
+}
+
+fn shared(shape: &Shape, batch: bool) -> Arc<Script> {
+    let text = || match batch {
+        true => shape.batch_text(),
+        false => shape.text(),
+    };
     let Ok(mut guard) = VARIANTS.lock() else {
-        return Arc::new(Script::new(&shape.text()));
+        return Arc::new(Script::new(&text()));
     };
     let map = guard.get_or_insert_with(HashMap::new);
-    if let Some(script) = map.get(shape).and_then(Weak::upgrade) {
+    let id = (shape.clone(), batch);
+    if let Some(script) = map.get(&id).and_then(Weak::upgrade) {
         return script;
     }
     map.retain(|_, w| w.strong_count() > 0);
-    let script = Arc::new(Script::new(&shape.text()));
-    map.insert(shape.clone(), Arc::downgrade(&script));
+    let script = Arc::new(Script::new(&text()));
+    map.insert(id, Arc::downgrade(&script));
     script
 }

@@ -14,6 +14,7 @@
 //! that keep the `store:` section keep its connection, leases and background tasks.
 
 pub mod admission;
+mod admit_queue;
 mod admit_script;
 pub mod cooldown;
 pub mod usage;
@@ -129,16 +130,22 @@ impl Store {
         let unusable = |e: redis::RedisError| {
             format!("store.url is not a usable Redis URL ({})", e.category())
         };
+        // Every admission is a small write awaited on the request path: Nagle's algorithm would
+        // hold one written while an earlier write (another admission, the writer's pipeline)
+        // is unacknowledged until Redis answers that one.
+        let info = redis::IntoConnectionInfo::into_connection_info(config.url.expose())
+            .map_err(unusable)?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         let client = match &config.ca_pem {
             // A private CA's roots instead of the built-in web roots.
             Some(pem) => redis::Client::build_with_tls(
-                config.url.expose(),
+                info,
                 redis::TlsCertificates {
                     client_tls: None,
                     root_cert: Some(pem.clone()),
                 },
             ),
-            None => redis::Client::open(config.url.expose()),
+            None => redis::Client::open(info),
         }
         .map_err(unusable)?;
         let manager_config = ConnectionManagerConfig::new()

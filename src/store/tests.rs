@@ -575,3 +575,129 @@ fn limits_labelled(
 ) -> SharedLimits {
     SharedLimits::new(s, label, rpm, tpm, None)
 }
+
+/// Calls of `EVALSHA` Redis has answered since its last `CONFIG RESETSTAT`.
+fn evalsha_calls(redis: &RedisServer) -> u64 {
+    let stats = redis.command(&["INFO", "commandstats"]).unwrap();
+    stats
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// Admissions of one key that arrive while one is in flight go to Redis as one batch, and
+/// the batch decides as single admissions in their order would: for every shape of limits
+/// (rpm 2, tpm 60, max_concurrent 2), six at once admit the first ones the limits allow and
+/// refuse the rest with the limit the single script checks first.
+#[tokio::test]
+async fn concurrent_admissions_go_as_one_batch_and_decide_as_single_ones() {
+    let redis = RedisServer::start();
+    let s = store(&redis, "batch:");
+    for i in 1..8u32 {
+        let (rpm, tpm, conc) = (i & 1 != 0, i & 2 != 0, i & 4 != 0);
+        let limits = |label: &str| {
+            SharedLimits::new(
+                &s,
+                label,
+                rpm.then_some(2),
+                tpm.then_some(60),
+                conc.then_some(2),
+            )
+        };
+        // Another key of the same shape loads both scripts into Redis first, so the calls
+        // counted below are the admissions' own (no NOSCRIPT retries).
+        let warm = limits(&format!("w{i}"));
+        drop(futures_util::future::join_all((0..3).map(|_| warm.admit(None))).await);
+        let l = limits(&format!("k{i}"));
+        redis.command(&["CONFIG", "RESETSTAT"]).unwrap();
+        let verdicts = futures_util::future::join_all((0..6).map(|_| l.admit(None))).await;
+        assert_eq!(
+            evalsha_calls(&redis),
+            2,
+            "shape {i}: the first alone, the five that queued behind it as one batch"
+        );
+        let allowed = if rpm || conc { 2 } else { 6 };
+        for (j, v) in verdicts.iter().enumerate() {
+            match v {
+                Ok(Verdict::Admitted(lease)) => {
+                    assert!(j < allowed, "shape {i}: request {j} admitted");
+                    assert_eq!(lease.is_some(), conc, "shape {i}");
+                }
+                Ok(Verdict::Limited { limit, wait }) => {
+                    assert!(j >= allowed, "shape {i}: request {j} refused");
+                    let first = if conc { Limit::Concurrency } else { Limit::Rpm };
+                    assert_eq!(*limit, first, "shape {i}");
+                    assert!(*wait > Duration::ZERO);
+                }
+                Err(e) => panic!("shape {i}: {e}"),
+            }
+        }
+        if conc {
+            let held = redis
+                .command(&["ZCARD", &format!("batch:leases:k{i}")])
+                .unwrap();
+            assert_eq!(held.trim(), "2", "shape {i}");
+        }
+    }
+}
+
+/// A batch steps the rpm key's time once per admitted request, exactly as that many single
+/// admissions: one alone, then three at once (one alone and a batch of two) leave it four
+/// intervals on, each rounded up to the µs as the single script rounds it.
+#[tokio::test]
+async fn a_batch_steps_the_rpm_time_as_single_admissions_do() {
+    let redis = RedisServer::start();
+    let s = store(&redis, "steps:");
+    let l = SharedLimits::new(&s, "x", Some(7), None, None);
+    let interval = 60_000_000.0 / 7.0f64;
+    assert!(matches!(
+        l.admit(None).await.unwrap(),
+        Verdict::Admitted(None)
+    ));
+    let tat1 = stored_us(&redis.command(&["GET", "steps:rpm:x"]).unwrap());
+    let verdicts = futures_util::future::join_all((0..3).map(|_| l.admit(None))).await;
+    assert!(verdicts
+        .iter()
+        .all(|v| matches!(v, Ok(Verdict::Admitted(None)))));
+    let mut expected = tat1 as f64;
+    for _ in 0..3 {
+        expected = (expected + interval).ceil();
+    }
+    let tat4 = stored_us(&redis.command(&["GET", "steps:rpm:x"]).unwrap());
+    assert_eq!(tat4, expected as u64);
+}
+
+/// A request queued behind a call that gets no answer waits `timeout_ms` from the moment it
+/// queued, not that call's time plus its own; once Redis answers again the key admits again.
+#[tokio::test]
+async fn queued_admissions_wait_no_longer_than_timeout_ms() {
+    let redis = RedisServer::start();
+    let s = store(&redis, "paused:");
+    let l = SharedLimits::new(&s, "x", Some(1000), None, Some(10));
+    assert!(matches!(
+        l.admit(None).await.unwrap(),
+        Verdict::Admitted(Some(_))
+    ));
+    redis.pause();
+    let started = Instant::now();
+    let verdicts = futures_util::future::join_all((0..5).map(|_| async {
+        let v = l.admit(None).await;
+        (v, started.elapsed())
+    }))
+    .await;
+    redis.resume();
+    for (v, took) in &verdicts {
+        assert!(matches!(v, Err(StoreError::Timeout)), "{v:?}");
+        // timeout_ms is 200 ms here; the margin is for a loaded machine.
+        assert!(*took < Duration::from_millis(450), "{took:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(Verdict::Admitted(Some(_))) = l.admit(None).await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the key never admitted again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

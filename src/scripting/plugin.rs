@@ -30,7 +30,7 @@ use super::scopes;
 
 pub use super::engine::ScriptLimits;
 pub use super::failure::{ScriptCompileError, ScriptFailure};
-pub use super::partial::Renames;
+pub use super::partial::{Aliases, Renames};
 
 /// One configured plugin, before compilation.
 #[derive(Debug, Clone)]

@@ -154,3 +154,77 @@ async fn events_no_hook_changed_are_relayed_as_they_came() {
         assert_eq!(text, expected, "{tag}");
     }
 }
+
+/// The header lines of the last request `up` received, without the request id (new for each
+/// request).
+fn received_header_lines(up: &Upstream) -> Vec<String> {
+    let received = up.received();
+    let request = received.last().expect("the upstream got the request");
+    let text = String::from_utf8_lossy(request);
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    head.lines()
+        .skip(1)
+        .filter(|l| !l.to_ascii_lowercase().starts_with("x-request-id:"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Posts `BODY` with `head` (header lines) on a socket of its own; waits until `up` has it.
+async fn post_raw(env: &Env, up: &Upstream, head: &str) {
+    use tokio::io::AsyncWriteExt;
+    let before = up.received().len();
+    let mut s = tokio::net::TcpStream::connect(env.gateway.addr)
+        .await
+        .unwrap();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\n{head}content-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    for _ in 0..500 {
+        if up.received().len() > before {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the upstream got no request");
+}
+
+#[tokio::test]
+async fn headers_no_hook_names_go_upstream_as_when_a_hook_reads_them() {
+    // The first hook never names `req.headers` (they are not copied for it), the second reads
+    // them (copied without the ones scripts never see).
+    let rename = r#"if type_of(req.body) == "map" { req.body.rename_keys(#{model: "model_id"}); }"#;
+    let blind = plugin(
+        "headers_blind",
+        &format!("fn on_request(req) {{ {rename} }}"),
+    );
+    let reads = plugin(
+        "headers_read",
+        &format!("fn on_request(req) {{ let h = req.headers; {rename} }}"),
+    );
+    let common = format!(
+        "host: gw.example\r\nauthorization: Bearer {CLIENT_KEY}\r\nx-first: 1\r\n\
+         content-type: application/json\r\nproxy-authorization: secret\r\n\
+         keep-alive: timeout=5\r\nx-listed: 1\r\nx-last: 2\r\n"
+    );
+    let heads = [
+        common.clone(),
+        // A `Connection` header naming another header.
+        format!("{common}connection: x-listed\r\n"),
+    ];
+    for head in &heads {
+        let mut lines = Vec::new();
+        for p in [&blind, &reads] {
+            let up = upstream(Mode::Raw(raw_answer("application/json", ANSWER), false)).await;
+            let env = gateway_for(&up, &plugins_yaml(&[p.clone()])).await;
+            post_raw(&env, &up, head).await;
+            let body: serde_json::Value = serde_json::from_slice(&received_body(&up)).unwrap();
+            assert_eq!(body["model_id"], "m", "{head}");
+            lines.push(received_header_lines(&up));
+        }
+        assert_eq!(lines[0], lines[1], "{head}");
+        assert!(lines[0].iter().any(|l| l == "x-first: 1"), "{lines:?}");
+        assert!(!lines[0].iter().any(|l| l.contains("secret")), "{lines:?}");
+    }
+}

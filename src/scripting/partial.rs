@@ -50,10 +50,12 @@ impl Aliases {
     /// Whether these are exactly `pairs`, in the same order (no allocation).
     pub fn is(&self, pairs: &[(String, String)]) -> bool {
         self.0.len() == pairs.len()
-            && self
-                .pairs()
-                .zip(pairs)
-                .all(|((from, to), (f, t))| from == f && to.as_str() == t)
+            && self.0.iter().zip(pairs).all(|((from, to), (f, t))| {
+                from.as_str() == f
+                    && to
+                        .read_lock::<ImmutableString>()
+                        .is_some_and(|to| to.as_str() == t)
+            })
     }
 
     /// The pairs as owned strings, for the JSON helpers that take them.

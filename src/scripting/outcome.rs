@@ -47,7 +47,9 @@ pub(super) fn thrown(value: &Dynamic) -> Result<(u16, String), String> {
 }
 
 pub(super) fn field(fields: &mut Map, name: &str) -> Dynamic {
-    fields.remove(name).unwrap_or(Dynamic::UNIT)
+    // Taken in place, not removed: the map is dropped whole after, and a removal would
+    // rebalance its tree first.
+    fields.get_mut(name).map_or(Dynamic::UNIT, std::mem::take)
 }
 
 pub(super) fn take_ctx(fields: &mut Map) -> Result<Map, String> {

@@ -26,8 +26,15 @@ pub(crate) struct RenameLog(pub Renames);
 impl RenameLog {
     /// `rename_keys` on the stand-in: the same check of `aliases` as on a real map, then kept
     /// as it came (the by-value argument is the script's copy already).
-    pub(crate) fn record(&mut self, aliases: Map) -> Result<(), String> {
+    pub(crate) fn record(&mut self, mut aliases: Map) -> Result<(), String> {
         check_aliases(&aliases)?;
+        // A name shared with a closure could change after this call: kept as it is now, as
+        // renaming a real map would have used it.
+        for to in aliases.values_mut() {
+            if to.is_shared() {
+                *to = to.flatten_clone();
+            }
+        }
         self.0.push(Aliases(aliases));
         Ok(())
     }
@@ -307,6 +314,14 @@ mod tests {
         assert!(recorded.is(&pairs));
         assert!(!recorded.is(&pairs[..1]));
         assert!(!recorded.is(&[pairs[1].clone(), pairs[0].clone()]));
+        // A shared name is kept as it was when recorded.
+        let mut shared = Dynamic::from("c").into_shared();
+        let mut later = Map::new();
+        later.insert("a".into(), shared.clone());
+        log.record(later).unwrap();
+        *shared.write_lock::<ImmutableString>().unwrap() = "d".into();
+        assert_eq!(log.0[1].to_vec(), [("a".to_owned(), "c".to_owned())]);
+        log.0.truncate(1);
         aliases.insert("n".into(), Dynamic::from_int(1));
         assert!(log.record(aliases).is_err());
         assert_eq!(log.0.len(), 1);

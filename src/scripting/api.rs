@@ -195,11 +195,6 @@ fn to_json_at(value: &Dynamic, depth: usize) -> Result<Value, String> {
 /// then the map's values are walked. These are the seed's `field_aliases` rules. Native because
 /// a script walk of a chat body costs ~100 µs per request in release builds; this costs ~1 µs.
 pub(crate) fn rename_keys(map: &mut Map, aliases: &Map) -> Result<(), String> {
-    // The stand-in body of a hook that only renames: record, the JSON is renamed after.
-    if let Some(mut log) = super::partial::rename_log(map) {
-        log.0.push(alias_list(aliases)?);
-        return Ok(());
-    }
     let pairs = alias_pairs(aliases)?;
     rename_in_map(map, &pairs, 0)
 }
@@ -219,6 +214,21 @@ pub(crate) fn rename_keys_in_array(items: &mut rhai::Array, aliases: &Map) -> Re
     rename_in_array(items, &pairs, 0)
 }
 
+/// The error [`rename_keys`] gives for `aliases`, if any (the check alone, nothing built).
+pub(crate) fn check_aliases(aliases: &Map) -> Result<(), String> {
+    match aliases
+        .iter()
+        .find(|(_, to)| to.read_lock::<rhai::ImmutableString>().is_none())
+    {
+        Some((from, _)) => Err(bad_alias(from)),
+        None => Ok(()),
+    }
+}
+
+fn bad_alias(from: &str) -> String {
+    format!("rename_keys: the new name for {from:?} must be a string")
+}
+
 type Aliases<'a> = [(&'a str, rhai::ImmutableString)];
 
 fn alias_pairs(aliases: &Map) -> Result<Vec<(&str, rhai::ImmutableString)>, String> {
@@ -227,7 +237,7 @@ fn alias_pairs(aliases: &Map) -> Result<Vec<(&str, rhai::ImmutableString)>, Stri
         .map(|(from, to)| {
             to.read_lock::<rhai::ImmutableString>()
                 .map(|to| (from.as_str(), to.clone()))
-                .ok_or_else(|| format!("rename_keys: the new name for {from:?} must be a string"))
+                .ok_or_else(|| bad_alias(from))
         })
         .collect()
 }

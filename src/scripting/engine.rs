@@ -15,6 +15,7 @@ use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map, Position
 use sha2::{Digest, Sha256};
 
 use super::api::{dynamic_to_json, json_to_dynamic, rename_keys, rename_keys_in_array};
+use super::partial::RenameLog;
 
 /// The hooks a plugin may define, by the names scripts use.
 pub const HOOK_NAMES: [&str; 3] = ["on_request", "on_response", "on_event"];
@@ -163,6 +164,15 @@ fn register_helpers(engine: &mut Engine) {
         "rename_keys",
         |items: &mut Array, aliases: Map| -> Result<(), Box<EvalAltResult>> {
             rename_keys_in_array(items, &aliases).map_err(Into::into)
+        },
+    );
+    // The stand-in body of hooks that only rename (see `partial::RenameLog`): a `map` to
+    // `type_of`, and its `rename_keys` records.
+    engine.register_type_with_name::<RenameLog>("map");
+    engine.register_fn(
+        "rename_keys",
+        |log: &mut RenameLog, aliases: Map| -> Result<(), Box<EvalAltResult>> {
+            log.record(aliases).map_err(Into::into)
         },
     );
 

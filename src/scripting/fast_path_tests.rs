@@ -136,6 +136,34 @@ fn a_bad_alias_fails_the_same_way_on_both_paths() {
 }
 
 #[test]
+fn the_stand_in_body_is_a_map_to_every_hook() {
+    let specs = [
+        field_aliases(),
+        r#"fn on_request(req) { req.headers["x-type"] = type_of(req.body); }"#,
+    ]
+    .iter()
+    .map(|src| PluginSpec {
+        name: "p.rhai".into(),
+        source: (*src).into(),
+        params: json!({"a": "b"}),
+    })
+    .collect();
+    let plugins = Plugins::compile(specs, ScriptLimits::default()).unwrap();
+    assert_eq!(plugins.body_reach(0), &reach::BodyReach::Renamed);
+    let mut req = request(json!({"a": 1}));
+    assert!(plugins.on_request_edited(&mut req).unwrap().body);
+    assert_eq!(req.body, json!({"b": 1}));
+    assert_eq!(req.headers["x-type"], "map");
+    // What `rename_keys` refuses on a map it refuses on the stand-in.
+    let bad = "fn on_request(req) { req.body.rename_keys(5); }";
+    let plugins = compile(bad, Value::Null);
+    assert_eq!(plugins.body_reach(0), &reach::BodyReach::Renamed);
+    assert!(plugins
+        .on_request_edited(&mut request(json!({"a": 1})))
+        .is_err());
+}
+
+#[test]
 fn several_renaming_plugins_apply_in_order() {
     let specs = [json!({"a": "b"}), json!({"b": "c"})]
         .into_iter()

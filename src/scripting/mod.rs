@@ -69,7 +69,7 @@ pub use api::{EventData, EventOutcome, ScriptEvent, ScriptRequest, ScriptRespons
 pub use bundled::bundled;
 pub use event_stream::EventStream;
 pub use plugin::{
-    Edited, EventVerdict, PluginSpec, Plugins, Renames, ScriptCompileError, ScriptFailure,
+    Aliases, Edited, EventVerdict, PluginSpec, Plugins, Renames, ScriptCompileError, ScriptFailure,
     ScriptLimits,
 };
 

@@ -5,6 +5,7 @@
 use rhai::{Dynamic, EvalAltResult, Map};
 
 use super::api::{check_headers, is_plain_data};
+use super::reach::Reach;
 
 /// The error that actually happened, under the "error in call to function ..." wrappers that
 /// calls through script functions add.
@@ -46,7 +47,9 @@ pub(super) fn thrown(value: &Dynamic) -> Result<(u16, String), String> {
 }
 
 pub(super) fn field(fields: &mut Map, name: &str) -> Dynamic {
-    fields.remove(name).unwrap_or(Dynamic::UNIT)
+    // Taken in place, not removed: the map is dropped whole after, and a removal would
+    // rebalance its tree first.
+    fields.get_mut(name).map_or(Dynamic::UNIT, std::mem::take)
 }
 
 pub(super) fn take_ctx(fields: &mut Map) -> Result<Map, String> {
@@ -81,39 +84,60 @@ pub(super) fn check_ctx(map: &Map) -> Result<(), String> {
 pub(super) struct Given {
     pub headers: bool,
     pub path: bool,
+    pub method: bool,
+    pub client_ip: bool,
+    pub key: bool,
     pub status: bool,
     pub ctx: bool,
     pub drop: bool,
+    /// The hooks reach nothing of their argument (see [`Reach::is_nothing`]).
+    pub nothing: bool,
 }
 
 impl Given {
-    pub(super) fn of(reach: &super::reach::Reach) -> Self {
+    /// Read once per generation: each call then tests a flag, not a name in a set.
+    pub(super) fn of(reach: &Reach) -> Self {
         Self {
             headers: reach.field("headers"),
             path: reach.field("path"),
+            method: reach.field("method"),
+            client_ip: reach.field("client_ip"),
+            key: reach.field("key"),
             status: reach.field("status"),
             ctx: reach.field("ctx"),
             drop: reach.field("drop"),
+            nothing: reach.is_nothing(),
+        }
+    }
+
+    /// Whether the argument is given the field `name`.
+    pub(super) fn field(&self, name: &str, reach: &Reach) -> bool {
+        match name {
+            "headers" => self.headers,
+            "path" => self.path,
+            "method" => self.method,
+            "client_ip" => self.client_ip,
+            "key" => self.key,
+            "status" => self.status,
+            "ctx" => self.ctx,
+            "drop" => self.drop,
+            _ => reach.field(name),
         }
     }
 }
 
 /// The fields of `req` other than its headers and body that `given` and `reach` name; `ctx`
 /// is moved out of `req`.
-pub(super) fn request_fields(
-    req: &mut super::api::ScriptRequest,
-    reach: &super::reach::Reach,
-    given: Given,
-) -> Map {
+pub(super) fn request_fields(req: &mut super::api::ScriptRequest, given: Given) -> Map {
     let mut arg = Map::new();
     let (path, method, ip, key) = (&req.path, &req.method, &req.client_ip, &req.key);
-    for (name, value) in [
-        ("path", path),
-        ("method", method),
-        ("client_ip", ip),
-        ("key", key),
+    for (name, value, named) in [
+        ("path", path, given.path),
+        ("method", method, given.method),
+        ("client_ip", ip, given.client_ip),
+        ("key", key, given.key),
     ] {
-        if reach.field(name) {
+        if named {
             arg.insert(name.into(), Dynamic::from(value.clone()));
         }
     }

@@ -3,38 +3,78 @@
 //! body no hook changed stays the value (and the bytes) it came as.
 //!
 //! A body the hooks only rename keys in (`body.rename_keys(aliases)`, see
-//! [`BodyReach::Renamed`]) is given to them as a stand-in map holding a [`RenameLog`]: the
-//! `rename_keys` helper records its aliases there, and [`merge`] renames the JSON value itself.
+//! [`BodyReach::Renamed`]) is given to them as a [`RenameLog`], a stand-in scripts see as a
+//! map: its `rename_keys` records the aliases, and [`merge`] renames the JSON value itself.
 
-use rhai::{Dynamic, Map};
+use rhai::{Dynamic, ImmutableString, Map};
 use serde_json::Value;
 
-use super::api::{alias_list, dynamic_to_json, json_to_dynamic};
+use super::api::{alias_list, check_aliases, dynamic_to_json, json_to_dynamic};
 use std::collections::BTreeMap;
 
 use super::api::{too_deep, MAX_DEPTH};
 use super::reach::{BodyReach, Part, Reach};
 
-/// The one key of the stand-in map a renaming-only hook gets as its body. The value under it
-/// is a [`RenameLog`], which no JSON converts to, so a real body is never taken for it.
-pub(crate) const RENAME_LOG_KEY: &str = "\u{0}rename_log";
-
-/// The aliases `rename_keys` was called with on the stand-in body, in call order, each as the
-/// (from, to) pairs in the order the script helper applies them.
+/// The body a renaming-only hook gets for a JSON object. The engine registers it under the
+/// name `map` (so `type_of` says what it would of the real body) with one method,
+/// `rename_keys`, which records its aliases here. A type of its own rather than a map holding
+/// a marker: `type_of(req.body)` copies the value, and this copies with two small allocations
+/// where a map needs a tree node too; and no script can make one.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RenameLog(pub Renames);
 
-/// The log of a stand-in body map, when `map` is one.
-pub(crate) fn rename_log(map: &mut Map) -> Option<rhai::DynamicWriteLock<'_, RenameLog>> {
-    if map.len() != 1 {
-        return None;
+impl RenameLog {
+    /// `rename_keys` on the stand-in: the same check of `aliases` as on a real map, then kept
+    /// as it came (the by-value argument is the script's copy already).
+    pub(crate) fn record(&mut self, mut aliases: Map) -> Result<(), String> {
+        check_aliases(&aliases)?;
+        // A name shared with a closure could change after this call: kept as it is now, as
+        // renaming a real map would have used it.
+        for to in aliases.values_mut() {
+            if to.is_shared() {
+                *to = to.flatten_clone();
+            }
+        }
+        self.0.push(Aliases(aliases));
+        Ok(())
     }
-    map.get_mut(RENAME_LOG_KEY)
-        .and_then(|v| v.write_lock::<RenameLog>())
 }
 
-/// Key renamings, each the (from, to) pairs of one `rename_keys` call in the order applied.
-pub type Renames = Vec<Vec<(String, String)>>;
+/// The aliases map one `rename_keys` call passed, every value a string (checked when
+/// recorded); applied in key order.
+#[derive(Debug, Clone, Default)]
+pub struct Aliases(Map);
+
+impl Aliases {
+    /// The (from, to) pairs in the order `rename_keys` applies them.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, ImmutableString)> + '_ {
+        self.0.iter().filter_map(|(from, to)| {
+            let to = to.clone().into_immutable_string().ok()?;
+            Some((from.as_str(), to))
+        })
+    }
+
+    /// Whether these are exactly `pairs`, in the same order (no allocation).
+    pub fn is(&self, pairs: &[(String, String)]) -> bool {
+        self.0.len() == pairs.len()
+            && self.0.iter().zip(pairs).all(|((from, to), (f, t))| {
+                from.as_str() == f
+                    && to
+                        .read_lock::<ImmutableString>()
+                        .is_some_and(|to| to.as_str() == t)
+            })
+    }
+
+    /// The pairs as owned strings, for the JSON helpers that take them.
+    pub fn to_vec(&self) -> Vec<(String, String)> {
+        self.pairs()
+            .map(|(from, to)| (from.to_owned(), to.to_string()))
+            .collect()
+    }
+}
+
+/// Key renamings, the aliases of each `rename_keys` call in call order.
+pub type Renames = Vec<Aliases>;
 
 /// The renamings recorded in `after`, the stand-in body of hooks that only rename (`None` for
 /// any other body).
@@ -43,8 +83,8 @@ pub(crate) fn take_renames(after: &mut Dynamic, reach: &BodyReach) -> Option<Ren
         return None;
     }
     after
-        .write_lock::<Map>()
-        .and_then(|mut m| rename_log(&mut m).map(|mut log| std::mem::take(&mut log.0)))
+        .write_lock::<RenameLog>()
+        .map(|mut log| std::mem::take(&mut log.0))
 }
 
 /// See [`Plugins::expected_renames`](super::Plugins::expected_renames): given each hook's
@@ -68,9 +108,14 @@ pub(crate) fn expected_renames<'a>(
 
 /// Applies `renames` to `json`; whether a key was renamed.
 pub(crate) fn apply_renames(json: &mut Value, renames: &Renames) -> Result<bool, String> {
+    // An empty object (the text path's stand-in for the body) has nothing to rename: no pairs
+    // are built for it.
+    if json.as_object().is_some_and(serde_json::Map::is_empty) {
+        return Ok(false);
+    }
     let mut changed = false;
     for aliases in renames {
-        changed |= rename_in_json(json, aliases, 0)?;
+        changed |= rename_in_json(json, &aliases.to_vec(), 0)?;
     }
     Ok(changed)
 }
@@ -82,9 +127,7 @@ pub(crate) fn to_script(json: &Value, reach: &BodyReach) -> Result<Option<Dynami
         return Ok(None);
     }
     if *reach == BodyReach::Renamed && json.is_object() {
-        let mut map = Map::new();
-        map.insert(RENAME_LOG_KEY.into(), Dynamic::from(RenameLog::default()));
-        return Ok(Some(Dynamic::from_map(map)));
+        return Ok(Some(Dynamic::from(RenameLog::default())));
     }
     match (json, reach) {
         // The named fields of a JSON object are all a hook can see of it.
@@ -256,6 +299,32 @@ mod tests {
 
     fn fields(names: &[&str]) -> BodyReach {
         BodyReach::Fields(names.iter().map(|s| (s.to_string(), Part::Whole)).collect())
+    }
+
+    #[test]
+    fn recorded_aliases_keep_their_order_and_compare_without_building() {
+        let mut log = RenameLog::default();
+        let mut aliases = Map::new();
+        aliases.insert("model".into(), Dynamic::from("model_id"));
+        aliases.insert("a".into(), Dynamic::from("b"));
+        log.record(aliases.clone()).unwrap();
+        let recorded = &log.0[0];
+        let pairs = [("a", "b"), ("model", "model_id")].map(|(f, t)| (f.into(), t.into()));
+        assert_eq!(recorded.to_vec(), pairs);
+        assert!(recorded.is(&pairs));
+        assert!(!recorded.is(&pairs[..1]));
+        assert!(!recorded.is(&[pairs[1].clone(), pairs[0].clone()]));
+        // A shared name is kept as it was when recorded.
+        let mut shared = Dynamic::from("c").into_shared();
+        let mut later = Map::new();
+        later.insert("a".into(), shared.clone());
+        log.record(later).unwrap();
+        *shared.write_lock::<ImmutableString>().unwrap() = "d".into();
+        assert_eq!(log.0[1].to_vec(), [("a".to_owned(), "c".to_owned())]);
+        log.0.truncate(1);
+        aliases.insert("n".into(), Dynamic::from_int(1));
+        assert!(log.record(aliases).is_err());
+        assert_eq!(log.0.len(), 1);
     }
 
     #[test]

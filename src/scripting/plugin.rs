@@ -30,7 +30,7 @@ use super::scopes;
 
 pub use super::engine::ScriptLimits;
 pub use super::failure::{ScriptCompileError, ScriptFailure};
-pub use super::partial::Renames;
+pub use super::partial::{Aliases, Renames};
 
 /// One configured plugin, before compilation.
 #[derive(Debug, Clone)]
@@ -244,7 +244,7 @@ impl Plugins {
         }
         let reach = &self.reach[Hook::Request.index()];
         let given = self.given[Hook::Request.index()];
-        let mut arg = request_fields(req, reach, given);
+        let mut arg = request_fields(req, given);
         if given.headers {
             arg.insert("headers".into(), headers_to_dynamic(&req.headers));
         }
@@ -413,7 +413,7 @@ impl Plugins {
     /// logs or counts): calls each with an empty map, which nothing reads back, and says so.
     /// Nothing is built, shared, checked or merged for such a call.
     pub(super) fn run_blind(&self, hook: Hook) -> Result<bool, ScriptFailure> {
-        if !self.reach[hook.index()].is_nothing() {
+        if !self.given[hook.index()].nothing {
             return Ok(false);
         }
         for plugin in self.plugins.iter().filter(|p| p.hooks[hook.index()]) {

@@ -12,7 +12,8 @@ impl Plugins {
 
     /// Whether an `on_request` hook can reach the argument's field `name` (`path`, `key`, …).
     pub fn request_reaches(&self, name: &str) -> bool {
-        self.reach[Hook::Request.index()].field(name)
+        let i = Hook::Request.index();
+        self.given[i].field(name, &self.reach[i])
     }
 
     /// Whether the `on_request` hooks use `req.body` only to rename keys in it

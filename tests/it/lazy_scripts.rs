@@ -154,3 +154,86 @@ async fn events_no_hook_changed_are_relayed_as_they_came() {
         assert_eq!(text, expected, "{tag}");
     }
 }
+
+/// The header lines of the last request `up` received, without those that differ between
+/// gateways or bodies (`host`, `x-request-id`, `content-length`).
+fn received_header_lines(up: &Upstream) -> Vec<String> {
+    let received = up.received();
+    let request = received.last().expect("the upstream got the request");
+    let text = String::from_utf8_lossy(request);
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    head.lines()
+        .skip(1)
+        .filter(|l| {
+            let name = l.split(':').next().unwrap_or_default().to_ascii_lowercase();
+            !matches!(name.as_str(), "host" | "x-request-id" | "content-length")
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Posts `BODY` with `head` (header lines) on a socket of its own; waits until `up` has it.
+async fn post_raw(env: &Env, up: &Upstream, head: &str) {
+    use tokio::io::AsyncWriteExt;
+    let before = up.received().len();
+    let mut s = tokio::net::TcpStream::connect(env.gateway.addr)
+        .await
+        .unwrap();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\n{head}content-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    for _ in 0..500 {
+        if up.received().len() > before {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the upstream got no request");
+}
+
+/// The header lines upstream got for `head`, through a gateway with the plugins `extra` sets.
+async fn header_lines_upstream(extra: &str, head: &str) -> Vec<String> {
+    let up = upstream(Mode::Raw(raw_answer("application/json", ANSWER), false)).await;
+    let env = gateway_for(&up, extra).await;
+    post_raw(&env, &up, head).await;
+    received_header_lines(&up)
+}
+
+#[tokio::test]
+async fn headers_no_hook_names_go_upstream_as_scripts_would_see_them() {
+    // This hook never names `req.headers`: they are not copied for it, and go upstream as the
+    // copy without the headers scripts never see would.
+    let blind = plugins_yaml(&[plugin(
+        "headers_blind",
+        r#"fn on_request(req) { if type_of(req.body) == "map" { req.body.rename_keys(#{model: "model_id"}); } }"#,
+    )]);
+    let common = format!(
+        "host: gw.example\r\nauthorization: Bearer {CLIENT_KEY}\r\nx-first: 1\r\n\
+         content-type: application/json\r\nproxy-authorization: secret\r\n\
+         keep-alive: timeout=5\r\nx-listed: 1\r\nx-last: 2\r\n"
+    );
+    // A `Connection` header naming another: scripts never see it, so the header it names is
+    // not dropped upstream as it is without scripts.
+    let connection = format!("{common}connection: x-listed\r\n");
+    let expected: Vec<String> = [
+        "x-first: 1",
+        "content-type: application/json",
+        "x-listed: 1",
+        "x-last: 2",
+        &format!("authorization: Bearer {UPSTREAM_KEY}"),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    assert_eq!(header_lines_upstream(&blind, &common).await, expected);
+    assert_eq!(header_lines_upstream(&blind, &connection).await, expected);
+    // Without scripts, the same lines (the order the client sent), and the listed one dropped.
+    assert_eq!(header_lines_upstream("", &common).await, expected);
+    let unlisted: Vec<String> = expected
+        .iter()
+        .filter(|l| !l.starts_with("x-listed"))
+        .cloned()
+        .collect();
+    assert_eq!(header_lines_upstream("", &connection).await, unlisted);
+}

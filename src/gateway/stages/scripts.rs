@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderName, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderName, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 
@@ -23,7 +23,7 @@ use crate::gateway::stages::routing::Plan;
 use crate::gateway::upstream::prepared::Target;
 use crate::http::headers::is_hop_by_hop;
 use crate::scripting::{
-    EventStream, EventVerdict, Plugins, ScriptFailure, ScriptRequest, ScriptResponse,
+    Aliases, EventStream, EventVerdict, Plugins, ScriptFailure, ScriptRequest, ScriptResponse,
 };
 
 /// The one mapping from a script failure to what the client sees: a thrown status and
@@ -135,7 +135,16 @@ pub fn on_request(
     };
     let mut sreq = ScriptRequest {
         body: body.unwrap_or_else(stand_in),
-        headers: visible_headers(&headers),
+        headers: if reaches("headers") || headers.contains_key(CONNECTION) {
+            visible_headers(&headers)
+        } else {
+            // Hooks that never name the headers cannot see them: they go on as they came,
+            // with no copy. The upstream stage never sends a header `visible_headers` hides,
+            // so it sends the same lines in the same order; only the names a `Connection`
+            // header lists differ (it drops them unless `visible_headers` dropped the
+            // `Connection` header first), hence the copy when there is one.
+            headers
+        },
         path: planned_path.clone(),
         method: if reaches("method") {
             view.method.as_str().to_owned()
@@ -175,17 +184,17 @@ pub fn on_request(
 /// cover a case (see [`TextRename::NeedsTree`]), to the parsed body, which then goes on.
 fn rename_text(
     bytes: &mut Bytes,
-    renames: &[Vec<(String, String)>],
+    renames: &[Aliases],
     mut scanned: Option<Scanned<'_>>,
     edits: &mut RequestEdits,
 ) -> Result<(), GatewayError> {
     for (i, aliases) in renames.iter().enumerate() {
         // The scan's positions hold for the text as it came: only for the first renaming.
-        let found = scanned.take().filter(|s| s.aliases == aliases.as_slice());
+        let found = scanned.take().filter(|s| aliases.is(s.aliases));
         let renamed = match found.map(|s| s.found) {
             Some(Renames::InText(found)) => apply_renames(bytes, &found),
             Some(Renames::NeedsTree) => TextRename::NeedsTree,
-            Some(Renames::NotScanned) | None => rename_keys_in_text(bytes, aliases),
+            Some(Renames::NotScanned) | None => rename_keys_in_text(bytes, &aliases.to_vec()),
         };
         match renamed {
             TextRename::Unchanged => {}
@@ -199,7 +208,7 @@ fn rename_text(
                 })?;
                 let mut changed = edits.text_edited;
                 for aliases in renames.iter().skip(i) {
-                    changed |= rename_fields(&mut tree, aliases);
+                    changed |= rename_fields(&mut tree, &aliases.to_vec());
                 }
                 edits.body = Some(tree);
                 edits.body_changed = changed;

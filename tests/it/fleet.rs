@@ -234,3 +234,60 @@ async fn a_pool_key_resting_on_one_replica_rests_on_the_others() {
     assert!(keys.contains("fleet:cooldown:spread:0"), "{keys}");
     assert!(!keys.contains("key-bad"), "{keys}");
 }
+
+/// Concurrent bursts on two replicas: each replica sends the admissions that queue behind one
+/// in flight as one batch call (`store::admit_queue`), and the fleet still admits exactly what
+/// the key's limits allow: six streams for `max_concurrent: 6`, the minute's 20 for `rpm: 20`.
+#[tokio::test]
+async fn concurrent_bursts_on_two_replicas_keep_the_limits_exact() {
+    let redis = RedisServer::start();
+    // Streams that stay open ~2 s, so the admitted ones hold their leases while the rest arrive.
+    let mock = mock_with(MockOptions {
+        itl: Duration::from_millis(100),
+        tokens: 20,
+        ..MockOptions::default()
+    })
+    .await;
+    let yaml = fleet_yaml(
+        &mock,
+        &redis,
+        "api_keys:\n  \"sk-burst\": { name: burst, rpm: 1000, max_concurrent: 6 }\n  \
+         \"sk-minute\": { name: minute, rpm: 20 }\n",
+    );
+    let replicas = [Replica::start(&yaml).await, Replica::start(&yaml).await];
+
+    let streams = futures_util::future::join_all(
+        (0..60).map(|i| replicas[i % 2].chat("sk-burst", "mock-model", true)),
+    )
+    .await;
+    let statuses: Vec<u16> = streams.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 200).count(),
+        6,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 429).count(),
+        54,
+        "{statuses:?}"
+    );
+    let held = redis.command(&["ZCARD", "fleet:leases:burst"]).unwrap();
+    assert_eq!(held.trim(), "6");
+    drop(streams);
+
+    let started = Instant::now();
+    let answers = futures_util::future::join_all(
+        (0..80).map(|i| replicas[i % 2].chat("sk-minute", "mock-model", false)),
+    )
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let ok = answers.iter().filter(|r| r.status() == 200).count() as u32;
+    let limited = answers.iter().filter(|r| r.status() == 429).count() as u32;
+    // GCRA: the minute's 20 at once, then one more every 3 s.
+    let bound = 20 + (20.0 * elapsed / 60.0).ceil() as u32;
+    assert!(
+        (20..=bound).contains(&ok),
+        "{ok} admitted in {elapsed:.1} s (bound {bound}), {limited} limited"
+    );
+    assert_eq!(ok + limited, 80);
+}

@@ -135,20 +135,25 @@ fn a_bad_alias_fails_the_same_way_on_both_paths() {
     }
 }
 
+/// Plugins of these sources, in order, each with the params `{"a": "b"}`.
+fn compile_all(sources: &[&str]) -> Plugins {
+    let specs = sources
+        .iter()
+        .map(|src| PluginSpec {
+            name: "p.rhai".into(),
+            source: (*src).into(),
+            params: json!({"a": "b"}),
+        })
+        .collect();
+    Plugins::compile(specs, ScriptLimits::default()).unwrap()
+}
+
 #[test]
 fn the_stand_in_body_is_a_map_to_every_hook() {
-    let specs = [
+    let plugins = compile_all(&[
         field_aliases(),
         r#"fn on_request(req) { req.headers["x-type"] = type_of(req.body); }"#,
-    ]
-    .iter()
-    .map(|src| PluginSpec {
-        name: "p.rhai".into(),
-        source: (*src).into(),
-        params: json!({"a": "b"}),
-    })
-    .collect();
-    let plugins = Plugins::compile(specs, ScriptLimits::default()).unwrap();
+    ]);
     assert_eq!(plugins.body_reach(0), &reach::BodyReach::Renamed);
     let mut req = request(json!({"a": 1}));
     assert!(plugins.on_request_edited(&mut req).unwrap().body);
@@ -181,19 +186,10 @@ fn several_renaming_plugins_apply_in_order() {
     assert_eq!(req.body, json!({"c": 1, "l": [{"c": 2}]}));
 
     // A renaming plugin next to one that names a field: the body is seen whole.
-    let both = [
+    let plugins = compile_all(&[
         field_aliases(),
         "fn on_request(req) { req.body.seen = req.body.b; }",
-    ];
-    let specs = both
-        .iter()
-        .map(|src| PluginSpec {
-            name: "p.rhai".into(),
-            source: (*src).into(),
-            params: json!({"a": "b"}),
-        })
-        .collect();
-    let plugins = Plugins::compile(specs, ScriptLimits::default()).unwrap();
+    ]);
     assert_eq!(plugins.body_reach(0), &reach::BodyReach::Whole);
     let mut req = request(json!({"a": 1}));
     plugins.on_request_edited(&mut req).unwrap();

@@ -48,18 +48,39 @@ pub(super) struct Shape {
     pub budget: bool,
 }
 
+/// The `KEYS` index of each Redis key a script of the shape takes (`None`: not taken), in the
+/// order [`Shape`] documents.
+struct KeySlots {
+    budget: Option<usize>,
+    tpm: Option<usize>,
+    lease: Option<usize>,
+    rpm: Option<usize>,
+}
+
 impl Shape {
-    /// The script's text.
-    pub fn text(&self) -> String {
+    /// Where each Redis key goes in `KEYS`; `budget`: whether the script takes the budget hash.
+    fn key_slots(&self, budget: bool) -> KeySlots {
         let mut keys = 0;
         let mut next_key = || {
             keys += 1;
             keys
         };
-        let budget_key = self.budget.then(&mut next_key);
-        let tpm_key = self.tpm.then(&mut next_key);
-        let lease_key = (self.max_concurrent > 0).then(&mut next_key);
-        let rpm_key = self.rpm_interval.as_ref().map(|_| next_key());
+        KeySlots {
+            budget: budget.then(&mut next_key),
+            tpm: self.tpm.then(&mut next_key),
+            lease: (self.max_concurrent > 0).then(&mut next_key),
+            rpm: self.rpm_interval.as_ref().map(|_| next_key()),
+        }
+    }
+
+    /// The script's text.
+    pub fn text(&self) -> String {
+        let KeySlots {
+            budget: budget_key,
+            tpm: tpm_key,
+            lease: lease_key,
+            rpm: rpm_key,
+        } = self.key_slots(self.budget);
         let mut args = 0;
         let mut next_arg = || {
             args += 1;
@@ -134,14 +155,12 @@ impl Shape {
     /// script's refusal of the first request it did not admit (0 when it admitted them all),
     /// which every later request of the batch shares.
     pub fn batch_text(&self) -> String {
-        let mut keys = 0;
-        let mut next_key = || {
-            keys += 1;
-            keys
-        };
-        let tpm_key = self.tpm.then(&mut next_key);
-        let lease_key = (self.max_concurrent > 0).then(&mut next_key);
-        let rpm_key = self.rpm_interval.as_ref().map(|_| next_key());
+        let KeySlots {
+            tpm: tpm_key,
+            lease: lease_key,
+            rpm: rpm_key,
+            ..
+        } = self.key_slots(false);
 
         let mut s = String::with_capacity(1536);
         s.push_str(if lease_key.is_some() {

@@ -211,6 +211,19 @@ fn traced_chat(env: &Env, trace_id: &str, body: serde_json::Value) -> reqwest::R
         .json(&body)
 }
 
+/// A streamed chat of `PROMPT` under `trace_id`; `usage`: asking for the usage event.
+async fn traced_stream(env: &Env, trace_id: &str, usage: bool) -> reqwest::Response {
+    let mut body = serde_json::json!({
+        "model": "gpt-stream",
+        "messages": [{"role": "user", "content": PROMPT}],
+        "stream": true,
+    });
+    if usage {
+        body["stream_options"] = serde_json::json!({"include_usage": true});
+    }
+    traced_chat(env, trace_id, body).send().await.unwrap()
+}
+
 #[tokio::test]
 async fn a_chat_continues_the_trace_with_genai_attributes_and_no_secrets() {
     let receiver = Receiver::start().await;
@@ -331,19 +344,7 @@ async fn a_stream_span_ends_with_the_last_event_and_reports_usage() {
     )
     .await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let resp = traced_chat(
-        &env,
-        trace_id,
-        serde_json::json!({
-            "model": "gpt-stream",
-            "messages": [{"role": "user", "content": PROMPT}],
-            "stream": true,
-            "stream_options": {"include_usage": true},
-        }),
-    )
-    .send()
-    .await
-    .unwrap();
+    let resp = traced_stream(&env, trace_id, true).await;
     assert_eq!(resp.status(), 200);
     let headers_at = now_nanos();
     let text = resp.text().await.unwrap();
@@ -400,18 +401,7 @@ async fn a_stream_that_breaks_off_ends_its_spans_as_errors() {
     )
     .await;
     let trace_id = "6bf92f3577b34da6a3ce929d0e0e4736";
-    let resp = traced_chat(
-        &env,
-        trace_id,
-        serde_json::json!({
-            "model": "gpt-stream",
-            "messages": [{"role": "user", "content": PROMPT}],
-            "stream": true,
-        }),
-    )
-    .send()
-    .await
-    .unwrap();
+    let resp = traced_stream(&env, trace_id, false).await;
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
     assert!(text.contains("upstream_idle_timeout"), "{text}");

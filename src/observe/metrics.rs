@@ -254,6 +254,7 @@ fn build() -> Metrics {
     );
     registry.register_collector(Box::new(ExternalCounters));
     registry.register_collector(Box::new(ProcessCollector));
+    registry.register_collector(Box::new(super::store_calls::StoreCalls));
     Metrics {
         registry,
         requests,

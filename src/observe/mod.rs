@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod process;
 pub mod scrape;
 pub mod status_page;
+pub mod store_calls;
 pub mod stream_tap;
 pub mod trace;
 pub mod trace_export;

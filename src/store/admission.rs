@@ -210,7 +210,7 @@ impl SharedLimits {
         };
         let member_arg = &member;
         let answer: u64 = store
-            .call("admit", |mut conn| async move {
+            .call(super::Call::Admit, |mut conn| async move {
                 // KEYS and ARGV in the order `Shape` documents.
                 let mut inv = script.prepare_invoke();
                 if let Some(b) = &budget {
@@ -357,7 +357,7 @@ pub(super) async fn renew(store: &Store) {
         return;
     }
     let _ = store
-        .call("renew leases", |mut conn| async move {
+        .call(super::Call::RenewLeases, |mut conn| async move {
             let mut inv = RENEW_SCRIPT.prepare_invoke();
             inv.arg(store.lease_ttl_ms);
             for (set, member) in &live {

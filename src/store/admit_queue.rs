@@ -181,7 +181,7 @@ impl AdmitQueue {
         let requests = &batch;
         let answer: Result<(u64, u64), StoreError> = self
             .store
-            .call("admit", |mut conn| async move {
+            .call(super::Call::AdmitBatch, |mut conn| async move {
                 // KEYS and ARGV in the order `Shape::batch_text` documents.
                 let mut inv = script.prepare_invoke();
                 if let Some(k) = &self.tpm_key {

@@ -54,7 +54,7 @@ impl Store {
         let store = self.clone();
         spawn_detached(async move {
             let _ = store
-                .call("share cooldown", |mut conn| async move {
+                .call(super::Call::ShareCooldown, |mut conn| async move {
                     let key = &key;
                     redis::cmd("SET")
                         .arg(key)
@@ -85,7 +85,7 @@ impl Store {
         }
         let all: Vec<&String> = watched.iter().flat_map(|(keys, _)| keys.iter()).collect();
         let remaining: Result<Vec<i64>, _> = self
-            .call("read cooldowns", |mut conn| async move {
+            .call(super::Call::ReadCooldowns, |mut conn| async move {
                 let mut pipe = redis::pipe();
                 for key in &all {
                     pipe.cmd("PTTL").arg(*key);

@@ -44,6 +44,67 @@ pub fn store_errors_total() -> u64 {
     ERRORS.load(Ordering::Relaxed)
 }
 
+/// What a store call is for: its name in the store's warnings and its `call` label on
+/// `sophgate_store_call_duration_seconds` ([`crate::observe::store_calls`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Admit,
+    AdmitBatch,
+    RenewLeases,
+    Write,
+    ChargeTokens,
+    ShareCooldown,
+    ReadCooldowns,
+    WriteUsage,
+    ReadUsageStart,
+    ReadUsageKeys,
+    ReadUsage,
+    AddBudget,
+    ReadPeriodUsage,
+    ReadBudget,
+    Ping,
+}
+
+impl Call {
+    pub const ALL: [Call; 15] = [
+        Call::Admit,
+        Call::AdmitBatch,
+        Call::RenewLeases,
+        Call::Write,
+        Call::ChargeTokens,
+        Call::ShareCooldown,
+        Call::ReadCooldowns,
+        Call::WriteUsage,
+        Call::ReadUsageStart,
+        Call::ReadUsageKeys,
+        Call::ReadUsage,
+        Call::AddBudget,
+        Call::ReadPeriodUsage,
+        Call::ReadBudget,
+        Call::Ping,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Call::Admit => "admit",
+            Call::AdmitBatch => "admit_batch",
+            Call::RenewLeases => "renew_leases",
+            Call::Write => "write",
+            Call::ChargeTokens => "charge_tokens",
+            Call::ShareCooldown => "share_cooldown",
+            Call::ReadCooldowns => "read_cooldowns",
+            Call::WriteUsage => "write_usage",
+            Call::ReadUsageStart => "read_usage_start",
+            Call::ReadUsageKeys => "read_usage_keys",
+            Call::ReadUsage => "read_usage",
+            Call::AddBudget => "add_budget",
+            Call::ReadPeriodUsage => "read_period_usage",
+            Call::ReadBudget => "read_budget",
+            Call::Ping => "ping",
+        }
+    }
+}
+
 /// Why a store call gave no answer. Carries no URL and no secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
@@ -223,7 +284,7 @@ impl Store {
 
     /// One `PING`: the round trip alone (benchmarks and health checks).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.call("ping", |mut conn| async move {
+        self.call(Call::Ping, |mut conn| async move {
             redis::cmd("PING").query_async::<String>(&mut conn).await
         })
         .await
@@ -248,26 +309,30 @@ impl Store {
         k
     }
 
-    /// Runs one store call under `timeout_ms`; failures are counted and (rate-limited) logged.
+    /// Runs one store call under `timeout_ms`; failures are counted and (rate-limited) logged,
+    /// and every call's time, answered or not, goes to its histogram.
     async fn call<T, F>(
         &self,
-        what: &'static str,
+        what: Call,
         f: impl FnOnce(ConnectionManager) -> F,
     ) -> Result<T, StoreError>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
-        let result = match tokio::time::timeout(self.config.timeout, f(self.conn.clone())).await {
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(self.config.timeout, f(self.conn.clone())).await;
+        crate::observe::store_calls::observe(what, started.elapsed());
+        let result = match outcome {
             Ok(Ok(v)) => {
                 if FAILING.load(Ordering::Relaxed) && FAILING.swap(false, Ordering::Relaxed) {
-                    tracing::info!(call = what, "shared store answers again");
+                    tracing::info!(call = what.name(), "shared store answers again");
                 }
                 return Ok(v);
             }
             Ok(Err(e)) => StoreError::Redis(redis_error_text(&e)),
             Err(_) => StoreError::Timeout,
         };
-        note_error(what, &result);
+        note_error(what.name(), &result);
         Err(result)
     }
 }
@@ -286,7 +351,7 @@ pub fn note_dropped(what: &'static str) {
     note_error(what, &StoreError::Backlog);
 }
 
-fn note_error(what: &'static str, e: &StoreError) {
+fn note_error(what: impl std::fmt::Display, e: &StoreError) {
     FAILING.store(true, Ordering::Relaxed);
     let total = ERRORS.fetch_add(1, Ordering::Relaxed) + 1;
     let now = now_ms();
@@ -297,7 +362,7 @@ fn note_error(what: &'static str, e: &StoreError) {
             .is_ok()
     {
         tracing::warn!(
-            call = what,
+            call = %what,
             error = %e,
             store_errors_total = total,
             "shared store unavailable; on_error decides (logged at most every 10 s)"

@@ -117,7 +117,7 @@ impl Store {
         }
         let mut pipe = redis::pipe();
         self.push_usage(&mut pipe, batch);
-        self.call("write usage", |mut conn| async move {
+        self.call(super::Call::WriteUsage, |mut conn| async move {
             pipe.query_async::<()>(&mut conn).await
         })
         .await
@@ -183,7 +183,7 @@ impl Store {
     /// When the fleet's usage counters started (Unix seconds), if anything was written.
     pub async fn usage_since(&self) -> Result<Option<u64>, StoreError> {
         let key = self.key("usage-since", "");
-        self.call("read usage start", |mut conn| async move {
+        self.call(super::Call::ReadUsageStart, |mut conn| async move {
             redis::cmd("GET").arg(&key).query_async(&mut conn).await
         })
         .await
@@ -193,7 +193,7 @@ impl Store {
     pub async fn usage_snapshot(&self) -> Result<Vec<UsageRow>, StoreError> {
         let index = self.key("usage-keys", "");
         let labels: Vec<String> = self
-            .call("read usage keys", |mut conn| async move {
+            .call(super::Call::ReadUsageKeys, |mut conn| async move {
                 redis::cmd("SMEMBERS")
                     .arg(&index)
                     .query_async(&mut conn)
@@ -205,7 +205,7 @@ impl Store {
         }
         let hashes: Vec<String> = labels.iter().map(|l| self.key("usage", l)).collect();
         let maps: Vec<BTreeMap<String, String>> = self
-            .call("read usage", |mut conn| async move {
+            .call(super::Call::ReadUsage, |mut conn| async move {
                 let mut pipe = redis::pipe();
                 for h in &hashes {
                     pipe.cmd("HGETALL").arg(h);
@@ -231,7 +231,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let hash = self.budget_key(key_label, period_id);
         let keep = BUDGET_KEEP.as_secs();
-        self.call("add budget", |mut conn| async move {
+        self.call(super::Call::AddBudget, |mut conn| async move {
             let mut pipe = redis::pipe();
             pipe.atomic().hincr(&hash, "tokens", tokens).ignore();
             if cost != 0.0 {
@@ -255,7 +255,7 @@ impl Store {
     ) -> Result<PeriodUsage, StoreError> {
         let hash = self.budget_key(key_label, period_id);
         let fields: BTreeMap<String, String> = self
-            .call("read period usage", |mut conn| async move {
+            .call(super::Call::ReadPeriodUsage, |mut conn| async move {
                 redis::cmd("HGETALL")
                     .arg(&hash)
                     .query_async(&mut conn)
@@ -283,7 +283,7 @@ impl Store {
     ) -> Result<BudgetUsed, StoreError> {
         let hash = self.budget_key(key_label, period_id);
         let (tokens, cost): (Option<u64>, Option<f64>) = self
-            .call("read budget", |mut conn| async move {
+            .call(super::Call::ReadBudget, |mut conn| async move {
                 redis::cmd("HMGET")
                     .arg(&hash)
                     .arg("tokens")

@@ -172,7 +172,7 @@ async fn send(store: &Store, batch: &mut Vec<Write>) -> Vec<tokio::sync::oneshot
         }
         let pipe = &pipe;
         let _ = store
-            .call("write", |mut conn| async move {
+            .call(super::Call::Write, |mut conn| async move {
                 pipe.query_async::<()>(&mut conn).await
             })
             .await;
@@ -183,7 +183,7 @@ async fn send(store: &Store, batch: &mut Vec<Write>) -> Vec<tokio::sync::oneshot
         }
         let charges = &c.charges;
         let _ = store
-            .call("charge tokens", |mut conn| async move {
+            .call(super::Call::ChargeTokens, |mut conn| async move {
                 let mut inv = CHARGE_SCRIPT.prepare_invoke();
                 for (key, tpm, tokens) in charges {
                     inv.key(&**key).arg(*tokens).arg(*tpm);

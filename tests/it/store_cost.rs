@@ -10,6 +10,7 @@ use serde_json::Value;
 use sophgate::tools::mock::{MockHandle, MockOptions};
 use testkit::redis_server::RedisServer;
 
+use crate::common::client;
 use crate::fleet::{mock_with, Replica};
 
 fn yaml(mock: &MockHandle, redis: &RedisServer, keys: &str) -> String {
@@ -106,6 +107,36 @@ async fn a_limited_budgeted_key_costs_one_admission_call_per_request() {
         .command(&["HGET", "cost:usage:both", "requests:mock-model"])
         .unwrap();
     assert_eq!(used.trim(), (N + 1).to_string(), "{calls:?}");
+    // The gateway timed each of those calls: one `admit` per request (a budgeted key's
+    // admissions never share a batch), each in a bucket and the sum.
+    let metrics = client()
+        .get(format!("http://127.0.0.1:{}/metrics", r.port))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sample = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    let admits = sample("sophgate_store_call_duration_seconds_count{call=\"admit\"}");
+    assert_eq!(admits, (N + 1) as f64, "{metrics}");
+    let sum = sample("sophgate_store_call_duration_seconds_sum{call=\"admit\"}");
+    assert!(sum > 0.0 && sum < (N + 1) as f64, "{sum}");
+    let all = sample("sophgate_store_call_duration_seconds_bucket{le=\"+Inf\",call=\"admit\"}");
+    assert_eq!(all, admits, "{metrics}");
+    assert!(
+        metrics.contains("sophgate_store_call_duration_seconds_count{call=\"write\"}"),
+        "the writer's pipelines are timed too: {metrics}"
+    );
+    assert!(
+        !metrics.contains("call=\"admit_batch\""),
+        "no batch was sent: {metrics}"
+    );
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! `sophgate_store_call_duration_seconds{call}`: how long each kind of shared-store call took,
 //! answered or not (a call that ran out of time counts its `timeout_ms`). An admission is the
 //! one round trip a request waits on, so its histogram is that round trip as the gateway sees
-//! it: Redis's time, the network and the client. Series appear with a kind's first call.
+//! it: Redis's time, the network and the client. A kind's series appear with its first call.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -51,7 +51,7 @@ struct CallLabel {
     call: &'static str,
 }
 
-/// Encodes the kinds of call made so far.
+/// Encodes the kinds of call made so far (the family's description always).
 #[derive(Debug)]
 pub struct StoreCalls;
 
@@ -63,9 +63,8 @@ impl Collector for StoreCalls {
             .filter(|(_, h)| h.snapshot().1 > 0)
             .map(|(c, h)| (*c, h))
             .collect();
-        if made.is_empty() {
-            return Ok(());
-        }
+        // The family is described even before a first call (no samples yet), so dashboards
+        // and alerts written against the name find it on any gateway.
         let mut family = encoder.encode_descriptor(
             "sophgate_store_call_duration_seconds",
             "Shared-store (Redis) calls by kind: from sending to the answer or timeout_ms",

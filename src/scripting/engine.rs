@@ -14,7 +14,9 @@ use rhai::packages::{Package, StandardPackage};
 use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map, Position, INT};
 use sha2::{Digest, Sha256};
 
-use super::api::{dynamic_to_json, json_to_dynamic, rename_keys, rename_keys_in_array};
+use super::api::{
+    check_aliases, dynamic_to_json, json_to_dynamic, rename_keys, rename_keys_in_array,
+};
 use super::partial::RenameLog;
 
 /// The hooks a plugin may define, by the names scripts use.
@@ -164,6 +166,13 @@ fn register_helpers(engine: &mut Engine) {
         "rename_keys",
         |items: &mut Array, aliases: Map| -> Result<(), Box<EvalAltResult>> {
             rename_keys_in_array(items, &aliases).map_err(Into::into)
+        },
+    );
+    // Any other value has no keys to rename: the aliases are checked, nothing changes.
+    engine.register_fn(
+        "rename_keys",
+        |_value: &mut Dynamic, aliases: Map| -> Result<(), Box<EvalAltResult>> {
+            check_aliases(&aliases).map_err(Into::into)
         },
     );
     // The stand-in body of hooks that only rename (see `partial::RenameLog`): a `map` to

@@ -115,6 +115,20 @@ fn non_object_bodies_take_the_slow_path_with_the_same_result() {
     let [(renamed, changed), _] = both_paths(&params, &json!([{"a": 1}]));
     assert!(changed);
     assert_eq!(renamed, json!([{"b": 1}]));
+    // A body with no keys is left as it is; the aliases are still checked.
+    for body in [json!("text"), json!(3), Value::Null] {
+        let [(after, changed), _] = both_paths(&params, &body);
+        assert!(!changed, "{body}");
+        assert_eq!(after, body);
+        let bad = compile(
+            "fn on_request(req) { req.body.rename_keys(#{a: 1}); }",
+            Value::Null,
+        );
+        assert!(
+            bad.on_request_edited(&mut request(body.clone())).is_err(),
+            "{body}"
+        );
+    }
 }
 
 #[test]

@@ -14,7 +14,7 @@ const ADMIN_KEY: &str = "adm-metrics-secret";
 
 /// One sample line: its name, its labels and its value.
 #[derive(Debug, Clone)]
-struct Sample {
+pub(crate) struct Sample {
     name: String,
     labels: BTreeMap<String, String>,
     value: f64,
@@ -71,7 +71,7 @@ fn parse(text: &str) -> Vec<Sample> {
 }
 
 /// The value of the sample with exactly these labels, if present.
-fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let want: BTreeMap<String, String> = labels
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -87,7 +87,7 @@ fn count(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     value(samples, name, labels).unwrap_or(0.0)
 }
 
-async fn scrape(url: &str) -> Vec<Sample> {
+pub(crate) async fn scrape(url: &str) -> Vec<Sample> {
     let resp = client().get(url).send().await.unwrap();
     assert_eq!(resp.status(), 200, "scrape {url}");
     let ctype = resp.headers()["content-type"].to_str().unwrap().to_owned();

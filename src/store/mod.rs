@@ -109,6 +109,8 @@ impl Call {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
     Timeout,
+    /// Redis refused the connection: nothing of the call was sent.
+    Refused,
     Redis(String),
     /// An answer of an unexpected shape.
     Protocol,
@@ -120,6 +122,7 @@ impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreError::Timeout => write!(f, "no answer within timeout_ms"),
+            StoreError::Refused => write!(f, "connection refused, nothing sent"),
             StoreError::Redis(e) => write!(f, "{e}"),
             StoreError::Protocol => write!(f, "unexpected answer"),
             StoreError::Backlog => write!(f, "write queue full, write dropped"),
@@ -319,8 +322,22 @@ impl Store {
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
+        self.call_within(what, self.config.timeout, f).await
+    }
+
+    /// [`call`](Self::call) bounded by `within` instead of `timeout_ms` (the writer's calls,
+    /// which no request waits on).
+    async fn call_within<T, F>(
+        &self,
+        what: Call,
+        within: Duration,
+        f: impl FnOnce(ConnectionManager) -> F,
+    ) -> Result<T, StoreError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
         let started = std::time::Instant::now();
-        let outcome = tokio::time::timeout(self.config.timeout, f(self.conn.clone())).await;
+        let outcome = tokio::time::timeout(within, f(self.conn.clone())).await;
         crate::observe::store_calls::observe(what, started.elapsed());
         let result = match outcome {
             Ok(Ok(v)) => {
@@ -329,6 +346,7 @@ impl Store {
                 }
                 return Ok(v);
             }
+            Ok(Err(e)) if e.is_connection_refusal() => StoreError::Refused,
             Ok(Err(e)) => StoreError::Redis(redis_error_text(&e)),
             Err(_) => StoreError::Timeout,
         };

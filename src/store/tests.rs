@@ -701,3 +701,85 @@ async fn queued_admissions_wait_no_longer_than_timeout_ms() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+fn dave_uses(s: &Store) {
+    s.queue(writer::Write::Usage(usage::UsageWrite {
+        key: "dave".into(),
+        model: "m".into(),
+        requests: 1,
+        input_tokens: 5,
+        ..Default::default()
+    }));
+}
+
+async fn dave_requests(s: &Store) -> u64 {
+    let rows = s.usage_snapshot().await.unwrap();
+    rows.iter()
+        .find(|r| r.key == "dave")
+        .map_or(0, |r| r.requests)
+}
+
+/// Waits until `ping` answers as `wanted` says (the client reconnects at its own pace).
+async fn ping_until(s: &Store, wanted: impl Fn(&Result<(), StoreError>) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let answer = s.ping().await;
+        if wanted(&answer) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "ping still answers {answer:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn usage_redis_refused_is_sent_once_redis_is_back() {
+    let mut redis = RedisServer::start();
+    let cfg = StoreConfig {
+        lease_ttl: Duration::from_secs(30),
+        ..config(&redis.url(), "treplay:")
+    };
+    let s = Store::shared(&cfg).unwrap().unwrap();
+    s.ping().await.unwrap();
+    redis.stop();
+    // Until the client knows the connection is gone, a write may still have gone out.
+    ping_until(&s, |a| *a == Err(StoreError::Refused)).await;
+    let errors = store_errors_total();
+    for _ in 0..3 {
+        dave_uses(&s);
+        s.flush(Duration::from_secs(5)).await;
+    }
+    assert!(store_errors_total() > errors, "the refused batches count");
+    redis.restart();
+    ping_until(&s, Result::is_ok).await;
+    dave_uses(&s);
+    s.flush(Duration::from_secs(5)).await;
+    // The three kept uses went with the fourth, once: nothing lost, nothing twice.
+    assert_eq!(dave_requests(&s).await, 4);
+    dave_uses(&s);
+    s.flush(Duration::from_secs(5)).await;
+    assert_eq!(dave_requests(&s).await, 5);
+}
+
+#[tokio::test]
+async fn a_batch_that_may_have_been_applied_is_not_sent_again() {
+    let redis = RedisServer::start();
+    let cfg = StoreConfig {
+        lease_ttl: Duration::from_secs(30),
+        ..config(&redis.url(), "tpaused:")
+    };
+    let s = Store::shared(&cfg).unwrap().unwrap();
+    dave_uses(&s);
+    s.flush(Duration::from_secs(5)).await;
+    assert_eq!(dave_requests(&s).await, 1);
+    // Paused, Redis reads the batch later and applies it: the writer, out of time, must not
+    // keep it for the next batch.
+    redis.pause();
+    dave_uses(&s);
+    s.flush(Duration::from_secs(5)).await;
+    redis.resume();
+    ping_until(&s, Result::is_ok).await;
+    dave_uses(&s);
+    s.flush(Duration::from_secs(5)).await;
+    assert_eq!(dave_requests(&s).await, 3);
+}

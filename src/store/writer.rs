@@ -13,24 +13,37 @@
 //! task, a renewal is never sent after the release of a lease it did not see: a snapshot that
 //! still holds a lease was sent before that lease's release was even queued.
 //!
-//! A full queue drops the write and counts a store error; a batch that fails is counted and
-//! not retried (an unsent release frees its slot within the lease TTL, as a dead replica's
-//! does; the in-process ledger keeps this replica's counts).
+//! A full queue drops the write and counts a store error. A batch Redis refused the
+//! connection for (nothing of it was sent) keeps its usage for the next batch, coalesced and
+//! bounded ([`UNSENT_MAX`]); the renewal tick sends it too, so it reaches Redis once Redis is
+//! back even if no request ends meanwhile. A batch that failed otherwise (no answer in time, a
+//! dropped connection: it may have been applied) is counted and not sent again, so no counter
+//! is added twice. Releases and tpm charges are never kept: an unsent release frees its slot
+//! within the lease TTL, as a dead replica's does, and a late tpm charge would count against
+//! the wrong minute.
 
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::admission::{self, CHARGE_SCRIPT};
 use super::usage::UsageWrite;
-use super::Store;
+use super::{Store, StoreError};
 
 /// Writes queued for the writer before further ones are dropped (and counted).
 pub const QUEUE: usize = 8192;
 /// Writes taken into one batch at most.
 pub const BATCH: usize = 1024;
 /// How long the writer waits after the first write of a batch for others to join it.
-pub const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+pub const LINGER: Duration = Duration::from_millis(2);
+/// Usage counter sets (key, model, period) kept for a later batch while Redis refuses the
+/// connection; beyond them usage is dropped and counted.
+pub const UNSENT_MAX: usize = 4096;
+/// The least time a batch may take: no request waits on it, and while Redis is down the
+/// client's reconnection attempts take longer than a tight `timeout_ms`. A batch that ends with
+/// the refusal is known unsent and kept; one that runs out of time may have been applied.
+const WRITE_WITHIN: Duration = Duration::from_secs(1);
 
 /// One thing a request leaves for the store.
 #[derive(Debug)]
@@ -64,6 +77,7 @@ async fn run(
     let mut tick = tokio::time::interval(renew_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(BATCH);
+    let mut unsent: Vec<UsageWrite> = Vec::new();
     loop {
         tokio::select! {
             n = queued.recv_many(&mut batch, BATCH) => {
@@ -80,7 +94,7 @@ async fn run(
                     }
                 }
                 let Some(store) = store.upgrade() else { return };
-                let flushed = send(&store, &mut batch).await;
+                let flushed = send(&store, &mut batch, &mut unsent).await;
                 batch.clear();
                 for done in flushed {
                     let _ = done.send(());
@@ -89,6 +103,9 @@ async fn run(
             _ = tick.tick() => {
                 let Some(store) = store.upgrade() else { return };
                 admission::renew(&store).await;
+                if !unsent.is_empty() {
+                    send(&store, &mut Vec::new(), &mut unsent).await;
+                }
             }
         }
     }
@@ -106,11 +123,12 @@ struct Coalesced {
 }
 
 impl Coalesced {
-    /// Sorts and merges, so a batch of many keys costs n log n, not n² comparisons.
-    fn of(batch: &mut Vec<Write>) -> Coalesced {
+    /// Sorts and merges, so a batch of many keys costs n log n, not n² comparisons. The usage
+    /// an earlier batch could not send (`unsent`) joins this one's.
+    fn of(batch: &mut Vec<Write>, unsent: &mut Vec<UsageWrite>) -> Coalesced {
         let mut releases: Vec<(Arc<str>, String)> = Vec::new();
         let mut charges: Vec<(Arc<str>, u64, u64)> = Vec::new();
-        let mut usage: Vec<UsageWrite> = Vec::new();
+        let mut usage: Vec<UsageWrite> = std::mem::take(unsent);
         let mut flushed = Vec::new();
         for w in batch.drain(..) {
             match w {
@@ -157,9 +175,14 @@ impl Coalesced {
 
 /// Sends one coalesced batch: the releases and usage as one pipeline and, when there are
 /// charges, the charge script beside it on the same connection (written together: one round
-/// trip). Returns the batch's flush requests, to answer once it is sent.
-async fn send(store: &Store, batch: &mut Vec<Write>) -> Vec<tokio::sync::oneshot::Sender<()>> {
-    let mut c = Coalesced::of(batch);
+/// trip). Usage Redis refused the connection for goes back to `unsent`. Returns the batch's
+/// flush requests, to answer once it is sent.
+async fn send(
+    store: &Store,
+    batch: &mut Vec<Write>,
+    unsent: &mut Vec<UsageWrite>,
+) -> Vec<tokio::sync::oneshot::Sender<()>> {
+    let mut c = Coalesced::of(batch, unsent);
     let flushed = std::mem::take(&mut c.flushed);
     let mut pipe = redis::pipe();
     for (set, members) in &c.releases {
@@ -168,14 +191,19 @@ async fn send(store: &Store, batch: &mut Vec<Write>) -> Vec<tokio::sync::oneshot
     store.push_usage(&mut pipe, &c.usage);
     let writes = async {
         if c.releases.is_empty() && c.usage.is_empty() {
-            return;
+            return Ok(());
         }
         let pipe = &pipe;
-        let _ = store
-            .call(super::Call::Write, |mut conn| async move {
+        // Within a third of the lease TTL, so the renewal after it still comes in time.
+        let within = store
+            .config
+            .timeout
+            .max(WRITE_WITHIN.min(store.config.lease_ttl / 3));
+        store
+            .call_within(super::Call::Write, within, |mut conn| async move {
                 pipe.query_async::<()>(&mut conn).await
             })
-            .await;
+            .await
     };
     let charges = async {
         if c.charges.is_empty() {
@@ -192,7 +220,15 @@ async fn send(store: &Store, batch: &mut Vec<Write>) -> Vec<tokio::sync::oneshot
             })
             .await;
     };
-    futures_util::join!(writes, charges);
+    let (written, ()) = futures_util::join!(writes, charges);
+    if written == Err(StoreError::Refused) {
+        let mut kept = std::mem::take(&mut c.usage);
+        if kept.len() > UNSENT_MAX {
+            kept.truncate(UNSENT_MAX);
+            super::note_dropped("keep usage for a later batch");
+        }
+        *unsent = kept;
+    }
     flushed
 }
 
@@ -241,7 +277,7 @@ mod tests {
                 tokens: 7,
             },
         ];
-        let c = Coalesced::of(&mut batch);
+        let c = Coalesced::of(&mut batch, &mut Vec::new());
         assert!(batch.is_empty());
         assert_eq!(
             c.releases,

@@ -300,13 +300,7 @@ async fn flush_returns_once_every_queued_write_is_in_redis() {
     let redis = RedisServer::start();
     let s = store(&redis, "tflush:");
     for _ in 0..3 {
-        s.queue(writer::Write::Usage(usage::UsageWrite {
-            key: "carol".into(),
-            model: "m".into(),
-            requests: 1,
-            input_tokens: 7,
-            ..Default::default()
-        }));
+        queue_use(&s, "carol", 7);
     }
     s.flush(Duration::from_secs(5)).await;
     let rows = s.usage_snapshot().await.unwrap();
@@ -702,14 +696,19 @@ async fn queued_admissions_wait_no_longer_than_timeout_ms() {
     }
 }
 
-fn dave_uses(s: &Store) {
+/// Queues one request's use of model `m` by `key` for the writer.
+fn queue_use(s: &Store, key: &str, input_tokens: u64) {
     s.queue(writer::Write::Usage(usage::UsageWrite {
-        key: "dave".into(),
+        key: key.into(),
         model: "m".into(),
         requests: 1,
-        input_tokens: 5,
+        input_tokens,
         ..Default::default()
     }));
+}
+
+fn dave_uses(s: &Store) {
+    queue_use(s, "dave", 5);
 }
 
 async fn dave_requests(s: &Store) -> u64 {

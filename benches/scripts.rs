@@ -1,10 +1,11 @@
 //! Criterion benchmarks of what Rhai hooks cost a request, one row per target of issue 18
 //! ("scripts cost what they touch"):
 //!
-//! - `on_request`: Rhai's own `call_fn` of a do-nothing function (`bare_rhai_call_fn`, the floor
-//!   of any hook call); a do-nothing `on_request` on 1 KB and 100 KB chat bodies, as the hook call
-//!   alone (`hook/…`) and as the whole request path without sockets (`prepare/…`, next to the
-//!   same gateway without plugins);
+//! - `on_request`: Rhai's own `call_fn` of a do-nothing function (`bare_rhai_call_fn`, for
+//!   reference: hooks are run without it, see `scripting::hook_call`); a do-nothing
+//!   `on_request` on 1 KB and 100 KB chat bodies, as the hook call alone (`hook/…`) and as the
+//!   whole request path without sockets (`prepare/…`, next to the same gateway without
+//!   plugins);
 //! - `touch`: a hook that reads `req.body.model` and sets `req.body.user` on a 100 KB body
 //!   (parse, hooks, encode: what the pipeline does), next to serde_json parsing that body once;
 //! - `headers`: the bundled `headers.rhai` with one `set` on a 30 KB body, next to no plugin;
@@ -217,8 +218,9 @@ fn bench_prepare(
     Ok(())
 }
 
-/// The floor under every hook call: Rhai's own `call_fn` of a do-nothing function on the
-/// sandboxed engine, with a kept empty scope and an empty map argument.
+/// For reference: Rhai's own `call_fn` of a do-nothing function on the sandboxed engine, with a
+/// kept empty scope and an empty map argument (hooks are run without `call_fn`: it rebuilds
+/// Rhai's runtime state and function-resolution cache on every call).
 fn bench_bare_call_fn(group: &mut criterion::BenchmarkGroup<'_, WallTime>) -> BenchResult {
     let engine = sophgate::scripting::engine::build(&ScriptLimits::default());
     let ast = engine.compile(NOOP_REQUEST).map_err(|e| e.to_string())?;

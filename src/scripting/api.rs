@@ -1,9 +1,9 @@
 //! The values hooks see, as plain Rust structs the pipeline fills and reads back, and their
 //! conversion to and from script values.
 //!
-//! A hook receives one object map (`req`, `res` or `ev`). The map is a Rhai *shared* value, so
-//! what a hook writes into it is what the next plugin, and finally the pipeline, sees — Rhai
-//! passes function arguments by value otherwise, and `call_fn` would drop the changes.
+//! A hook receives one object map (`req`, `res` or `ev`). What a hook leaves in it is read back
+//! from the call's scope (see `hook_call`) and is what the next plugin, and finally the
+//! pipeline, sees.
 
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;

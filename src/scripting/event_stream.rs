@@ -1,6 +1,6 @@
 //! `on_event` over the events of one stream. The events of a stream have the same shape, and a
 //! hook that can only read `ev.data` (see [`Reach::body_writes`]) leaves the argument as it was
-//! given, so one event's argument — the `ev` map in its shared cell, and the maps, arrays and
+//! given, so one event's argument — the `ev` map, and the maps, arrays and
 //! strings of `ev.data` parsed into it ([`partial_parse::parse_into`]) — is filled again for the
 //! next instead of being built and freed per event. Every other hook takes the per-event path
 //! ([`Plugins::run_on_event`]).
@@ -18,7 +18,7 @@ use super::reach::BodyReach;
 pub struct EventStream {
     /// `ev.ctx`, always a map (as a [`Dynamic`], so moving it in and out of `ev` boxes nothing).
     pub(super) ctx: Dynamic,
-    /// The `ev` map in its shared cell, holding exactly the fields calls given `Given` get.
+    /// The `ev` map, holding exactly the fields calls given `Given` get.
     arg: Option<(Given, Dynamic)>,
 }
 
@@ -80,7 +80,7 @@ impl Plugins {
                         map.insert(key.into(), Dynamic::UNIT);
                     }
                 }
-                Dynamic::from_map(map).into_shared()
+                Dynamic::from_map(map)
             }
         };
         {
@@ -104,8 +104,8 @@ impl Plugins {
             }
         }
         let check = |map: &Map| check_event(map, given);
-        let last = match self.run_shared(first, Hook::Event, &arg, &check) {
-            Ok(last) => last,
+        let (last, mut arg) = match self.run_each(first, Hook::Event, arg, &check) {
+            Ok(done) => done,
             Err(failure) => {
                 stream.ctx = Dynamic::from_map(Map::new());
                 return Err(failure);

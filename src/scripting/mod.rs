@@ -57,13 +57,13 @@ pub mod engine;
 mod event_data;
 mod event_stream;
 mod failure;
+mod hook_call;
 mod outcome;
 mod partial;
 mod partial_parse;
 pub mod plugin;
 mod plugin_reach;
 mod reach;
-mod scopes;
 
 pub use api::{EventData, EventOutcome, ScriptEvent, ScriptRequest, ScriptResponse};
 pub use bundled::bundled;

@@ -10,7 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Map, Position, Scope, AST};
+use rhai::{Dynamic, Engine, EvalAltResult, Map, Position, Scope, AST};
 use serde_json::Value;
 
 use super::api::{
@@ -20,13 +20,13 @@ use super::api::{
 use super::engine::{self, ActiveGuard, HOOK_NAMES, LOG_TARGET};
 use super::event_data::{self, EventInput};
 use super::event_stream::EventStream;
+use super::hook_call::{self, HookBody};
 use super::outcome::{
     check_event, check_request, check_response, field, innermost, request_fields, status_of,
     take_ctx, thrown, Given,
 };
 use super::partial;
 use super::reach::{self, BodyReach, Reach};
-use super::scopes;
 
 pub use super::engine::ScriptLimits;
 pub use super::failure::{ScriptCompileError, ScriptFailure};
@@ -101,14 +101,17 @@ impl Hook {
 
 /// One compiled plugin.
 pub(super) struct Plugin {
-    /// Unique over the process's lifetime: keys this plugin's scope in [`scopes`].
+    /// Unique over the process's lifetime, with room for one key per hook: keys the call state
+    /// of this plugin's hooks in [`hook_call`].
     id: u64,
     name: Arc<str>,
     ast: AST,
     /// `params` plus the variables its top-level code left: the constants of every call's
-    /// scope (built once per thread, see [`scopes`]).
+    /// scope (built once per thread, see [`hook_call`]).
     constants: Vec<(String, Dynamic)>,
     hooks: [bool; 3],
+    /// The body of each hook it defines.
+    bodies: [Option<HookBody>; 3],
     /// What each hook can reach of its argument.
     reach: [Reach; 3],
 }
@@ -417,7 +420,7 @@ impl Plugins {
             return Ok(false);
         }
         for plugin in self.plugins.iter().filter(|p| p.hooks[hook.index()]) {
-            self.call(plugin, hook, Dynamic::from_map(Map::new()))?;
+            let _ = self.call(plugin, hook, Dynamic::from_map(Map::new()))?;
         }
         Ok(true)
     }
@@ -426,10 +429,10 @@ impl Plugins {
         self.plugins.iter().find(|p| p.hooks[hook.index()])
     }
 
-    /// Passes one shared map through every plugin defining `hook`, checking after each that
-    /// it still has the right shape (so a bad value is blamed on the plugin that wrote it).
-    /// `check` returns `true` to stop early (a dropped event). Returns the last plugin run,
-    /// and the map's fields, moved out of the shared cell.
+    /// Passes one map through every plugin defining `hook`, checking after each that it still
+    /// has the right shape (so a bad value is blamed on the plugin that wrote it). `check`
+    /// returns `true` to stop early (a dropped event). Returns the last plugin run, and the
+    /// map's fields.
     fn run_chain<'a>(
         &'a self,
         first: &'a Plugin,
@@ -437,39 +440,40 @@ impl Plugins {
         arg: Map,
         check: &dyn Fn(&Map) -> Result<bool, String>,
     ) -> Result<(&'a Plugin, Map), ScriptFailure> {
-        // Shared, so what a hook writes into its argument is visible here and to the next
-        // plugin: Rhai passes plain values to script functions by copy.
-        let mut shared = Dynamic::from_map(arg).into_shared();
-        let last = self.run_shared(first, hook, &shared, check)?;
-        // Move the fields out rather than unwrapping the cell: if a script stored a closure
-        // capturing its argument inside the argument, that cycle is broken here, not leaked.
-        let fields = shared
-            .write_lock::<Map>()
-            .map(|mut map| std::mem::take(&mut *map));
+        let (last, mut arg) = self.run_each(first, hook, Dynamic::from_map(arg), check)?;
+        // A hook that captured its argument in a closure left it in a shared cell: the fields
+        // are moved out rather than the cell unwrapped, so that if the closure was stored inside
+        // the argument, that cycle is broken here, not leaked.
+        let fields = if arg.is_shared() {
+            arg.write_lock::<Map>()
+                .map(|mut map| std::mem::take(&mut *map))
+        } else {
+            arg.try_cast::<Map>()
+        };
         match fields {
             Some(fields) => Ok((last, fields)),
             None => Err(self.fail(last, hook, "bad result", "the argument is not a map")),
         }
     }
 
-    /// [`run_chain`](Self::run_chain) over an argument already in a shared cell (`shared`),
-    /// which it leaves there; returns the last plugin run.
-    pub(super) fn run_shared<'a>(
+    /// [`run_chain`](Self::run_chain) over an argument given as a value, which it returns as the
+    /// last hook left it, with the last plugin run.
+    pub(super) fn run_each<'a>(
         &'a self,
         first: &'a Plugin,
         hook: Hook,
-        shared: &Dynamic,
+        mut arg: Dynamic,
         check: &dyn Fn(&Map) -> Result<bool, String>,
-    ) -> Result<&'a Plugin, ScriptFailure> {
+    ) -> Result<(&'a Plugin, Dynamic), ScriptFailure> {
         let mut last = first;
         for plugin in self.plugins.iter().filter(|p| p.hooks[hook.index()]) {
-            self.call(plugin, hook, shared.clone())?;
+            arg = self.call(plugin, hook, arg)?;
             last = plugin;
-            let verdict = match shared.read_lock::<Map>() {
+            let verdict = match arg.read_lock::<Map>() {
                 Some(map) => check(&map),
                 None => Err(format!(
                     "the hook replaced its argument with {}",
-                    shared.type_name()
+                    arg.type_name()
                 )),
             };
             match verdict {
@@ -478,30 +482,25 @@ impl Plugins {
                 Err(e) => return Err(self.fail(plugin, hook, "bad result", &e)),
             }
         }
-        Ok(last)
+        Ok((last, arg))
     }
 
     /// Calls one hook of one plugin with a scope holding just its constants, under the
-    /// wall-clock budget. Top-level statements are not re-run (`eval_ast(false)`): they ran
-    /// once at load. The scope is this thread's for the plugin, rewound after the call; a
-    /// script cannot change a constant, so every call sees the same scope.
-    fn call(&self, plugin: &Plugin, hook: Hook, arg: Dynamic) -> Result<(), ScriptFailure> {
-        let mut scope = scopes::take(plugin.id, &plugin.constants);
-        let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
+    /// wall-clock budget, and returns its argument as the hook left it. Top-level statements are
+    /// not re-run: they ran once at load. The call state is this thread's for the plugin (see
+    /// [`hook_call`]); a script cannot change a constant, so every call sees the same scope.
+    fn call(&self, plugin: &Plugin, hook: Hook, arg: Dynamic) -> Result<Dynamic, ScriptFailure> {
+        let Some(body) = &plugin.bodies[hook.index()] else {
+            return Ok(arg);
+        };
+        let key = plugin.id + hook.index() as u64;
+        let mut state = hook_call::take(key, &self.engine, &plugin.ast, &plugin.constants);
         let result = engine::with_stack(self.stack_needed, || {
             let _active = ActiveGuard::hook(&plugin.name, self.max_wall_time);
-            self.engine.call_fn_with_options::<Dynamic>(
-                options,
-                &mut scope,
-                &plugin.ast,
-                hook.name(),
-                (arg,),
-            )
+            state.run(&self.engine, body, arg)
         });
-        scopes::put(plugin.id, plugin.constants.len(), scope);
-        result
-            .map(|_| ())
-            .map_err(|err| self.script_failure(plugin, hook, &err))
+        hook_call::put(key, state);
+        result.map_err(|err| self.script_failure(plugin, hook, &err))
     }
 
     /// Maps a Rhai error to the client-facing failure, logging the details (which never reach
@@ -656,12 +655,20 @@ fn load(
     if !errors.is_empty() {
         return Err(errors);
     }
+    let bodies = Hook::ALL.map(|h| {
+        if hooks[h.index()] {
+            HookBody::of(&ast, h.name())
+        } else {
+            None
+        }
+    });
     Ok(Plugin {
-        id: scopes::next_id(),
+        id: hook_call::next_id(),
         name,
         ast,
         constants,
         hooks,
+        bodies,
         reach,
     })
 }

@@ -543,6 +543,57 @@ fn operation_limit_stops_long_scripts() {
 }
 
 #[test]
+fn the_operation_budget_is_per_call() {
+    // Each call counts its own operations: a hook using most of the budget runs every time.
+    let limits = ScriptLimits {
+        max_operations: 1_000,
+        max_wall_time: Duration::from_secs(60),
+        ..ScriptLimits::default()
+    };
+    let p = compile_with(
+        &[(
+            "fn on_request(req) { let x = 0; for i in 0..150 { x += i; } req.body.x = x; }",
+            Value::Null,
+        )],
+        limits,
+    );
+    for _ in 0..5 {
+        let mut req = request(json!({}));
+        p.on_request(&mut req).unwrap();
+        assert_eq!(req.body["x"], 11175);
+    }
+}
+
+#[test]
+fn the_call_depth_limit_counts_from_the_hook() {
+    // The depth a hook's helpers may reach is the same on every call, and as `call_fn` gave it.
+    let limits = ScriptLimits {
+        max_call_levels: 6,
+        ..ScriptLimits::default()
+    };
+    let src = "fn on_request(req) { req.body.d = down(req.body.n) }
+               fn down(n) { if n == 0 { 0 } else { down(n - 1) + 1 } }";
+    let p = compile_with(&[(src, Value::Null)], limits);
+    for _ in 0..2 {
+        let mut req = request(json!({"n": 5}));
+        p.on_request(&mut req).unwrap();
+        assert_eq!(req.body["d"], 5);
+        assert!(p.on_request(&mut request(json!({"n": 6}))).is_err());
+    }
+}
+
+#[test]
+fn return_ends_the_hook() {
+    let p = compile(&[(
+        "fn on_request(req) { req.body.a = 1; if req.body.a == 1 { return; } req.body.b = 2; }",
+        Value::Null,
+    )]);
+    let mut req = request(json!({}));
+    p.on_request(&mut req).unwrap();
+    assert_eq!(req.body, json!({"a": 1}));
+}
+
+#[test]
 fn a_timed_out_call_does_not_poison_the_next() {
     let p = compile(&[(
         "fn on_request(req) { if req.body.spin == true { loop {} } req.body.ok = true; }",

@@ -594,6 +594,21 @@ fn return_ends_the_hook() {
 }
 
 #[test]
+fn a_closure_changing_the_argument_changes_the_request() {
+    // A closure that captures `req` shares it with the hook: what it writes is what goes on.
+    let p = compile(&[(
+        "fn on_request(req) { let f = |v| { req.body.x = v; req.ctx.seen = true; }; f.call(7); }",
+        Value::Null,
+    )]);
+    for _ in 0..2 {
+        let mut req = request(json!({"a": 1}));
+        p.on_request(&mut req).unwrap();
+        assert_eq!(req.body, json!({"a": 1, "x": 7}));
+        assert_eq!(format!("{:?}", req.ctx.get("seen")), "Some(true)");
+    }
+}
+
+#[test]
 fn a_timed_out_call_does_not_poison_the_next() {
     let p = compile(&[(
         "fn on_request(req) { if req.body.spin == true { loop {} } req.body.ok = true; }",

@@ -139,6 +139,8 @@ pub struct Store {
     pools: Mutex<Vec<cooldown::Watched>>,
     /// The queue to the writer task ([`writer`]).
     writes: mpsc::Sender<writer::Write>,
+    /// What the queue had no room for, kept for the writer's next batch.
+    overflow: Mutex<writer::Overflow>,
     /// The lease TTL in ms (written into admission scripts, an argument of the renewal).
     lease_ttl_ms: u64,
     /// Whether the process's usage (and so its budgets) is kept in this store, so that the
@@ -227,6 +229,7 @@ impl Store {
             leases: admission::LeaseBook::default(),
             pools: Mutex::new(Vec::new()),
             writes,
+            overflow: Mutex::new(writer::Overflow::default()),
             lease_ttl_ms: ttl_ms,
             keeps_usage: AtomicBool::new(false),
         };
@@ -236,7 +239,17 @@ impl Store {
     /// Hands a write to the writer task, off the request path; a full queue drops it and
     /// counts a store error.
     pub(crate) fn queue(&self, write: writer::Write) {
-        if self.writes.try_send(write).is_err() {
+        let kept = match self.writes.try_send(write) {
+            Ok(()) => true,
+            // The writer is behind: a lease release or usage waits beside the queue for its
+            // next batch rather than being lost (a lost release holds its slot until the TTL).
+            Err(mpsc::error::TrySendError::Full(write)) => self
+                .overflow
+                .lock()
+                .is_ok_and(|mut overflow| overflow.keep(write)),
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        };
+        if !kept {
             note_dropped("queue store write");
         }
     }

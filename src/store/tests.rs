@@ -782,3 +782,35 @@ async fn a_batch_that_may_have_been_applied_is_not_sent_again() {
     s.flush(Duration::from_secs(5)).await;
     assert_eq!(dave_requests(&s).await, 3);
 }
+
+#[tokio::test]
+async fn writes_beyond_the_full_queue_reach_redis_with_a_later_batch() {
+    // Writes queued faster than the writer sends them (here all at once, the writer cannot run
+    // meanwhile) overflow its queue: lease releases and usage wait beside it, none is lost.
+    let redis = RedisServer::start();
+    let s = store(&redis, "tfull:");
+    let set: Arc<str> = "tfull:leases".into();
+    let n = writer::QUEUE + 2_000;
+    let members: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+    let mut zadd = vec!["ZADD", &*set];
+    for m in &members {
+        zadd.extend(["1e15", m.as_str()]);
+    }
+    assert_eq!(
+        redis.command(&zadd).map(|o| o.trim().to_owned()),
+        Some(n.to_string())
+    );
+    for member in members {
+        s.queue(writer::Write::Release {
+            set: set.clone(),
+            member,
+        });
+        dave_uses(&s);
+    }
+    s.flush(Duration::from_secs(10)).await;
+    assert_eq!(
+        redis.command(&["ZCARD", &set]).map(|o| o.trim().to_owned()),
+        Some("0".into())
+    );
+    assert_eq!(dave_requests(&s).await, n as u64);
+}

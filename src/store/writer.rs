@@ -13,7 +13,10 @@
 //! task, a renewal is never sent after the release of a lease it did not see: a snapshot that
 //! still holds a lease was sent before that lease's release was even queued.
 //!
-//! A full queue drops the write and counts a store error. A batch Redis refused the
+//! A write the full queue has no room for waits beside it ([`Overflow`]) and goes with the
+//! writer's next batch: lease releases up to [`OVERFLOW_RELEASES`], usage coalesced up to
+//! [`UNSENT_MAX`] sets; beyond that, and a tpm charge (late, it would count against the wrong
+//! minute), it is dropped and counted as a store error. A batch Redis refused the
 //! connection for (nothing of it was sent) keeps its usage for the next batch, coalesced and
 //! bounded ([`UNSENT_MAX`]); the renewal tick sends it too, so it reaches Redis once Redis is
 //! back even if no request ends meanwhile. A batch that failed otherwise (no answer in time, a
@@ -40,6 +43,9 @@ pub const LINGER: Duration = Duration::from_millis(2);
 /// Usage counter sets (key, model, period) kept for a later batch while Redis refuses the
 /// connection; beyond them usage is dropped and counted.
 pub const UNSENT_MAX: usize = 4096;
+/// Lease releases kept beside a full queue ([`Overflow`]); beyond them a release is dropped
+/// (its slot is free again within the lease TTL) and counted.
+pub const OVERFLOW_RELEASES: usize = 65_536;
 /// The least time a batch may take: no request waits on it, and while Redis is down the
 /// client's reconnection attempts take longer than a tight `timeout_ms`. A batch that ends with
 /// the refusal is known unsent and kept; one that runs out of time may have been applied.
@@ -94,6 +100,7 @@ async fn run(
                     }
                 }
                 let Some(store) = store.upgrade() else { return };
+                take_overflow(&store, &mut batch, &mut unsent);
                 let flushed = send(&store, &mut batch, &mut unsent).await;
                 batch.clear();
                 for done in flushed {
@@ -103,11 +110,55 @@ async fn run(
             _ = tick.tick() => {
                 let Some(store) = store.upgrade() else { return };
                 admission::renew(&store).await;
-                if !unsent.is_empty() {
-                    send(&store, &mut Vec::new(), &mut unsent).await;
+                let mut kept = Vec::new();
+                take_overflow(&store, &mut kept, &mut unsent);
+                if !kept.is_empty() || !unsent.is_empty() {
+                    send(&store, &mut kept, &mut unsent).await;
                 }
             }
         }
+    }
+}
+
+/// Writes the queue had no room for, kept for the writer's next batch ([`Store::queue`]).
+#[derive(Debug, Default)]
+pub(super) struct Overflow {
+    releases: Vec<Write>,
+    usage: Vec<UsageWrite>,
+}
+
+impl Overflow {
+    /// Keeps `write` if it is a release (while fewer than [`OVERFLOW_RELEASES`] are kept) or
+    /// usage (added to the kept set of its key, model and period, or a new one while fewer
+    /// than [`UNSENT_MAX`] are kept); whether it was kept.
+    pub(super) fn keep(&mut self, write: Write) -> bool {
+        match write {
+            Write::Release { .. } if self.releases.len() < OVERFLOW_RELEASES => {
+                self.releases.push(write);
+                true
+            }
+            Write::Usage(usage) => {
+                if let Some(kept) = self.usage.iter_mut().find(|k| k.same_counters(&usage)) {
+                    kept.add(&usage);
+                    true
+                } else if self.usage.len() < UNSENT_MAX {
+                    self.usage.push(usage);
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Moves what waits beside the queue into the batch being built (`batch`, and `unsent` for
+/// usage, which the batch coalesces with its own).
+fn take_overflow(store: &Store, batch: &mut Vec<Write>, unsent: &mut Vec<UsageWrite>) {
+    if let Ok(mut overflow) = store.overflow.lock() {
+        batch.append(&mut overflow.releases);
+        unsent.append(&mut overflow.usage);
     }
 }
 

@@ -662,6 +662,18 @@ fn load(
             None
         }
     });
+    for hook in Hook::ALL {
+        if hooks[hook.index()] && bodies[hook.index()].is_none() {
+            errors.push(ScriptCompileError::new(
+                &name,
+                Position::NONE,
+                format!("hook {} has no body to run", hook.name()),
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
     Ok(Plugin {
         id: hook_call::next_id(),
         name,

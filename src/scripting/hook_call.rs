@@ -4,7 +4,7 @@
 //! hook's argument went through Rhai's generic script-function call. Here a hook's body is kept
 //! as top-level statements ([`HookBody`]) and evaluated in a scope holding the plugin's
 //! constants and the argument, with the runtime state and cache that this thread keeps for the
-//! plugin ([`CallState`]): a function is resolved once per thread, not once per call, and the
+//! hook ([`CallState`]): a function is resolved once per thread, not once per call, and the
 //! argument is read back from the scope after the call (a script function's parameter is a copy
 //! that `call_fn` drops), so it needs no shared cell for the caller to see what the hook
 //! changed.

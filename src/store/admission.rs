@@ -10,8 +10,13 @@
 //!
 //! Leases are members of a sorted set scored by their expiry (ms). Expired members (a dead
 //! replica's) are swept only when the set looks full, so the common admission is a `ZCARD`.
-//! Releases and renewals go through the store's one writer ([`super::writer`]), which sends
-//! them batched, off the request path.
+//! A released lease waits in its key's [`Releases`]: the key's next admission removes it in
+//! its own script call (first thing, so the slot is free for that very admission), and what no
+//! admission took within the writer's [`LINGER`](super::writer::LINGER) the store's writer
+//! ([`super::writer`]) sends. So a busy key's releases cost no call of their own, and an idle
+//! key's are sent as promptly as before. Renewals go through the writer too; they only update
+//! members still in the set (`ZADD XX`), so a renewal that reaches Redis after a release sent
+//! by an admission cannot bring the released lease back.
 //!
 //! The script is specialised to the key's limits ([`super::admit_script`]): Redis runs only
 //! the checks the key has, with its constants in the text, and gets only the Redis keys and
@@ -45,7 +50,9 @@ end
 return #KEYS
 ";
 
-/// KEYS: lease sets. ARGV[1]: ttl ms; ARGV[i + 1]: the lease in KEYS[i].
+/// KEYS: lease sets. ARGV[1]: ttl ms; ARGV[i + 1]: the lease in KEYS[i]. `XX`: a lease that
+/// is no longer in its set (released by an admission this renewal overtook, or lost by Redis)
+/// is not added back.
 const RENEW: &str = r"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -53,11 +60,15 @@ local ttl = tonumber(ARGV[1])
 local score = string.format('%d', now + ttl)
 local expire = string.format('%d', ttl * 2)
 for i, k in ipairs(KEYS) do
-  redis.call('ZADD', k, score, ARGV[i + 1])
+  redis.call('ZADD', k, 'XX', score, ARGV[i + 1])
   redis.call('PEXPIRE', k, expire)
 end
 return #KEYS
 ";
+
+/// Released leases one admission removes at most (the rest wait for the next one, or the
+/// writer).
+pub(super) const RELEASES_PER_ADMISSION: usize = 64;
 
 /// Which limit refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +115,8 @@ pub struct SharedLimits {
     budget_script: OnceLock<Arc<Script>>,
     rpm_key: Arc<str>,
     tpm_key: Arc<str>,
-    lease_key: Arc<str>,
+    /// The key's lease set and its releases not yet sent (with `max_concurrent`).
+    releases: Option<Arc<Releases>>,
     /// Admissions that arrive while one of this key's is in flight, sent as one batch.
     queue: Arc<AdmitQueue>,
 }
@@ -135,12 +147,13 @@ impl SharedLimits {
         };
         let rpm_key: Arc<str> = store.key("rpm", label).into();
         let tpm_key: Arc<str> = store.key("tpm", label).into();
-        let lease_key: Arc<str> = store.key("leases", label).into();
+        let releases = (max_concurrent > 0)
+            .then(|| Arc::new(Releases::new(store.key("leases", label).into())));
         let queue = Arc::new(AdmitQueue::new(
             store,
             &shape,
             shape.tpm.then(|| tpm_key.clone()),
-            (max_concurrent > 0).then(|| lease_key.clone()),
+            releases.clone(),
             shape.rpm_interval.as_ref().map(|_| rpm_key.clone()),
         ));
         SharedLimits {
@@ -153,7 +166,7 @@ impl SharedLimits {
             budget_script: OnceLock::new(),
             rpm_key,
             tpm_key,
-            lease_key,
+            releases,
             queue,
         }
     }
@@ -209,7 +222,14 @@ impl SharedLimits {
             None => &self.script,
         };
         let member_arg = &member;
-        let answer: u64 = store
+        // The key's releases not sent yet go with this call (removed before its checks).
+        let released = self
+            .releases
+            .as_ref()
+            .map(|r| r.take(RELEASES_PER_ADMISSION))
+            .unwrap_or_default();
+        let released_args = &released;
+        let answer: Result<u64, StoreError> = store
             .call(super::Call::Admit, |mut conn| async move {
                 // KEYS and ARGV in the order `Shape` documents.
                 let mut inv = script.prepare_invoke();
@@ -219,8 +239,8 @@ impl SharedLimits {
                 if self.tpm > 0 {
                     inv.key(&*self.tpm_key);
                 }
-                if self.max_concurrent > 0 {
-                    inv.key(&*self.lease_key).arg(member_arg);
+                if let Some(r) = &self.releases {
+                    inv.key(&*r.set).arg(member_arg);
                 }
                 if self.has_rpm {
                     inv.key(&*self.rpm_key);
@@ -228,13 +248,24 @@ impl SharedLimits {
                 if let Some(b) = &budget {
                     inv.arg(b.field).arg(b.limit);
                 }
+                for m in released_args {
+                    inv.arg(m);
+                }
                 inv.invoke_async(&mut conn).await
             })
-            .await?;
+            .await;
+        if let (Err(_), Some(r)) = (&answer, &self.releases) {
+            // Perhaps not removed: they go again (a second `ZREM` of a member is a no-op).
+            r.give_back(store, released);
+        }
+        let answer = answer?;
         if answer != 0 {
             return refusal(answer);
         }
-        let lease = lease_id.map(|id| Lease::taken(store, id, self.lease_key.clone(), member));
+        let lease = match (lease_id, &self.releases) {
+            (Some(id), Some(r)) => Some(Lease::taken(store, id, r, member)),
+            _ => None,
+        };
         Ok(Verdict::Admitted(lease))
     }
 
@@ -270,21 +301,28 @@ pub(super) fn refusal(answer: u64) -> Result<Verdict, StoreError> {
     })
 }
 
-/// A `max_concurrent` slot held in the store; released when dropped (with the response),
-/// through the store's writer.
+/// A `max_concurrent` slot held in the store; released when dropped (with the response):
+/// its key's next admission or the store's writer removes it ([`Releases`]).
 pub struct Lease {
     store: Arc<Store>,
     id: u64,
+    releases: Arc<Releases>,
 }
 
 impl Lease {
-    /// The lease Redis just added as `member` of `set`, kept in this process's book (renewed
-    /// until dropped).
-    pub(super) fn taken(store: &Arc<Store>, id: u64, set: Arc<str>, member: String) -> Lease {
-        store.leases.insert(id, set, member);
+    /// The lease Redis just added as `member` of `releases`' set, kept in this process's book
+    /// (renewed until dropped).
+    pub(super) fn taken(
+        store: &Arc<Store>,
+        id: u64,
+        releases: &Arc<Releases>,
+        member: String,
+    ) -> Lease {
+        store.leases.insert(id, releases.set.clone(), member);
         Lease {
             store: store.clone(),
             id,
+            releases: releases.clone(),
         }
     }
 }
@@ -297,9 +335,113 @@ impl std::fmt::Debug for Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some((set, member)) = self.store.leases.remove(self.id) {
-            self.store.queue(Write::Release { set, member });
+        if let Some((_, member)) = self.store.leases.remove(self.id) {
+            self.releases.release(&self.store, member);
         }
+    }
+}
+
+/// One lease set's released leases that Redis has not been sent yet. The key's next admission
+/// takes them into its script call; the store's writer, told when the list stops being empty,
+/// sends those still here [`LINGER`](super::writer::LINGER) after the first of them came.
+pub struct Releases {
+    pub(super) set: Arc<str>,
+    pending: Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    members: Vec<String>,
+    /// When the oldest member came (`None` while empty); tokio's clock, as the writer's.
+    since: Option<tokio::time::Instant>,
+    /// The writer knows of this list (it was told and has not found it empty since).
+    watched: bool,
+}
+
+impl std::fmt::Debug for Releases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Releases")
+            .field("set", &self.set)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Releases {
+    pub(crate) fn new(set: Arc<str>) -> Releases {
+        Releases {
+            set,
+            pending: Mutex::new(Pending::default()),
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Releases `member`: it waits here for the key's next admission, and the writer is told
+    /// of the list if it does not know of it.
+    pub(crate) fn release(self: &Arc<Self>, store: &Store, member: String) {
+        self.give_back(store, vec![member]);
+    }
+
+    /// Puts `members` (back) on the list; tells the writer if it does not watch the list.
+    fn give_back(self: &Arc<Self>, store: &Store, members: Vec<String>) {
+        if self.add(members) {
+            store.queue(Write::Released(self.clone()));
+        }
+    }
+
+    /// Adds `members`; whether the writer must be told of the list (it did not watch it).
+    fn add(&self, members: Vec<String>) -> bool {
+        self.add_at(members, tokio::time::Instant::now())
+    }
+
+    /// [`add`](Self::add) at `now`.
+    pub(super) fn add_at(&self, members: Vec<String>, now: tokio::time::Instant) -> bool {
+        if members.is_empty() {
+            return false;
+        }
+        let mut p = self.pending();
+        p.members.extend(members);
+        p.since.get_or_insert(now);
+        !std::mem::replace(&mut p.watched, true)
+    }
+
+    /// Up to `max` members, oldest first, for an admission to remove.
+    pub(super) fn take(&self, max: usize) -> Vec<String> {
+        let mut p = self.pending();
+        if p.members.is_empty() {
+            return Vec::new();
+        }
+        if p.members.len() <= max {
+            p.since = None;
+            return std::mem::take(&mut p.members);
+        }
+        p.members.drain(..max).collect()
+    }
+
+    /// For the writer: every member if the oldest waited `linger` by `now` (or `all`), else
+    /// when they fall due. Unless it answers a time, the writer no longer watches the list
+    /// (its next release tells the writer again).
+    pub(super) fn due(
+        &self,
+        now: tokio::time::Instant,
+        linger: Duration,
+        all: bool,
+    ) -> (Option<Vec<String>>, Option<tokio::time::Instant>) {
+        let mut p = self.pending();
+        let Some(since) = p.since else {
+            p.watched = false;
+            return (None, None);
+        };
+        if all || since + linger <= now {
+            p.since = None;
+            p.watched = false;
+            return (Some(std::mem::take(&mut p.members)), None);
+        }
+        (None, Some(since + linger))
     }
 }
 

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use redis::Script;
 use tokio::sync::oneshot;
 
-use super::admission::{refusal, Lease, Verdict};
+use super::admission::{refusal, Lease, Releases, Verdict};
 use super::admit_script::{self, Shape};
 use super::{note_error, Store, StoreError};
 
@@ -35,7 +35,8 @@ pub(super) struct AdmitQueue {
     /// The batch script, built on the key's first batch.
     script: OnceLock<Arc<Script>>,
     tpm_key: Option<Arc<str>>,
-    lease_key: Option<Arc<str>>,
+    /// The key's lease set, and where its leases go when released.
+    releases: Option<Arc<Releases>>,
     rpm_key: Option<Arc<str>>,
     state: Mutex<State>,
 }
@@ -88,7 +89,7 @@ impl AdmitQueue {
         store: &Arc<Store>,
         shape: &Shape,
         tpm_key: Option<Arc<str>>,
-        lease_key: Option<Arc<str>>,
+        releases: Option<Arc<Releases>>,
         rpm_key: Option<Arc<str>>,
     ) -> AdmitQueue {
         AdmitQueue {
@@ -96,7 +97,7 @@ impl AdmitQueue {
             shape: shape.clone(),
             script: OnceLock::new(),
             tpm_key,
-            lease_key,
+            releases,
             rpm_key,
             state: Mutex::new(State::default()),
         }
@@ -187,9 +188,9 @@ impl AdmitQueue {
                 if let Some(k) = &self.tpm_key {
                     inv.key(&**k);
                 }
-                match &self.lease_key {
-                    Some(k) => {
-                        inv.key(&**k);
+                match &self.releases {
+                    Some(r) => {
+                        inv.key(&*r.set);
                         for (_, member) in requests.iter().filter_map(|w| w.lease.as_ref()) {
                             inv.arg(member);
                         }
@@ -216,8 +217,8 @@ impl AdmitQueue {
         for (i, w) in batch.into_iter().enumerate() {
             let verdict = if (i as u64) < admitted {
                 Ok(Verdict::Admitted(w.lease.and_then(|(id, member)| {
-                    let set = self.lease_key.clone()?;
-                    Some(Lease::taken(&self.store, id, set, member))
+                    let releases = self.releases.as_ref()?;
+                    Some(Lease::taken(&self.store, id, releases, member))
                 })))
             } else {
                 refusal(code)

@@ -33,7 +33,8 @@ use redis::Script;
 
 /// What an admission script is specialised to. `KEYS`, in this order and only those present:
 /// the budget hash, the tpm key, the lease set, the rpm key. `ARGV`: the lease member (with
-/// `max_concurrent`), then the budget's field and limit (with `budget`).
+/// `max_concurrent`), then the budget's field and limit (with `budget`), then (with
+/// `max_concurrent`) any number of released leases of the set, removed before anything else.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct Shape {
     /// 60 s / rpm in µs, as Rust prints the `f64` (the shortest text that reads back as the
@@ -88,8 +89,16 @@ impl Shape {
         };
         let member_arg = lease_key.map(|_| next_arg());
         let budget_args = budget_key.map(|_| (next_arg(), next_arg()));
+        let released_from = next_arg();
 
         let mut s = String::with_capacity(1024);
+        if let Some(k) = lease_key {
+            // Before any check can return: the releases go whatever the verdict.
+            let _ = writeln!(
+                s,
+                "if #ARGV >= {released_from} then redis.call('ZREM', KEYS[{k}], unpack(ARGV, {released_from})) end"
+            );
+        }
         // The budget needs no clock: a budget-only key does not ask for it.
         if tpm_key.is_some() || lease_key.is_some() || rpm_key.is_some() {
             s.push_str("local t = redis.call('TIME')\nlocal now = t[1] * 1000000 + t[2]\n");

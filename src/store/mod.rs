@@ -3,10 +3,10 @@
 //! cool-downs ([`cooldown`]), usage and budget counters ([`usage`], written by
 //! [`crate::usage::shared`]).
 //!
-//! A request waits on at most one round trip (its admission). What it leaves behind (its
-//! lease's release, its tpm charge, its usage) goes onto one bounded queue to the store's
-//! writer task ([`writer`]), which sends whatever has queued as one pipeline and renews the
-//! process's leases.
+//! A request waits on at most one round trip (its admission). What it leaves behind goes off
+//! its path: its lease's release rides on its key's next admission, or the store's writer task
+//! ([`writer`]) sends it; its tpm charge and usage go onto one bounded queue to the writer,
+//! which sends whatever is due as one pipeline and renews the process's leases.
 //!
 //! Every call is bounded by `timeout_ms`; a call that fails or runs out of time counts in
 //! [`store_errors_total`] and logs a warning at most every few seconds. What the request does
@@ -141,6 +141,10 @@ pub struct Store {
     writes: mpsc::Sender<writer::Write>,
     /// What the queue had no room for, kept for the writer's next batch.
     overflow: Mutex<writer::Overflow>,
+    /// Set while the writer holds only writes due later than [`writer::LINGER`]: a prompt
+    /// write then wakes it through `hurry`.
+    writer_lazy: AtomicBool,
+    hurry: tokio::sync::Notify,
     /// The lease TTL in ms (written into admission scripts, an argument of the renewal).
     lease_ttl_ms: u64,
     /// Whether the process's usage (and so its budgets) is kept in this store, so that the
@@ -230,23 +234,33 @@ impl Store {
             pools: Mutex::new(Vec::new()),
             writes,
             overflow: Mutex::new(writer::Overflow::default()),
+            writer_lazy: AtomicBool::new(false),
+            hurry: tokio::sync::Notify::new(),
             lease_ttl_ms: ttl_ms,
             keeps_usage: AtomicBool::new(false),
         };
         Ok((store, queued))
     }
 
-    /// Hands a write to the writer task, off the request path; a full queue drops it and
-    /// counts a store error.
+    /// Hands a write to the writer task, off the request path. A full queue keeps what
+    /// [`writer::Overflow`] can hold beside it and drops the rest, counted as store errors.
     pub(crate) fn queue(&self, write: writer::Write) {
+        let prompt = write.is_prompt();
         let kept = match self.writes.try_send(write) {
-            Ok(()) => true,
+            Ok(()) => {
+                if prompt {
+                    self.hurry_writer();
+                }
+                true
+            }
             // The writer is behind: a lease release or usage waits beside the queue for its
             // next batch rather than being lost (a lost release holds its slot until the TTL).
-            Err(mpsc::error::TrySendError::Full(write)) => self
-                .overflow
-                .lock()
-                .is_ok_and(|mut overflow| overflow.keep(write)),
+            Err(mpsc::error::TrySendError::Full(write)) => {
+                self.hurry.notify_one();
+                self.overflow
+                    .lock()
+                    .is_ok_and(|mut overflow| overflow.keep(write))
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         };
         if !kept {
@@ -254,12 +268,21 @@ impl Store {
         }
     }
 
-    /// Waits, at most `within`, until every write queued so far has been sent: a graceful
-    /// shutdown calls it after the last request ended, so no release or usage is lost.
+    /// Wakes the writer if it sleeps holding only writes due later than [`writer::LINGER`].
+    fn hurry_writer(&self) {
+        if self.writer_lazy.load(Ordering::Relaxed) {
+            self.hurry.notify_one();
+        }
+    }
+
+    /// Waits, at most `within`, until every write queued so far (and every release not sent
+    /// yet) has been sent: a graceful shutdown calls it after the last request ended, so no
+    /// release or usage is lost; `GET /admin/usage` calls it so the replica's own use shows.
     pub async fn flush(&self, within: Duration) {
         let (done, sent) = tokio::sync::oneshot::channel();
         let flushed = async {
             if self.writes.send(writer::Write::Flush(done)).await.is_ok() {
+                self.hurry_writer();
                 let _ = sent.await;
             }
         };

@@ -95,6 +95,60 @@ async fn leases_bound_concurrency_and_free_on_drop() {
 }
 
 #[tokio::test]
+async fn a_released_lease_goes_with_the_keys_next_admission() {
+    // max_concurrent 1, requests one after another with no pause: each admission removes the
+    // lease the one before released (the writer would send it only after its linger), so none
+    // is refused.
+    let redis = RedisServer::start();
+    let s = store(&redis, "trel:");
+    let l = limits(&s, None, None, Some(1));
+    for i in 0..50 {
+        match l.admit(None).await.unwrap() {
+            Verdict::Admitted(Some(lease)) => drop(lease),
+            v => panic!("request {i}: {v:?}"),
+        }
+    }
+    // The last release, which no admission took, the writer sends after its linger.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while redis
+        .command(&["ZCARD", "trel:leases:alice"])
+        .unwrap()
+        .trim()
+        != "0"
+    {
+        assert!(Instant::now() < deadline, "the last release was never sent");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_renewal_does_not_bring_back_a_released_lease() {
+    let redis = RedisServer::start();
+    let s = store(&redis, "tren:");
+    let l = limits(&s, None, None, Some(1));
+    let Verdict::Admitted(Some(_held)) = l.admit(None).await.unwrap() else {
+        panic!()
+    };
+    // A lease of this process that an admission (of any replica) already removed: the
+    // renewal, which may reach Redis after that, updates only leases still in the set.
+    let members = redis
+        .command(&["ZRANGE", "tren:leases:alice", "0", "-1"])
+        .unwrap();
+    let member = members.trim().to_owned();
+    redis
+        .command(&["ZREM", "tren:leases:alice", &member])
+        .unwrap();
+    super::admission::renew(&s).await;
+    assert_eq!(
+        redis
+            .command(&["ZCARD", "tren:leases:alice"])
+            .unwrap()
+            .trim(),
+        "0"
+    );
+}
+
+#[tokio::test]
 async fn live_leases_are_renewed_past_their_ttl() {
     let redis = RedisServer::start();
     let s = store(&redis, "t3:");
@@ -789,28 +843,21 @@ async fn writes_beyond_the_full_queue_reach_redis_with_a_later_batch() {
     // meanwhile) overflow its queue: lease releases and usage wait beside it, none is lost.
     let redis = RedisServer::start();
     let s = store(&redis, "tfull:");
-    let set: Arc<str> = "tfull:leases".into();
     let n = writer::QUEUE + 2_000;
-    let members: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
-    let mut zadd = vec!["ZADD", &*set];
-    for m in &members {
-        zadd.extend(["1e15", m.as_str()]);
-    }
-    assert_eq!(
-        redis.command(&zadd).map(|o| o.trim().to_owned()),
-        Some(n.to_string())
-    );
-    for member in members {
-        s.queue(writer::Write::Release {
-            set: set.clone(),
-            member,
-        });
+    for _ in 0..n {
         dave_uses(&s);
     }
+    // The queue is full: each lease set's word to the writer waits beside it.
+    let sets: Vec<Arc<admission::Releases>> = (0..2_000)
+        .map(|i| Arc::new(admission::Releases::new(format!("tfull:leases:{i}").into())))
+        .collect();
+    for (i, r) in sets.iter().enumerate() {
+        let member = format!("m{i}");
+        redis.command(&["ZADD", &r.set, "1e15", &member]).unwrap();
+        r.release(&s, member);
+    }
     s.flush(Duration::from_secs(10)).await;
-    assert_eq!(
-        redis.command(&["ZCARD", &set]).map(|o| o.trim().to_owned()),
-        Some("0".into())
-    );
+    let left = redis.command(&["KEYS", "tfull:leases:*"]).unwrap();
+    assert_eq!(left.trim(), "", "lease sets left");
     assert_eq!(dave_requests(&s).await, n as u64);
 }

@@ -1,23 +1,33 @@
 //! The store's one writer task: everything a request leaves behind (its lease's release, its
-//! tpm charge, its usage counters) goes onto one bounded queue, and the writer sends whatever
-//! has queued as one pipelined round trip, so no request waits on these and Redis sees one
-//! batch however many requests end together.
+//! tpm charge, its usage counters) reaches Redis through it, off the request path, as one
+//! pipelined round trip for whatever is due together.
 //!
-//! A batch is coalesced before it is sent: the releases of one lease set go as one `ZREM`,
-//! the charges of one key as one amount (all keys' charges in one script call), and the usage
-//! of one key, model and period as one set of increments. The writer sends [`LINGER`] after
-//! the first write of a batch arrived (what ends meanwhile rides along; a released slot is
-//! free again within that plus a round trip), one batch at a time.
+//! When a write is due depends on who reads it soon:
+//! - a tpm charge, the usage of a key with a budget (both read by the next admissions) and a
+//!   flush request: [`LINGER`] after the first of them arrived (what ends meanwhile rides
+//!   along);
+//! - a lease release: the key's next admission takes it into its own script call
+//!   ([`super::admission::Releases`]); the writer sends only what no admission took within
+//!   [`LINGER`] of its release, so a released slot is free again within that plus a round
+//!   trip, and a busy key's releases cost no call of their own;
+//! - the usage of keys without a budget (read only by `GET /admin/usage`, which flushes this
+//!   replica's first): [`USAGE_LINGER`], or sooner when something else is sent.
 //!
-//! The writer also renews this process's leases every third of the lease TTL. Being the same
-//! task, a renewal is never sent after the release of a lease it did not see: a snapshot that
-//! still holds a lease was sent before that lease's release was even queued.
+//! A batch is coalesced before it is sent: the releases of one lease set go as one `ZREM`, the
+//! charges of one key as one amount (all keys' charges in one script call), and the usage of
+//! one key, model and period as one set of increments. While something is held, the writer
+//! sleeps until it is due instead of waking for every write (a charge, a budgeted use or a
+//! release arriving while only unbudgeted usage is held wakes it to send sooner).
+//!
+//! The writer also renews this process's leases every third of the lease TTL, with `ZADD XX`,
+//! so a renewal that reaches Redis after the release of a lease it still listed does not add
+//! it back ([`super::admission`]).
 //!
 //! A write the full queue has no room for waits beside it ([`Overflow`]) and goes with the
-//! writer's next batch: lease releases up to [`OVERFLOW_RELEASES`], usage coalesced up to
-//! [`UNSENT_MAX`] sets; beyond that, and a tpm charge (late, it would count against the wrong
-//! minute), it is dropped and counted as a store error. A batch Redis refused the
-//! connection for (nothing of it was sent) keeps its usage for the next batch, coalesced and
+//! writer's next batch: the lease sets with releases up to [`OVERFLOW_RELEASES`], usage
+//! coalesced up to [`UNSENT_MAX`] sets; beyond that, and a tpm charge (late, it would count
+//! against the wrong minute), it is dropped and counted as a store error. A batch Redis refused
+//! the connection for (nothing of it was sent) keeps its usage for the next batch, coalesced and
 //! bounded ([`UNSENT_MAX`]); the renewal tick sends it too, so it reaches Redis once Redis is
 //! back even if no request ends meanwhile. A batch that failed otherwise (no answer in time, a
 //! dropped connection: it may have been applied) is counted and not sent again, so no counter
@@ -29,22 +39,26 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-use super::admission::{self, CHARGE_SCRIPT};
+use super::admission::{self, Releases, CHARGE_SCRIPT};
 use super::usage::UsageWrite;
 use super::{Store, StoreError};
 
-/// Writes queued for the writer before further ones are dropped (and counted).
+/// Writes queued for the writer before further ones wait beside the queue ([`Overflow`]).
 pub const QUEUE: usize = 8192;
 /// Writes taken into one batch at most.
 pub const BATCH: usize = 1024;
-/// How long the writer waits after the first write of a batch for others to join it.
+/// How long a charge, a budgeted use, a flush or an untaken release waits for others to join
+/// it.
 pub const LINGER: Duration = Duration::from_millis(2);
+/// How long the usage of keys without a budget waits for others to join it.
+pub const USAGE_LINGER: Duration = Duration::from_millis(50);
 /// Usage counter sets (key, model, period) kept for a later batch while Redis refuses the
 /// connection; beyond them usage is dropped and counted.
 pub const UNSENT_MAX: usize = 4096;
-/// Lease releases kept beside a full queue ([`Overflow`]); beyond them a release is dropped
-/// (its slot is free again within the lease TTL) and counted.
+/// Lease sets with releases kept beside a full queue ([`Overflow`]); beyond them a set's
+/// releases are dropped (their slots are free again within the lease TTL) and counted.
 pub const OVERFLOW_RELEASES: usize = 65_536;
 /// The least time a batch may take: no request waits on it, and while Redis is down the
 /// client's reconnection attempts take longer than a tight `timeout_ms`. A batch that ends with
@@ -54,8 +68,8 @@ const WRITE_WITHIN: Duration = Duration::from_secs(1);
 /// One thing a request leaves for the store.
 #[derive(Debug)]
 pub enum Write {
-    /// A `max_concurrent` lease to remove from its set.
-    Release { set: Arc<str>, member: String },
+    /// A lease set has releases waiting ([`Releases`]); sent when no admission took them.
+    Released(Arc<Releases>),
     /// Tokens to charge against a key's shared tpm.
     Tokens {
         key: Arc<str>,
@@ -68,6 +82,14 @@ pub enum Write {
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
+impl Write {
+    /// Whether it is due within [`LINGER`] (everything but the usage of a key without a
+    /// budget).
+    pub(super) fn is_prompt(&self) -> bool {
+        !matches!(self, Write::Usage(u) if u.period_id.is_none())
+    }
+}
+
 /// Starts the writer of `store`; it ends when the store is dropped (its queue closes).
 pub(super) fn spawn(store: &Arc<Store>, queued: mpsc::Receiver<Write>) {
     let weak = Arc::downgrade(store);
@@ -75,67 +97,193 @@ pub(super) fn spawn(store: &Arc<Store>, queued: mpsc::Receiver<Write>) {
     super::spawn_detached(run(weak, queued, renew_every));
 }
 
-async fn run(
-    store: Weak<Store>,
-    mut queued: mpsc::Receiver<Write>,
-    renew_every: std::time::Duration,
-) {
+async fn run(store: Weak<Store>, mut queued: mpsc::Receiver<Write>, renew_every: Duration) {
     let mut tick = tokio::time::interval(renew_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut batch = Vec::with_capacity(BATCH);
+    let mut incoming = Vec::with_capacity(BATCH);
+    let mut held = Held::default();
     let mut unsent: Vec<UsageWrite> = Vec::new();
     loop {
+        let due = held.due();
+        // Only unbudgeted usage held: a prompt write must wake the writer ([`Store::queue`]).
+        let lazy = due.is_some_and(|d| d > Instant::now() + LINGER);
+        if let Some(store) = store.upgrade() {
+            store
+                .writer_lazy
+                .store(lazy, std::sync::atomic::Ordering::Relaxed);
+        }
         tokio::select! {
-            n = queued.recv_many(&mut batch, BATCH) => {
+            // Nothing held: wait for the first write.
+            n = queued.recv_many(&mut incoming, BATCH), if due.is_none() => {
                 if n == 0 {
                     return;
                 }
-                // The requests ending about now ride along: at low concurrency too, one
-                // pipeline (one write and read on each side) serves many of them.
-                tokio::time::sleep(LINGER).await;
-                while batch.len() < BATCH {
+                held.take_in(&mut incoming, Instant::now());
+            }
+            // Something held: sleep until it is due; what is queued meanwhile is taken then.
+            () = sleep_or_hurry(&store, due, lazy), if due.is_some() => {
+                let Some(store) = store.upgrade() else { return };
+                let mut closed = false;
+                while incoming.len() < BATCH {
                     match queued.try_recv() {
-                        Ok(w) => batch.push(w),
-                        Err(_) => break,
+                        Ok(w) => incoming.push(w),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            closed = true;
+                            break;
+                        }
                     }
                 }
-                let Some(store) = store.upgrade() else { return };
-                take_overflow(&store, &mut batch, &mut unsent);
-                let flushed = send(&store, &mut batch, &mut unsent).await;
-                batch.clear();
-                for done in flushed {
-                    let _ = done.send(());
+                let now = Instant::now();
+                held.take_in(&mut incoming, now);
+                take_overflow(&store, &mut held, &mut unsent, now);
+                if let Some(mut out) = held.due_now(now, closed) {
+                    let flushed = send(&store, &mut out, &mut unsent).await;
+                    for done in flushed {
+                        let _ = done.send(());
+                    }
+                }
+                if closed {
+                    return;
                 }
             }
             _ = tick.tick() => {
                 let Some(store) = store.upgrade() else { return };
                 admission::renew(&store).await;
-                let mut kept = Vec::new();
-                take_overflow(&store, &mut kept, &mut unsent);
-                if !kept.is_empty() || !unsent.is_empty() {
-                    send(&store, &mut kept, &mut unsent).await;
+                let now = Instant::now();
+                take_overflow(&store, &mut held, &mut unsent, now);
+                if !unsent.is_empty() {
+                    send(&store, &mut Outgoing::default(), &mut unsent).await;
                 }
             }
         }
     }
 }
 
+/// Sleeps until `due`; while `lazy`, a prompt write queued meanwhile ends the sleep early.
+async fn sleep_or_hurry(store: &Weak<Store>, due: Option<Instant>, lazy: bool) {
+    let Some(due) = due else { return };
+    let hurry = store.upgrade();
+    match hurry.as_deref().filter(|_| lazy) {
+        Some(store) => {
+            tokio::select! {
+                () = tokio::time::sleep_until(due) => {}
+                () = store.hurry.notified() => {}
+            }
+        }
+        None => tokio::time::sleep_until(due).await,
+    }
+}
+
+/// What the writer holds until it is due.
+#[derive(Default)]
+struct Held {
+    /// Charges, budgeted usage and flush requests, due [`LINGER`] after the first.
+    prompt: Vec<Write>,
+    prompt_due: Option<Instant>,
+    /// Usage of keys without a budget, due [`USAGE_LINGER`] after the first.
+    usage: Vec<UsageWrite>,
+    usage_due: Option<Instant>,
+    /// Lease sets with releases waiting for their key's next admission.
+    watched: Vec<Arc<Releases>>,
+    /// When the oldest release of a watched set falls due (recomputed at each look).
+    releases_due: Option<Instant>,
+}
+
+impl Held {
+    fn take_in(&mut self, incoming: &mut Vec<Write>, now: Instant) {
+        for w in incoming.drain(..) {
+            match w {
+                Write::Released(r) => {
+                    if !self.watched.iter().any(|w| Arc::ptr_eq(w, &r)) {
+                        self.watched.push(r);
+                    }
+                    // Looked at within LINGER; its own time is read then.
+                    let at = now + LINGER;
+                    self.releases_due = Some(self.releases_due.map_or(at, |d| d.min(at)));
+                }
+                Write::Usage(u) if u.period_id.is_none() => {
+                    self.usage.push(u);
+                    self.usage_due.get_or_insert(now + USAGE_LINGER);
+                    if self.usage.len() >= BATCH {
+                        self.usage_due = Some(now);
+                    }
+                }
+                w => {
+                    self.prompt.push(w);
+                    self.prompt_due.get_or_insert(now + LINGER);
+                    if self.prompt.len() >= BATCH {
+                        self.prompt_due = Some(now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// When the writer must look again; `None`: nothing is held.
+    fn due(&self) -> Option<Instant> {
+        [self.prompt_due, self.usage_due, self.releases_due]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// What is due by `now` (everything when `all`, or when a flush request is due): the
+    /// due releases of the watched sets and the held writes, with all held usage riding along
+    /// once anything is sent. `None`: nothing to send yet.
+    fn due_now(&mut self, now: Instant, all: bool) -> Option<Outgoing> {
+        let prompt_due = self.prompt_due.is_some_and(|d| d <= now);
+        let all = all || (prompt_due && self.prompt.iter().any(|w| matches!(w, Write::Flush(_))));
+        let mut out = Outgoing::default();
+        let mut next: Option<Instant> = None;
+        self.watched.retain(|r| {
+            let (members, later) = r.due(now, LINGER, all);
+            if let Some(members) = members.filter(|m| !m.is_empty()) {
+                out.releases.push((r.set.clone(), members));
+            }
+            if let Some(at) = later {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+            // Otherwise the set is no longer watched: its next release tells the writer.
+            later.is_some()
+        });
+        self.releases_due = next;
+        if all || prompt_due {
+            out.writes = std::mem::take(&mut self.prompt);
+            self.prompt_due = None;
+        }
+        let usage_due = self.usage_due.is_some_and(|d| d <= now);
+        if all || usage_due || !out.is_empty() {
+            out.usage = std::mem::take(&mut self.usage);
+            self.usage_due = None;
+        }
+        (!out.is_empty()).then_some(out)
+    }
+}
+
 /// Writes the queue had no room for, kept for the writer's next batch ([`Store::queue`]).
 #[derive(Debug, Default)]
 pub(super) struct Overflow {
-    releases: Vec<Write>,
+    released: Vec<Arc<Releases>>,
     usage: Vec<UsageWrite>,
 }
 
 impl Overflow {
-    /// Keeps `write` if it is a release (while fewer than [`OVERFLOW_RELEASES`] are kept) or
-    /// usage (added to the kept set of its key, model and period, or a new one while fewer
-    /// than [`UNSENT_MAX`] are kept); whether it was kept.
+    /// Keeps `write` if it tells of a lease set's releases (while fewer than
+    /// [`OVERFLOW_RELEASES`] sets are kept) or is usage (added to the kept set of its key,
+    /// model and period, or a new one while fewer than [`UNSENT_MAX`] are kept); whether it
+    /// was kept.
     pub(super) fn keep(&mut self, write: Write) -> bool {
         match write {
-            Write::Release { .. } if self.releases.len() < OVERFLOW_RELEASES => {
-                self.releases.push(write);
-                true
+            Write::Released(r) => {
+                if self.released.iter().any(|k| Arc::ptr_eq(k, &r)) {
+                    true
+                } else if self.released.len() < OVERFLOW_RELEASES {
+                    self.released.push(r);
+                    true
+                } else {
+                    false
+                }
             }
             Write::Usage(usage) => {
                 if let Some(kept) = self.usage.iter_mut().find(|k| k.same_counters(&usage)) {
@@ -153,12 +301,31 @@ impl Overflow {
     }
 }
 
-/// Moves what waits beside the queue into the batch being built (`batch`, and `unsent` for
-/// usage, which the batch coalesces with its own).
-fn take_overflow(store: &Store, batch: &mut Vec<Write>, unsent: &mut Vec<UsageWrite>) {
-    if let Ok(mut overflow) = store.overflow.lock() {
-        batch.append(&mut overflow.releases);
-        unsent.append(&mut overflow.usage);
+/// Moves what waits beside the queue into what the writer holds: the lease sets to watch, and
+/// the usage into `unsent` (sent with the next batch or renewal tick).
+fn take_overflow(store: &Store, held: &mut Held, unsent: &mut Vec<UsageWrite>, now: Instant) {
+    let Ok(mut overflow) = store.overflow.lock() else {
+        return;
+    };
+    let mut released: Vec<Write> = overflow.released.drain(..).map(Write::Released).collect();
+    held.take_in(&mut released, now);
+    unsent.append(&mut overflow.usage);
+}
+
+/// What one batch sends, before coalescing.
+#[derive(Default)]
+struct Outgoing {
+    /// Releases by lease set.
+    releases: Vec<(Arc<str>, Vec<String>)>,
+    /// Charges, budgeted usage and flush requests.
+    writes: Vec<Write>,
+    /// Usage of keys without a budget.
+    usage: Vec<UsageWrite>,
+}
+
+impl Outgoing {
+    fn is_empty(&self) -> bool {
+        self.releases.is_empty() && self.writes.is_empty() && self.usage.is_empty()
     }
 }
 
@@ -176,28 +343,31 @@ struct Coalesced {
 impl Coalesced {
     /// Sorts and merges, so a batch of many keys costs n log n, not n² comparisons. The usage
     /// an earlier batch could not send (`unsent`) joins this one's.
-    fn of(batch: &mut Vec<Write>, unsent: &mut Vec<UsageWrite>) -> Coalesced {
-        let mut releases: Vec<(Arc<str>, String)> = Vec::new();
+    fn of(out: &mut Outgoing, unsent: &mut Vec<UsageWrite>) -> Coalesced {
         let mut charges: Vec<(Arc<str>, u64, u64)> = Vec::new();
         let mut usage: Vec<UsageWrite> = std::mem::take(unsent);
+        usage.append(&mut out.usage);
         let mut flushed = Vec::new();
-        for w in batch.drain(..) {
+        for w in out.writes.drain(..) {
             match w {
-                Write::Release { set, member } => releases.push((set, member)),
+                // Sets are watched, never sent as writes.
+                Write::Released(_) => {}
                 Write::Tokens { key, tpm, tokens } => charges.push((key, tpm, tokens)),
                 Write::Usage(u) => usage.push(u),
                 Write::Flush(done) => flushed.push(done),
             }
         }
+        let mut releases = std::mem::take(&mut out.releases);
         releases.sort_by(|a, b| a.0.cmp(&b.0));
         let mut c = Coalesced {
             flushed,
             ..Coalesced::default()
         };
-        for (set, member) in releases {
+        // Two generations' lists of one set go as one `ZREM`.
+        for (set, mut members) in releases {
             match c.releases.last_mut() {
-                Some((s, members)) if *s == set => members.push(member),
-                _ => c.releases.push((set, vec![member])),
+                Some((s, kept)) if *s == set => kept.append(&mut members),
+                _ => c.releases.push((set, members)),
             }
         }
         charges.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
@@ -230,10 +400,10 @@ impl Coalesced {
 /// flush requests, to answer once it is sent.
 async fn send(
     store: &Store,
-    batch: &mut Vec<Write>,
+    out: &mut Outgoing,
     unsent: &mut Vec<UsageWrite>,
 ) -> Vec<tokio::sync::oneshot::Sender<()>> {
-    let mut c = Coalesced::of(batch, unsent);
+    let mut c = Coalesced::of(out, unsent);
     let flushed = std::mem::take(&mut c.flushed);
     let mut pipe = redis::pipe();
     for (set, members) in &c.releases {
@@ -301,35 +471,36 @@ mod tests {
     #[test]
     fn a_batch_coalesces_per_set_key_and_counters() {
         let (a, b): (Arc<str>, Arc<str>) = ("l:a".into(), "l:b".into());
-        let mut batch = vec![
-            Write::Release {
-                set: a.clone(),
-                member: "1".into(),
-            },
-            usage("k", "m", 1),
-            Write::Release {
-                set: b.clone(),
-                member: "2".into(),
-            },
-            Write::Tokens {
-                key: a.clone(),
-                tpm: 60,
-                tokens: 5,
-            },
-            usage("k", "m", 2),
-            Write::Release {
-                set: a.clone(),
-                member: "3".into(),
-            },
-            usage("k", "other", 1),
-            Write::Tokens {
-                key: a.clone(),
-                tpm: 60,
-                tokens: 7,
-            },
-        ];
-        let c = Coalesced::of(&mut batch, &mut Vec::new());
-        assert!(batch.is_empty());
+        let mut out = Outgoing {
+            releases: vec![
+                (a.clone(), vec!["1".into()]),
+                (b.clone(), vec!["2".into()]),
+                (a.clone(), vec!["3".into()]),
+            ],
+            writes: vec![
+                Write::Tokens {
+                    key: a.clone(),
+                    tpm: 60,
+                    tokens: 5,
+                },
+                usage("k", "m", 2),
+                Write::Tokens {
+                    key: a.clone(),
+                    tpm: 60,
+                    tokens: 7,
+                },
+            ],
+            usage: Vec::new(),
+        };
+        let Write::Usage(first) = usage("k", "m", 1) else {
+            unreachable!()
+        };
+        let Write::Usage(other) = usage("k", "other", 1) else {
+            unreachable!()
+        };
+        out.usage = vec![first, other];
+        let c = Coalesced::of(&mut out, &mut Vec::new());
+        assert!(out.is_empty());
         assert_eq!(
             c.releases,
             vec![
@@ -348,5 +519,67 @@ mod tests {
             (3, 30, 1.0)
         );
         assert_eq!(c.usage[1].model, "other");
+    }
+
+    fn budgeted(key: &str) -> Write {
+        Write::Usage(UsageWrite {
+            key: key.into(),
+            model: "m".into(),
+            requests: 1,
+            period_id: Some("day-0".into()),
+            ..UsageWrite::default()
+        })
+    }
+
+    #[test]
+    fn usage_without_a_budget_waits_longer_unless_something_else_goes() {
+        let t0 = Instant::now();
+        let mut held = Held::default();
+        held.take_in(&mut vec![usage("k", "m", 1)], t0);
+        assert_eq!(held.due(), Some(t0 + USAGE_LINGER));
+        assert!(held.due_now(t0 + LINGER, false).is_none());
+        // A budgeted key's use is due within LINGER, and the held usage rides along with it.
+        let t1 = t0 + LINGER;
+        held.take_in(&mut vec![budgeted("b")], t1);
+        assert_eq!(held.due(), Some(t1 + LINGER));
+        let out = held.due_now(t1 + LINGER, false).expect("due");
+        assert_eq!((out.writes.len(), out.usage.len()), (1, 1));
+        assert_eq!(held.due(), None);
+        // Alone, the unbudgeted usage goes at USAGE_LINGER.
+        let t2 = t1 + LINGER;
+        held.take_in(&mut vec![usage("k", "m", 1)], t2);
+        assert!(held.due_now(t2 + USAGE_LINGER / 2, false).is_none());
+        let out = held.due_now(t2 + USAGE_LINGER, false).expect("due");
+        assert_eq!((out.writes.len(), out.usage.len()), (0, 1));
+    }
+
+    #[test]
+    fn releases_an_admission_took_are_not_sent_and_the_rest_go_after_linger() {
+        let t0 = Instant::now();
+        // What `Releases::release` does at t0, but the writer is told here.
+        let store_less = |r: &Arc<Releases>, m: &str| r.add_at(vec![m.to_owned()], t0);
+        let r = Arc::new(Releases::new("l:a".into()));
+        assert!(store_less(&r, "1"), "the first release tells the writer");
+        assert!(
+            !store_less(&r, "2"),
+            "a watched list does not tell it again"
+        );
+        let mut held = Held::default();
+        held.take_in(&mut vec![Write::Released(r.clone())], t0);
+        // Not yet LINGER old: held, nothing to send.
+        assert!(held.due_now(t0, false).is_none());
+        let later = t0 + LINGER;
+        let out = held.due_now(later, false).expect("due");
+        assert_eq!(
+            out.releases,
+            vec![("l:a".into(), vec!["1".into(), "2".into()])]
+        );
+        assert_eq!(held.due(), None, "sent: no longer watched");
+        // A release an admission takes before it is due is never sent by the writer.
+        assert!(store_less(&r, "3"), "unwatched: the writer is told again");
+        held.take_in(&mut vec![Write::Released(r.clone())], later);
+        assert_eq!(r.take(64), vec!["3".to_owned()]);
+        assert!(held.due_now(later + LINGER, false).is_none());
+        assert_eq!(held.due(), None);
     }
 }

@@ -128,6 +128,8 @@ impl UsageBackend for SharedUsage {
 
     fn totals(&self) -> BoxFuture<'_, Result<Totals, Unavailable>> {
         Box::pin(async move {
+            // This replica's usage the writer still holds (up to its USAGE_LINGER) is counted.
+            self.store.flush(self.store.timeout()).await;
             let read = async {
                 let rows = self.store.usage_snapshot().await?;
                 let since = self.store.usage_since().await?;

@@ -14,9 +14,9 @@
 //! its own script call (first thing, so the slot is free for that very admission), and what no
 //! admission took within the writer's [`LINGER`](super::writer::LINGER) the store's writer
 //! ([`super::writer`]) sends. So a busy key's releases cost no call of their own, and an idle
-//! key's are sent as promptly as before. Renewals go through the writer too; they only update
-//! members still in the set (`ZADD XX`), so a renewal that reaches Redis after a release sent
-//! by an admission cannot bring the released lease back.
+//! key's slot is free again within that linger plus a round trip. Renewals go through the
+//! writer too; they only update members still in the set (`ZADD XX`), so a renewal that
+//! reaches Redis after a release sent by an admission cannot bring the released lease back.
 //!
 //! The script is specialised to the key's limits ([`super::admit_script`]): Redis runs only
 //! the checks the key has, with its constants in the text, and gets only the Redis keys and

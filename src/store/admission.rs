@@ -383,28 +383,29 @@ impl Releases {
     /// Releases `member`: it waits here for the key's next admission, and the writer is told
     /// of the list if it does not know of it.
     pub(crate) fn release(self: &Arc<Self>, store: &Store, member: String) {
-        self.give_back(store, vec![member]);
+        self.give_back(store, std::iter::once(member));
     }
 
     /// Puts `members` (back) on the list; tells the writer if it does not watch the list.
-    fn give_back(self: &Arc<Self>, store: &Store, members: Vec<String>) {
-        if self.add(members) {
+    fn give_back(self: &Arc<Self>, store: &Store, members: impl IntoIterator<Item = String>) {
+        if self.add_at(members, tokio::time::Instant::now()) {
             store.queue(Write::Released(self.clone()));
         }
     }
 
-    /// Adds `members`; whether the writer must be told of the list (it did not watch it).
-    fn add(&self, members: Vec<String>) -> bool {
-        self.add_at(members, tokio::time::Instant::now())
-    }
-
-    /// [`add`](Self::add) at `now`.
-    pub(super) fn add_at(&self, members: Vec<String>, now: tokio::time::Instant) -> bool {
-        if members.is_empty() {
+    /// Adds `members`, the first of them come at `now`; whether the writer must be told of
+    /// the list (something was added and it did not watch the list).
+    pub(super) fn add_at(
+        &self,
+        members: impl IntoIterator<Item = String>,
+        now: tokio::time::Instant,
+    ) -> bool {
+        let mut p = self.pending();
+        let before = p.members.len();
+        p.members.extend(members);
+        if p.members.len() == before {
             return false;
         }
-        let mut p = self.pending();
-        p.members.extend(members);
         p.since.get_or_insert(now);
         !std::mem::replace(&mut p.watched, true)
     }
@@ -412,9 +413,6 @@ impl Releases {
     /// Up to `max` members, oldest first, for an admission to remove.
     pub(super) fn take(&self, max: usize) -> Vec<String> {
         let mut p = self.pending();
-        if p.members.is_empty() {
-            return Vec::new();
-        }
         if p.members.len() <= max {
             p.since = None;
             return std::mem::take(&mut p.members);

@@ -193,16 +193,10 @@ struct Held {
 impl Held {
     fn take_in(&mut self, incoming: &mut Vec<Write>, now: Instant) {
         for w in incoming.drain(..) {
+            let prompt = w.is_prompt();
             match w {
-                Write::Released(r) => {
-                    if !self.watched.iter().any(|w| Arc::ptr_eq(w, &r)) {
-                        self.watched.push(r);
-                    }
-                    // Looked at within LINGER; its own time is read then.
-                    let at = now + LINGER;
-                    self.releases_due = Some(self.releases_due.map_or(at, |d| d.min(at)));
-                }
-                Write::Usage(u) if u.period_id.is_none() => {
+                Write::Released(r) => self.watch(r, now),
+                Write::Usage(u) if !prompt => {
                     self.usage.push(u);
                     self.usage_due.get_or_insert(now + USAGE_LINGER);
                     if self.usage.len() >= BATCH {
@@ -218,6 +212,16 @@ impl Held {
                 }
             }
         }
+    }
+
+    /// Watches a lease set the writer was told of; it is looked at within [`LINGER`], when its
+    /// own time is read.
+    fn watch(&mut self, releases: Arc<Releases>, now: Instant) {
+        if !self.watched.iter().any(|w| Arc::ptr_eq(w, &releases)) {
+            self.watched.push(releases);
+        }
+        let at = now + LINGER;
+        self.releases_due = Some(self.releases_due.map_or(at, |d| d.min(at)));
     }
 
     /// When the writer must look again; `None`: nothing is held.
@@ -307,8 +311,9 @@ fn take_overflow(store: &Store, held: &mut Held, unsent: &mut Vec<UsageWrite>, n
     let Ok(mut overflow) = store.overflow.lock() else {
         return;
     };
-    let mut released: Vec<Write> = overflow.released.drain(..).map(Write::Released).collect();
-    held.take_in(&mut released, now);
+    for releases in overflow.released.drain(..) {
+        held.watch(releases, now);
+    }
     unsent.append(&mut overflow.usage);
 }
 

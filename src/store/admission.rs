@@ -14,7 +14,10 @@
 //! its own script call (first thing, so the slot is free for that very admission), and what no
 //! admission took within the writer's [`LINGER`](super::writer::LINGER) the store's writer
 //! ([`super::writer`]) sends. So a busy key's releases cost no call of their own, and an idle
-//! key's slot is free again within that linger plus a round trip. Renewals go through the
+//! key's slot is free again within that linger plus a round trip. A call whose answer never
+//! came (out of time, failed, or its request gone) puts the lease it may have added there too
+//! ([`InFlight`]): Redis may run it late, and that lease must not hold a slot until the TTL.
+//! Renewals go through the
 //! writer too; they only update members still in the set (`ZADD XX`), so a renewal that
 //! reaches Redis after a release sent by an admission cannot bring the released lease back.
 //!
@@ -208,10 +211,7 @@ impl SharedLimits {
         lease: Option<(u64, String)>,
     ) -> Result<Verdict, StoreError> {
         let store = &self.store;
-        let (lease_id, member) = match lease {
-            Some((id, member)) => (Some(id), member),
-            None => (None, String::new()),
-        };
+        let (lease_id, member) = lease.unzip();
         let script = match budget {
             Some(_) => self.budget_script.get_or_init(|| {
                 admit_script::variant(&Shape {
@@ -221,15 +221,20 @@ impl SharedLimits {
             }),
             None => &self.script,
         };
-        let member_arg = &member;
-        // The key's releases not sent yet go with this call (removed before its checks).
-        let released = self
-            .releases
-            .as_ref()
-            .map(|r| r.take(RELEASES_PER_ADMISSION))
-            .unwrap_or_default();
-        let released_args = &released;
-        let answer: Result<u64, StoreError> = store
+        // The key's releases not sent yet go with this call (removed before its checks); until
+        // its answer is read they, and the lease it may add, are the guard's to give back.
+        let taken = InFlight {
+            store,
+            releases: self.releases.as_ref(),
+            released: self
+                .releases
+                .as_ref()
+                .map(|r| r.take(RELEASES_PER_ADMISSION))
+                .unwrap_or_default(),
+            member,
+        };
+        let (member_arg, released_args) = (taken.member.as_deref().unwrap_or(""), &taken.released);
+        let answer: u64 = store
             .call(super::Call::Admit, |mut conn| async move {
                 // KEYS and ARGV in the order `Shape` documents.
                 let mut inv = script.prepare_invoke();
@@ -253,17 +258,13 @@ impl SharedLimits {
                 }
                 inv.invoke_async(&mut conn).await
             })
-            .await;
-        if let (Err(_), Some(r)) = (&answer, &self.releases) {
-            // Perhaps not removed: they go again (a second `ZREM` of a member is a no-op).
-            r.give_back(store, released);
-        }
-        let answer = answer?;
+            .await?;
+        let member = taken.answered();
         if answer != 0 {
             return refusal(answer);
         }
-        let lease = match (lease_id, &self.releases) {
-            (Some(id), Some(r)) => Some(Lease::taken(store, id, r, member)),
+        let lease = match (lease_id, member, &self.releases) {
+            (Some(id), Some(member), Some(r)) => Some(Lease::taken(store, id, r, member)),
             _ => None,
         };
         Ok(Verdict::Admitted(lease))
@@ -280,6 +281,40 @@ impl SharedLimits {
             tpm: self.tpm,
             tokens,
         });
+    }
+}
+
+/// What a single admission call in flight took: the key's releases it carries and the lease it
+/// may add. Dropped before the answer was read (the call failed or ran out of time, or the
+/// request went away), it puts all of them on the key's list: Redis may have run the call all
+/// the same, and a lease added for a request that is gone must not hold its slot until the
+/// lease TTL (a `ZREM` of a member Redis does not have is a no-op).
+struct InFlight<'a> {
+    store: &'a Store,
+    releases: Option<&'a Arc<Releases>>,
+    released: Vec<String>,
+    /// The request's lease (member), when its key has `max_concurrent`.
+    member: Option<String>,
+}
+
+impl InFlight<'_> {
+    /// The call was answered: the releases it carried are gone from Redis; the member is the
+    /// caller's (a lease when admitted, nothing Redis holds when refused).
+    fn answered(mut self) -> Option<String> {
+        self.released.clear();
+        self.member.take()
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let Some(releases) = self.releases else {
+            return;
+        };
+        let lost = self.member.take();
+        if !self.released.is_empty() || lost.is_some() {
+            releases.give_back(self.store, self.released.drain(..).chain(lost));
+        }
     }
 }
 
@@ -387,7 +422,11 @@ impl Releases {
     }
 
     /// Puts `members` (back) on the list; tells the writer if it does not watch the list.
-    fn give_back(self: &Arc<Self>, store: &Store, members: impl IntoIterator<Item = String>) {
+    pub(super) fn give_back(
+        self: &Arc<Self>,
+        store: &Store,
+        members: impl IntoIterator<Item = String>,
+    ) {
         if self.add_at(members, tokio::time::Instant::now()) {
             store.queue(Write::Released(self.clone()));
         }

@@ -14,7 +14,8 @@
 //! Each waiting request is bounded by `timeout_ms` from the moment it queued, whatever is in
 //! flight before it. An admission answered after its request stopped waiting gives its lease
 //! back at once (the [`Lease`] is dropped unreceived); its rpm slot stays used, as a single
-//! call that timed out after Redis ran it does.
+//! call that timed out after Redis ran it does. A batch call that fails or runs out of time may
+//! still be run by Redis: its requests' leases go on the key's [`Releases`] as released ones.
 
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -208,8 +209,16 @@ impl AdmitQueue {
         let (admitted, code) = match answer {
             Ok(answer) => answer,
             Err(e) => {
+                // Redis may have run the call all the same: leases it added for requests told
+                // it failed go back as any release does, rather than hold their slots until
+                // the lease TTL.
+                let mut lost = Vec::new();
                 for w in batch {
+                    lost.extend(w.lease.map(|(_, member)| member));
                     let _ = w.answer.send(Err(e.clone()));
+                }
+                if let Some(r) = &self.releases {
+                    r.give_back(&self.store, lost);
                 }
                 return;
             }

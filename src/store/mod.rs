@@ -218,7 +218,10 @@ impl Store {
             None => redis::Client::open(info),
         }
         .map_err(unusable)?;
+        // No response timeout of the client's own: every call is bounded by `call_within`,
+        // and a second timer per call would only cost the request path.
         let manager_config = ConnectionManagerConfig::new()
+            .set_response_timeout(None)
             .set_connection_timeout(Some(config.timeout.max(Duration::from_secs(1))))
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_secs(1))

@@ -750,6 +750,63 @@ async fn queued_admissions_wait_no_longer_than_timeout_ms() {
     }
 }
 
+/// An admission that ran out of time may still be run by Redis once it answers again: the
+/// lease it added for a request that was told it failed goes back as a release, so it does not
+/// hold the key's slot until the lease TTL (1.5 s here). Single calls and batches alike.
+#[tokio::test]
+async fn a_timed_out_admission_gives_its_lease_back() {
+    let redis = RedisServer::start();
+    let s = store(&redis, "tlate:");
+    // Connected, and the scripts in Redis's cache: the calls below reach Redis as EVALSHA.
+    for conc in [1, 2] {
+        let warm = SharedLimits::new(&s, "warm", None, None, Some(conc));
+        let _ = warm.admit(None).await.unwrap();
+        let queued = futures_util::future::join_all((0..3).map(|_| warm.admit(None))).await;
+        assert!(queued.iter().all(Result::is_ok), "{queued:?}");
+    }
+
+    let single = limits(&s, None, None, Some(1));
+    redis.pause();
+    assert!(matches!(single.admit(None).await, Err(StoreError::Timeout)));
+    redis.resume();
+    // Redis runs the late admission (its lease fills the set), then this one.
+    match single.admit(None).await.unwrap() {
+        Verdict::Admitted(Some(_)) => {}
+        v => panic!("the late lease held the slot: {v:?}"),
+    }
+    // Nor does a request that went away while its admission was in flight (a client that
+    // hung up).
+    redis.pause();
+    let gone = tokio::time::timeout(Duration::from_millis(20), single.admit(None)).await;
+    assert!(gone.is_err(), "{gone:?}");
+    redis.resume();
+    match single.admit(None).await.unwrap() {
+        Verdict::Admitted(Some(_)) => {}
+        v => panic!("the lease of the request that went away held the slot: {v:?}"),
+    }
+
+    // One call alone and a batch of three behind it, both out of time; Redis admits two.
+    let batched = SharedLimits::new(&s, "bob", None, None, Some(2));
+    redis.pause();
+    let verdicts = futures_util::future::join_all((0..4).map(|_| batched.admit(None))).await;
+    assert!(
+        verdicts
+            .iter()
+            .all(|v| matches!(v, Err(StoreError::Timeout))),
+        "{verdicts:?}"
+    );
+    // The batch is sent when the call alone ends, and runs out of time 200 ms later.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.resume();
+    let mut held = Vec::new();
+    for i in 0..2 {
+        match batched.admit(None).await.unwrap() {
+            Verdict::Admitted(Some(lease)) => held.push(lease),
+            v => panic!("admission {i}: the late leases held the slots: {v:?}"),
+        }
+    }
+}
+
 /// Queues one request's use of model `m` by `key` for the writer.
 fn queue_use(s: &Store, key: &str, input_tokens: u64) {
     s.queue(writer::Write::Usage(usage::UsageWrite {

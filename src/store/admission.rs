@@ -16,7 +16,7 @@
 //! ([`super::writer`]) sends. So a busy key's releases cost no call of their own, and an idle
 //! key's slot is free again within that linger plus a round trip. A call whose answer never
 //! came (out of time, failed, or its request gone) puts the lease it may have added there too
-//! ([`InFlight`]): Redis may run it late, and that lease must not hold a slot until the TTL.
+//! (`InFlight`): Redis may run it late, and that lease must not hold a slot until the TTL.
 //! Renewals go through the
 //! writer too; they only update members still in the set (`ZADD XX`), so a renewal that
 //! reaches Redis after a release sent by an admission cannot bring the released lease back.
@@ -496,14 +496,18 @@ impl LeaseBook {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn member(&self, id: u64) -> String {
-        let replica = self.replica.get_or_init(|| {
+    /// This process's name among the replicas (its pid and start).
+    pub(super) fn replica(&self) -> &str {
+        self.replica.get_or_init(|| {
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.subsec_nanos());
             format!("{}-{nanos:x}", std::process::id())
-        });
-        format!("{replica}-{id:x}")
+        })
+    }
+
+    fn member(&self, id: u64) -> String {
+        format!("{}-{id:x}", self.replica())
     }
 
     fn insert(&self, id: u64, set: Arc<str>, member: String) {

@@ -111,6 +111,8 @@ pub enum StoreError {
     Timeout,
     /// Redis refused the connection: nothing of the call was sent.
     Refused,
+    /// The connection was lost with the call in flight: Redis may or may not have run it.
+    Lost,
     Redis(String),
     /// An answer of an unexpected shape.
     Protocol,
@@ -123,6 +125,7 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::Timeout => write!(f, "no answer within timeout_ms"),
             StoreError::Refused => write!(f, "connection refused, nothing sent"),
+            StoreError::Lost => write!(f, "connection lost before the answer"),
             StoreError::Redis(e) => write!(f, "{e}"),
             StoreError::Protocol => write!(f, "unexpected answer"),
             StoreError::Backlog => write!(f, "write queue full, write dropped"),
@@ -386,6 +389,7 @@ impl Store {
                 return Ok(v);
             }
             Ok(Err(e)) if e.is_connection_refusal() => StoreError::Refused,
+            Ok(Err(e)) if e.is_connection_dropped() || e.is_io_error() => StoreError::Lost,
             Ok(Err(e)) => StoreError::Redis(redis_error_text(&e)),
             Err(_) => StoreError::Timeout,
         };

@@ -872,7 +872,7 @@ async fn usage_redis_refused_is_sent_once_redis_is_back() {
 }
 
 #[tokio::test]
-async fn a_batch_that_may_have_been_applied_is_not_sent_again() {
+async fn a_batch_that_may_have_been_applied_counts_once() {
     let redis = RedisServer::start();
     let cfg = StoreConfig {
         lease_ttl: Duration::from_secs(30),
@@ -882,13 +882,63 @@ async fn a_batch_that_may_have_been_applied_is_not_sent_again() {
     dave_uses(&s);
     s.flush(Duration::from_secs(5)).await;
     assert_eq!(dave_requests(&s).await, 1);
-    // Paused, Redis reads the batch later and applies it: the writer, out of time, must not
-    // keep it for the next batch.
+    // Paused, Redis reads the batch later and applies it: the writer, out of time, sends it
+    // again with the next batch, and Redis skips it there.
     redis.pause();
     dave_uses(&s);
     s.flush(Duration::from_secs(5)).await;
     redis.resume();
     ping_until(&s, Result::is_ok).await;
+    dave_uses(&s);
+    s.flush(Duration::from_secs(5)).await;
+    assert_eq!(dave_requests(&s).await, 3);
+    assert_eq!(
+        redis
+            .command(&["KEYS", "tpaused:usage-applied:*"])
+            .unwrap()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count(),
+        1,
+        "one sequence marker per replica"
+    );
+}
+
+/// A batch whose connection was lost before Redis ran it (Redis holds writes during `CLIENT
+/// PAUSE WRITE`, and `CLIENT KILL` drops them with the connection) is sent again once the
+/// client has reconnected: nothing lost.
+#[tokio::test]
+async fn a_batch_lost_with_its_connection_is_sent_again() {
+    let redis = RedisServer::start();
+    let cfg = StoreConfig {
+        lease_ttl: Duration::from_secs(30),
+        ..config(&redis.url(), "tlost:")
+    };
+    let s = Store::shared(&cfg).unwrap().unwrap();
+    dave_uses(&s);
+    s.flush(Duration::from_secs(5)).await;
+    assert_eq!(dave_requests(&s).await, 1);
+    redis
+        .command(&["CLIENT", "PAUSE", "10000", "WRITE"])
+        .unwrap();
+    dave_uses(&s);
+    let cut = async {
+        // The batch is in Redis's hands (held by the pause) when its connection goes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let killed = redis
+            .command(&["CLIENT", "KILL", "TYPE", "normal"])
+            .unwrap();
+        redis.command(&["CLIENT", "UNPAUSE"]).unwrap();
+        killed
+    };
+    let ((), killed) = tokio::join!(s.flush(Duration::from_secs(5)), cut);
+    assert_eq!(killed.trim(), "1", "the store's one connection");
+    ping_until(&s, Result::is_ok).await;
+    assert_eq!(
+        dave_requests(&s).await,
+        1,
+        "the batch died with its connection"
+    );
     dave_uses(&s);
     s.flush(Duration::from_secs(5)).await;
     assert_eq!(dave_requests(&s).await, 3);

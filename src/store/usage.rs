@@ -8,12 +8,94 @@
 //! fields for the period), expiring after [`BUDGET_KEEP`]. Labels are key names, never keys.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 use std::time::Duration;
+
+use redis::{Script, ScriptInvocation};
 
 use super::{Store, StoreError};
 
 /// How long a period's budget counters are kept (longer than a month).
 pub const BUDGET_KEEP: Duration = Duration::from_secs(40 * 24 * 3600);
+
+/// How long Redis remembers the last batch of usage a replica's writer had applied (renewed
+/// by each batch): a batch resent within it is applied once.
+pub const APPLIED_KEEP: Duration = Duration::from_secs(24 * 3600);
+
+/// Applies batches of usage, each at most once: KEYS[1] holds the last sequence number of the
+/// writing replica's batches that was applied, KEYS[2] `usage-since`, KEYS[3] `usage-keys`,
+/// then for each use its `usage:<label>` hash and, when it counts in a period, that period's
+/// budget hash. ARGV[1]: now (Unix s), ARGV[2]: the budget hashes' TTL (s), ARGV[3]: KEYS[1]'s
+/// TTL (ms); then per batch its sequence number (0: not sequenced, always applied) and number
+/// of uses, each use as ten arguments: label, model, period flag, cost (empty: none),
+/// tokens (input + output), then requests, input, output, errors, rate_limited. Answers how
+/// many batches it applied. A batch at or below the number in KEYS[1] was applied before (the
+/// writer resends one whose answer it never got) and is skipped whole.
+const USAGE: &str = r"
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+local top = last
+local names = {'requests', 'input', 'output', 'errors', 'rate_limited'}
+local k, a, applied = 4, 4, 0
+while a <= #ARGV do
+  local seq, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+  local skip = seq ~= 0 and seq <= last
+  for _ = 1, n do
+    local label, model, cost, tokens = ARGV[a], ARGV[a + 1], ARGV[a + 3], ARGV[a + 4]
+    local hash, period = KEYS[k], nil
+    k = k + 1
+    if ARGV[a + 2] == '1' then
+      period = KEYS[k]
+      k = k + 1
+    end
+    if not skip then
+      redis.call('SADD', KEYS[3], label)
+      for j = 1, 5 do
+        local v = ARGV[a + 4 + j]
+        if v ~= '0' then
+          local field = names[j] .. ':' .. model
+          redis.call('HINCRBY', hash, field, v)
+          if period then
+            redis.call('HINCRBY', period, field, v)
+          end
+        end
+      end
+      if cost ~= '' then
+        redis.call('HINCRBYFLOAT', hash, 'cost:' .. model, cost)
+      end
+      if period then
+        redis.call('HINCRBY', period, 'tokens', tokens)
+        if cost ~= '' then
+          redis.call('HINCRBYFLOAT', period, 'cost', cost)
+        end
+        redis.call('EXPIRE', period, ARGV[2])
+      end
+    end
+    a = a + 10
+  end
+  if not skip then
+    applied = applied + 1
+    if seq > top then
+      top = seq
+    end
+  end
+end
+if applied > 0 then
+  redis.call('SET', KEYS[2], ARGV[1], 'NX')
+end
+if top > last then
+  redis.call('SET', KEYS[1], string.format('%d', top), 'PX', ARGV[3])
+end
+return applied
+";
+
+static USAGE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(USAGE));
+
+/// A batch of usage as the writer sends it: its sequence number (0: not sequenced) and uses.
+pub(super) struct UsageBatch<'a> {
+    pub seq: u64,
+    pub uses: &'a [UsageWrite],
+}
 
 /// One key's use of one model, fleet-wide.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -109,18 +191,68 @@ impl Store {
         .await
     }
 
-    /// Writes a batch of uses in one pipelined round trip (each increment is atomic on its
-    /// own; a batch is not a transaction).
+    /// Writes a batch of uses in one round trip (one script call: all of it or none).
     pub async fn write_usage(&self, batch: &[UsageWrite]) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        self.push_usage(&mut pipe, batch);
-        self.call(super::Call::WriteUsage, |mut conn| async move {
-            pipe.query_async::<()>(&mut conn).await
+        self.apply_usage(
+            super::Call::WriteUsage,
+            &[UsageBatch {
+                seq: 0,
+                uses: batch,
+            }],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Applies `batches` in one script call, in their order, skipping those of this replica's
+    /// sequence Redis applied before; how many it applied.
+    pub(super) async fn apply_usage(
+        &self,
+        call: super::Call,
+        batches: &[UsageBatch<'_>],
+    ) -> Result<u64, StoreError> {
+        let inv = self.usage_invocation(batches);
+        let inv = &inv;
+        self.call_within(call, self.write_within(), |mut conn| async move {
+            inv.invoke_async(&mut conn).await
         })
         .await
+    }
+
+    fn usage_invocation(&self, batches: &[UsageBatch<'_>]) -> ScriptInvocation<'static> {
+        let mut inv = USAGE_SCRIPT.prepare_invoke();
+        inv.key(self.key("usage-applied", self.leases.replica()))
+            .key(self.key("usage-since", ""))
+            .key(self.key("usage-keys", ""))
+            .arg(super::now_ms() / 1000)
+            .arg(BUDGET_KEEP.as_secs())
+            .arg(u64::try_from(APPLIED_KEEP.as_millis()).unwrap_or(u64::MAX));
+        for batch in batches {
+            inv.arg(batch.seq).arg(batch.uses.len());
+            for w in batch.uses {
+                inv.key(self.key("usage", &w.key));
+                let period = w.period_id.as_ref();
+                if let Some(id) = period {
+                    inv.key(self.budget_key(&w.key, id));
+                }
+                inv.arg(&w.key)
+                    .arg(&w.model)
+                    .arg(if period.is_some() { "1" } else { "0" });
+                if w.cost != 0.0 {
+                    inv.arg(w.cost);
+                } else {
+                    inv.arg("");
+                }
+                inv.arg(w.input_tokens + w.output_tokens);
+                for (_, v) in w.counters() {
+                    inv.arg(v);
+                }
+            }
+        }
+        inv
     }
 
     /// The hash of a key's counters in one budget period.
@@ -129,55 +261,6 @@ impl Store {
         k.push(':');
         k.push_str(period_id);
         k
-    }
-
-    /// Adds the commands writing `batch` to `pipe` (their answers ignored).
-    pub(super) fn push_usage(&self, pipe: &mut redis::Pipeline, batch: &[UsageWrite]) {
-        if batch.is_empty() {
-            return;
-        }
-        let now = super::now_ms() / 1000;
-        pipe.cmd("SET")
-            .arg(self.key("usage-since", ""))
-            .arg(now)
-            .arg("NX")
-            .ignore();
-        let index = self.key("usage-keys", "");
-        let keep = BUDGET_KEEP.as_secs();
-        for w in batch {
-            pipe.sadd(&index, &w.key).ignore();
-            let hash = self.key("usage", &w.key);
-            let period = w.period_id.as_ref().map(|id| self.budget_key(&w.key, id));
-            for (counter, v) in w.counters() {
-                if v == 0 {
-                    continue;
-                }
-                let field = format!("{counter}:{}", w.model);
-                pipe.hincr(&hash, &field, v).ignore();
-                if let Some(p) = &period {
-                    pipe.hincr(p, &field, v).ignore();
-                }
-            }
-            if w.cost != 0.0 {
-                pipe.cmd("HINCRBYFLOAT")
-                    .arg(&hash)
-                    .arg(format!("cost:{}", w.model))
-                    .arg(w.cost)
-                    .ignore();
-            }
-            if let Some(p) = &period {
-                pipe.hincr(p, "tokens", w.input_tokens + w.output_tokens)
-                    .ignore();
-                if w.cost != 0.0 {
-                    pipe.cmd("HINCRBYFLOAT")
-                        .arg(p)
-                        .arg("cost")
-                        .arg(w.cost)
-                        .ignore();
-                }
-                pipe.cmd("EXPIRE").arg(p).arg(keep).ignore();
-            }
-        }
     }
 
     /// When the fleet's usage counters started (Unix seconds), if anything was written.

@@ -1,6 +1,7 @@
 //! The store's one writer task: everything a request leaves behind (its lease's release, its
 //! tpm charge, its usage counters) reaches Redis through it, off the request path, as one
-//! pipelined round trip for whatever is due together.
+//! round trip for whatever is due together (the releases' pipeline, the usage script and the
+//! charge script, written together).
 //!
 //! When a write is due depends on who reads it soon:
 //! - a tpm charge, the usage of a key with a budget (both read by the next admissions) and a
@@ -15,7 +16,8 @@
 //!
 //! A batch is coalesced before it is sent: the releases of one lease set go as one `ZREM`, the
 //! charges of one key as one amount (all keys' charges in one script call), and the usage of
-//! one key, model and period as one set of increments. While something is held, the writer
+//! one key, model and period as one set of increments (all of a batch's usage in one script
+//! call: applied whole or not at all). While something is held, the writer
 //! sleeps until it is due instead of waking for every write (a charge, a budgeted use or a
 //! release arriving while only unbudgeted usage is held wakes it to send sooner).
 //!
@@ -29,9 +31,13 @@
 //! against the wrong minute), it is dropped and counted as a store error. A batch Redis refused
 //! the connection for (nothing of it was sent) keeps its usage for the next batch, coalesced and
 //! bounded ([`UNSENT_MAX`]); the renewal tick sends it too, so it reaches Redis once Redis is
-//! back even if no request ends meanwhile. A batch that failed otherwise (no answer in time, a
-//! dropped connection: it may have been applied) is counted and not sent again, so no counter
-//! is added twice. Releases and tpm charges are never kept: an unsent release frees its slot
+//! back even if no request ends meanwhile. Usage batches are numbered: one whose answer never
+//! came (no answer in time, a connection lost mid-way: it may or may not have been applied) is
+//! kept as it is and sent again, under its number, before every later batch until Redis
+//! answers; the script skips a batch at or below the last number of this replica's it applied
+//! (kept in Redis for [`APPLIED_KEEP`](super::usage::APPLIED_KEEP)), so each use counts exactly
+//! once. A batch Redis answered with an error is counted and dropped (sending it again would
+//! meet the same). Releases and tpm charges are never kept: an unsent release frees its slot
 //! within the lease TTL, as a dead replica's does, and a late tpm charge would count against
 //! the wrong minute.
 
@@ -42,7 +48,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::admission::{self, Releases, CHARGE_SCRIPT};
-use super::usage::UsageWrite;
+use super::usage::{UsageBatch, UsageWrite};
 use super::{Store, StoreError};
 
 /// Writes queued for the writer before further ones wait beside the queue ([`Overflow`]).
@@ -64,6 +70,16 @@ pub const OVERFLOW_RELEASES: usize = 65_536;
 /// client's reconnection attempts take longer than a tight `timeout_ms`. A batch that ends with
 /// the refusal is known unsent and kept; one that runs out of time may have been applied.
 const WRITE_WITHIN: Duration = Duration::from_secs(1);
+
+impl Store {
+    /// The bound on a call of the writer's (and other calls no request waits on): within a
+    /// third of the lease TTL, so the renewal after it still comes in time.
+    pub(super) fn write_within(&self) -> Duration {
+        self.config
+            .timeout
+            .max(WRITE_WITHIN.min(self.config.lease_ttl / 3))
+    }
+}
 
 /// One thing a request leaves for the store.
 #[derive(Debug)]
@@ -102,7 +118,7 @@ async fn run(store: Weak<Store>, mut queued: mpsc::Receiver<Write>, renew_every:
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut incoming = Vec::with_capacity(BATCH);
     let mut held = Held::default();
-    let mut unsent: Vec<UsageWrite> = Vec::new();
+    let mut unsent = Unsent::default();
     loop {
         let due = held.due();
         // Only unbudgeted usage held: a prompt write must wake the writer ([`Store::queue`]).
@@ -152,7 +168,7 @@ async fn run(store: Weak<Store>, mut queued: mpsc::Receiver<Write>, renew_every:
                 admission::renew(&store).await;
                 let now = Instant::now();
                 take_overflow(&store, &mut held, &mut unsent, now);
-                if !unsent.is_empty() {
+                if unsent.any() {
                     send(&store, &mut Outgoing::default(), &mut unsent).await;
                 }
             }
@@ -307,14 +323,46 @@ impl Overflow {
 
 /// Moves what waits beside the queue into what the writer holds: the lease sets to watch, and
 /// the usage into `unsent` (sent with the next batch or renewal tick).
-fn take_overflow(store: &Store, held: &mut Held, unsent: &mut Vec<UsageWrite>, now: Instant) {
+fn take_overflow(store: &Store, held: &mut Held, unsent: &mut Unsent, now: Instant) {
     let Ok(mut overflow) = store.overflow.lock() else {
         return;
     };
     for releases in overflow.released.drain(..) {
         held.watch(releases, now);
     }
-    unsent.append(&mut overflow.usage);
+    unsent.usage.append(&mut overflow.usage);
+}
+
+/// Usage the writer has still to bring to Redis after a batch failed.
+#[derive(Default)]
+struct Unsent {
+    /// Known unsent (Redis refused the connection): added up per key, model and period, it
+    /// joins the next batch.
+    usage: Vec<UsageWrite>,
+    /// Batches sent whose answer never came (out of time, connection lost): Redis may or may
+    /// not have applied each. They go again, in their order and before the new batch, in every
+    /// later call until one is answered; Redis skips those it applied (by their numbers).
+    unanswered: Vec<(u64, Vec<UsageWrite>)>,
+    /// The number of the last batch sent (the writer's batches are numbered from 1).
+    seq: u64,
+}
+
+impl Unsent {
+    fn any(&self) -> bool {
+        !self.usage.is_empty() || !self.unanswered.is_empty()
+    }
+
+    /// Keeps the answer-less batch `seq`; beyond [`UNSENT_MAX`] uses in all of them, the
+    /// oldest batches are dropped and counted.
+    fn unanswered(&mut self, seq: u64, uses: Vec<UsageWrite>) {
+        self.unanswered.push((seq, uses));
+        let mut kept: usize = self.unanswered.iter().map(|(_, u)| u.len()).sum();
+        while kept > UNSENT_MAX && self.unanswered.len() > 1 {
+            let (_, dropped) = self.unanswered.remove(0);
+            kept -= dropped.len();
+            super::note_dropped("keep usage for a later batch");
+        }
+    }
 }
 
 /// What one batch sends, before coalescing.
@@ -399,37 +447,53 @@ impl Coalesced {
     }
 }
 
-/// Sends one coalesced batch: the releases and usage as one pipeline and, when there are
-/// charges, the charge script beside it on the same connection (written together: one round
-/// trip). Usage Redis refused the connection for goes back to `unsent`. Returns the batch's
-/// flush requests, to answer once it is sent.
+/// Sends one coalesced batch, written together (one round trip): the releases as one pipeline,
+/// the usage as one script call (after the batches still unanswered), and, when there are
+/// charges, the charge script. Returns the batch's flush requests, to answer once it is sent.
 async fn send(
     store: &Store,
     out: &mut Outgoing,
-    unsent: &mut Vec<UsageWrite>,
+    unsent: &mut Unsent,
 ) -> Vec<tokio::sync::oneshot::Sender<()>> {
-    let mut c = Coalesced::of(out, unsent);
+    let mut c = Coalesced::of(out, &mut unsent.usage);
     let flushed = std::mem::take(&mut c.flushed);
-    let mut pipe = redis::pipe();
-    for (set, members) in &c.releases {
-        pipe.cmd("ZREM").arg(&**set).arg(members).ignore();
-    }
-    store.push_usage(&mut pipe, &c.usage);
-    let writes = async {
-        if c.releases.is_empty() && c.usage.is_empty() {
-            return Ok(());
+    let releases = async {
+        if c.releases.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (set, members) in &c.releases {
+            pipe.cmd("ZREM").arg(&**set).arg(members).ignore();
         }
         let pipe = &pipe;
-        // Within a third of the lease TTL, so the renewal after it still comes in time.
-        let within = store
-            .config
-            .timeout
-            .max(WRITE_WITHIN.min(store.config.lease_ttl / 3));
-        store
-            .call_within(super::Call::Write, within, |mut conn| async move {
-                pipe.query_async::<()>(&mut conn).await
-            })
-            .await
+        let _ = store
+            .call_within(
+                super::Call::Write,
+                store.write_within(),
+                |mut conn| async move { pipe.query_async::<()>(&mut conn).await },
+            )
+            .await;
+    };
+    let seq = (!c.usage.is_empty()).then(|| {
+        unsent.seq += 1;
+        unsent.seq
+    });
+    let usage = async {
+        let mut batches: Vec<UsageBatch<'_>> = unsent
+            .unanswered
+            .iter()
+            .map(|(seq, uses)| UsageBatch { seq: *seq, uses })
+            .collect();
+        if let Some(seq) = seq {
+            batches.push(UsageBatch {
+                seq,
+                uses: &c.usage,
+            });
+        }
+        if batches.is_empty() {
+            return Ok(0);
+        }
+        store.apply_usage(super::Call::WriteUsage, &batches).await
     };
     let charges = async {
         if c.charges.is_empty() {
@@ -446,14 +510,26 @@ async fn send(
             })
             .await;
     };
-    let (written, ()) = futures_util::join!(writes, charges);
-    if written == Err(StoreError::Refused) {
-        let mut kept = std::mem::take(&mut c.usage);
-        if kept.len() > UNSENT_MAX {
-            kept.truncate(UNSENT_MAX);
-            super::note_dropped("keep usage for a later batch");
+    let ((), applied, ()) = futures_util::join!(releases, usage, charges);
+    match (applied, seq) {
+        (Ok(_), _) => unsent.unanswered.clear(),
+        // Nothing of it went out: the new uses join the next batch (the unanswered stay).
+        (Err(StoreError::Refused), _) => {
+            let mut kept = std::mem::take(&mut c.usage);
+            if kept.len() > UNSENT_MAX {
+                kept.truncate(UNSENT_MAX);
+                super::note_dropped("keep usage for a later batch");
+            }
+            unsent.usage = kept;
         }
-        *unsent = kept;
+        // Perhaps applied: it goes again as it is, under its number.
+        (Err(StoreError::Timeout | StoreError::Lost), seq) => {
+            if let Some(seq) = seq {
+                unsent.unanswered(seq, std::mem::take(&mut c.usage));
+            }
+        }
+        // Answered with an error (counted): sending it again would meet the same.
+        (Err(_), _) => unsent.unanswered.clear(),
     }
     flushed
 }

@@ -69,6 +69,16 @@ async fn a_limited_budgeted_key_costs_one_admission_call_per_request() {
     // The first request loads the scripts.
     assert_eq!(r.chat("sk-both", "mock-model", false).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let metrics = format!("http://127.0.0.1:{}/metrics", r.port);
+    let usage_writes = |samples: &_| {
+        value(
+            samples,
+            "sophgate_store_call_duration_seconds_count",
+            &[("call", "write_usage")],
+        )
+        .unwrap_or(0.0) as u64
+    };
+    let usage_writes_before = usage_writes(&scrape(&metrics).await);
     redis.command(&["CONFIG", "RESETSTAT"]).unwrap();
     const N: u64 = 12;
     for i in 0..N {
@@ -79,7 +89,7 @@ async fn a_limited_budgeted_key_costs_one_admission_call_per_request() {
     }
     // What the requests leave behind reaches Redis off their path: wait for the releases.
     let deadline = Instant::now() + Duration::from_secs(5);
-    let calls = loop {
+    loop {
         let calls = command_calls(&redis);
         if calls.get("zrem").is_some_and(|_| {
             redis
@@ -87,12 +97,23 @@ async fn a_limited_budgeted_key_costs_one_admission_call_per_request() {
                 .is_some_and(|n| n.trim() == "0")
         }) || Instant::now() > deadline
         {
-            break calls;
+            break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    // One script call per request: the budget, rpm and the lease checked together...
-    assert_eq!(calls.get("evalsha"), Some(&N), "{calls:?}");
+    }
+    // The usage due with the last release (2 ms, budgeted) has gone too by now.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let calls = command_calls(&redis);
+    let samples = scrape(&metrics).await;
+    // One script call per request: the budget, rpm and the lease checked together (the other
+    // script calls are the writer's usage batches)...
+    let usage_batches = usage_writes(&samples) - usage_writes_before;
+    assert!(usage_batches >= 1);
+    assert_eq!(
+        calls.get("evalsha"),
+        Some(&(N + usage_batches)),
+        "{calls:?}"
+    );
     // ...and no budget read of its own (it was an HGETALL before the limits' script).
     assert_eq!(calls.get("hgetall"), None, "{calls:?}");
     assert_eq!(
@@ -109,7 +130,6 @@ async fn a_limited_budgeted_key_costs_one_admission_call_per_request() {
     assert_eq!(used.trim(), (N + 1).to_string(), "{calls:?}");
     // The gateway timed each of those calls: one `admit` per request (a budgeted key's
     // admissions never share a batch), each in a bucket and the sum.
-    let samples = scrape(&format!("http://127.0.0.1:{}/metrics", r.port)).await;
     let admit = [("call", "admit")];
     let sample = |name: &str, labels: &[(&str, &str)]| {
         value(&samples, name, labels).unwrap_or_else(|| panic!("{name} {labels:?} missing"))

@@ -22,7 +22,7 @@ pub mod writer;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -153,6 +153,9 @@ pub struct Store {
     /// Whether the process's usage (and so its budgets) is kept in this store, so that the
     /// admission script may check budgets ([`Store::keeps_usage`]).
     keeps_usage: AtomicBool,
+    /// Uses the writer keeps for a later batch (Redis refused them, or their batch was never
+    /// answered), for `GET /admin/status`.
+    usage_kept: AtomicUsize,
 }
 
 impl std::fmt::Debug for Store {
@@ -244,6 +247,7 @@ impl Store {
             hurry: tokio::sync::Notify::new(),
             lease_ttl_ms: ttl_ms,
             keeps_usage: AtomicBool::new(false),
+            usage_kept: AtomicUsize::new(0),
         };
         Ok((store, queued))
     }
@@ -324,6 +328,7 @@ impl Store {
             "lease_ttl_ms": self.config.lease_ttl.as_millis() as u64,
             "errors_total": store_errors_total(),
             "live_leases": self.leases.len(),
+            "usage_unsent": self.usage_kept.load(Ordering::Relaxed),
         })
     }
 

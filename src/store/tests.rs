@@ -939,9 +939,11 @@ async fn a_batch_lost_with_its_connection_is_sent_again() {
         1,
         "the batch died with its connection"
     );
+    assert_eq!(s.status()["usage_unsent"], 1, "kept for the next batch");
     dave_uses(&s);
     s.flush(Duration::from_secs(5)).await;
     assert_eq!(dave_requests(&s).await, 3);
+    assert_eq!(s.status()["usage_unsent"], 0);
 }
 
 #[tokio::test]

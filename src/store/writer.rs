@@ -41,6 +41,7 @@
 //! within the lease TTL, as a dead replica's does, and a late tpm charge would count against
 //! the wrong minute.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -352,11 +353,16 @@ impl Unsent {
         !self.usage.is_empty() || !self.unanswered.is_empty()
     }
 
+    /// How many uses are kept.
+    fn uses(&self) -> usize {
+        self.usage.len() + self.unanswered.iter().map(|(_, u)| u.len()).sum::<usize>()
+    }
+
     /// Keeps the answer-less batch `seq`; beyond [`UNSENT_MAX`] uses in all of them, the
     /// oldest batches are dropped and counted.
     fn unanswered(&mut self, seq: u64, uses: Vec<UsageWrite>) {
         self.unanswered.push((seq, uses));
-        let mut kept: usize = self.unanswered.iter().map(|(_, u)| u.len()).sum();
+        let mut kept = self.uses() - self.usage.len();
         while kept > UNSENT_MAX && self.unanswered.len() > 1 {
             let (_, dropped) = self.unanswered.remove(0);
             kept -= dropped.len();
@@ -531,6 +537,7 @@ async fn send(
         // Answered with an error (counted): sending it again would meet the same.
         (Err(_), _) => unsent.unanswered.clear(),
     }
+    store.usage_kept.store(unsent.uses(), Ordering::Relaxed);
     flushed
 }
 

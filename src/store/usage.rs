@@ -191,7 +191,7 @@ impl Store {
         .await
     }
 
-    /// Writes a batch of uses in one round trip (one script call: all of it or none).
+    /// Writes a batch of uses in one round trip (one script call, atomic).
     pub async fn write_usage(&self, batch: &[UsageWrite]) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
@@ -241,7 +241,8 @@ impl Store {
                 inv.arg(&w.key)
                     .arg(&w.model)
                     .arg(if period.is_some() { "1" } else { "0" });
-                if w.cost != 0.0 {
+                // A cost Redis cannot add (not finite) would fail the whole call.
+                if w.cost != 0.0 && w.cost.is_finite() {
                     inv.arg(w.cost);
                 } else {
                     inv.arg("");

@@ -17,7 +17,7 @@
 //! A batch is coalesced before it is sent: the releases of one lease set go as one `ZREM`, the
 //! charges of one key as one amount (all keys' charges in one script call), and the usage of
 //! one key, model and period as one set of increments (all of a batch's usage in one script
-//! call: applied whole or not at all). While something is held, the writer
+//! call, atomic). While something is held, the writer
 //! sleeps until it is due instead of waking for every write (a charge, a budgeted use or a
 //! release arriving while only unbudgeted usage is held wakes it to send sooner).
 //!

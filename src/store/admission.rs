@@ -496,13 +496,17 @@ impl LeaseBook {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// This process's name among the replicas (its pid and start).
+    /// This process's name among the replicas: its pid and 64 random bits (replicas in
+    /// containers often share a pid, and two that shared a name would share leases and the
+    /// numbering of their usage batches).
     pub(super) fn replica(&self) -> &str {
         self.replica.get_or_init(|| {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
-            format!("{}-{nanos:x}", std::process::id())
+            use std::hash::{BuildHasher, Hasher};
+            // `RandomState` is seeded from the operating system's randomness.
+            let random = std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish();
+            format!("{}-{random:x}", std::process::id())
         })
     }
 

@@ -17,9 +17,9 @@
 //! key's slot is free again within that linger plus a round trip. A call whose answer never
 //! came (out of time, failed, or its request gone) puts the lease it may have added there too
 //! (`InFlight`): Redis may run it late, and that lease must not hold a slot until the TTL.
-//! Renewals go through the
-//! writer too; they only update members still in the set (`ZADD XX`), so a renewal that
-//! reaches Redis after a release sent by an admission cannot bring the released lease back.
+//! Renewals go through the writer too; they only update members still in the set (`ZADD XX`),
+//! so a renewal that reaches Redis after a release sent by an admission cannot bring the
+//! released lease back.
 //!
 //! The script is specialised to the key's limits ([`super::admit_script`]): Redis runs only
 //! the checks the key has, with its constants in the text, and gets only the Redis keys and

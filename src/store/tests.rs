@@ -276,7 +276,7 @@ async fn rests_written_by_one_process_reach_the_watched_pools() {
 
 #[tokio::test]
 async fn an_unreachable_store_fails_within_its_timeout_and_counts() {
-    let port = testkit::free_port();
+    let port = testkit::refused_port();
     let s = store_at(&format!("redis://127.0.0.1:{port}/0"));
     let l = limits(&s, Some(10), None, None);
     let before = store_errors_total();

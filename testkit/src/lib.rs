@@ -17,8 +17,21 @@ pub mod token_mock;
 
 use std::time::{Duration, Instant};
 
-/// A loopback port that was free a moment ago: for a child process to listen on, or as an
-/// address where nothing listens.
+/// A loopback port where nothing listens, for as long as the test binary runs: a socket is
+/// bound to it and never listens, so a connection is refused and no other test's listener can
+/// take the port (as one can a port [`free_port`] found free).
+pub fn refused_port() -> u16 {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(([127, 0, 0, 1], 0).into())
+        .expect("bind a loopback port");
+    let port = socket.local_addr().expect("local address").port();
+    // Bound for the rest of the process: what keeps the port refused.
+    std::mem::forget(socket);
+    port
+}
+
+/// A loopback port that was free a moment ago: for a child process to listen on.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind a loopback port")

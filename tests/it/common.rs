@@ -97,7 +97,7 @@ pub async fn error_code(resp: reqwest::Response, status: u16) -> String {
 
 /// A gateway whose upstream address has nothing listening (a port that was free a moment ago).
 pub async fn start_with_dead_upstream() -> Env {
-    let port = free_port();
+    let port = testkit::refused_port();
     let mock = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
         .await
         .unwrap();

@@ -565,7 +565,7 @@ async fn sample_ratio_zero_keeps_only_traces_a_sampled_parent_asked_for() {
 
 #[tokio::test]
 async fn a_dead_collector_costs_only_counted_dropped_spans() {
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    let dead = format!("http://127.0.0.1:{}", testkit::refused_port());
     let before = sophgate::observe::trace::dropped_spans();
     let env = start(&otel_yaml(&dead, ""), MockOptions::default()).await;
     let started = Instant::now();

@@ -48,7 +48,7 @@ async fn falls_back_on_429_and_5xx_before_the_first_byte() {
 
 #[tokio::test]
 async fn falls_back_when_the_first_upstream_refuses_connections() {
-    let port = free_port();
+    let port = testkit::refused_port();
     let (env, b) = two_upstreams(&format!("http://127.0.0.1:{port}/v1"), "").await;
     let resp = post_chat(&env, CLIENT_KEY, chat_body("mock-model", true)).await;
     assert_eq!(resp.status(), 200);

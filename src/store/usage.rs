@@ -196,29 +196,24 @@ impl Store {
         if batch.is_empty() {
             return Ok(());
         }
-        self.apply_usage(
-            super::Call::WriteUsage,
-            &[UsageBatch {
-                seq: 0,
-                uses: batch,
-            }],
-        )
+        self.apply_usage(&[UsageBatch {
+            seq: 0,
+            uses: batch,
+        }])
         .await
         .map(|_| ())
     }
 
     /// Applies `batches` in one script call, in their order, skipping those of this replica's
     /// sequence Redis applied before; how many it applied.
-    pub(super) async fn apply_usage(
-        &self,
-        call: super::Call,
-        batches: &[UsageBatch<'_>],
-    ) -> Result<u64, StoreError> {
+    pub(super) async fn apply_usage(&self, batches: &[UsageBatch<'_>]) -> Result<u64, StoreError> {
         let inv = self.usage_invocation(batches);
         let inv = &inv;
-        self.call_within(call, self.write_within(), |mut conn| async move {
-            inv.invoke_async(&mut conn).await
-        })
+        self.call_within(
+            super::Call::WriteUsage,
+            self.write_within(),
+            |mut conn| async move { inv.invoke_async(&mut conn).await },
+        )
         .await
     }
 

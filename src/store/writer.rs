@@ -499,7 +499,7 @@ async fn send(
         if batches.is_empty() {
             return Ok(0);
         }
-        store.apply_usage(super::Call::WriteUsage, &batches).await
+        store.apply_usage(&batches).await
     };
     let charges = async {
         if c.charges.is_empty() {
